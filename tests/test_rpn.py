@@ -1,0 +1,96 @@
+import torch
+
+from frcnn.rpn import ProposalSettings, RegionProposalNetwork, RPNHead
+from frcnn.sampling import sample_balanced
+
+
+def make_rpn(**kwargs):
+    defaults = dict(in_channels=8, anchor_scales_px=(32, 64), anchor_ratios=(0.5, 1.0, 2.0))
+    defaults.update(kwargs)
+    torch.manual_seed(0)
+    return RegionProposalNetwork(**defaults)
+
+
+def test_head_shapes_and_paper_initialisation():
+    head = RPNHead(in_channels=512, num_anchors=9)
+    logits, deltas = head(torch.randn(2, 512, 5, 7))
+    assert logits.shape == (2, 5 * 7 * 9) and deltas.shape == (2, 5 * 7 * 9, 4)
+    for layer in (head.conv, head.cls_logits, head.bbox_deltas):
+        assert abs(layer.weight.std().item() - 0.01) < 0.002  # N(0, 0.01)
+        assert torch.all(layer.bias == 0)
+
+
+def test_head_output_order_matches_anchor_order():
+    head = RPNHead(in_channels=1, num_anchors=2)
+    features = torch.zeros(1, 1, 2, 3)
+    with torch.no_grad():
+        head.conv.weight.zero_(); head.conv.bias.fill_(1.0)
+        head.cls_logits.weight.zero_(); head.cls_logits.bias.copy_(torch.tensor([10.0, 20.0]))
+        head.bbox_deltas.weight.zero_(); head.bbox_deltas.bias.copy_(torch.arange(8.0))
+    logits, deltas = head(features)
+    # location-major then anchor: [a0, a1, a0, a1, ...]
+    assert logits[0, :4].tolist() == [10.0, 20.0, 10.0, 20.0]
+    assert deltas[0, 1].tolist() == [4.0, 5.0, 6.0, 7.0]
+
+
+def test_sampling_caps_at_256_and_half_positive():
+    labels = torch.cat((torch.ones(500, dtype=torch.long), torch.zeros(2000, dtype=torch.long)))
+    pos, neg = sample_balanced(labels, 256, 0.5)
+    assert pos.numel() == 128 and neg.numel() == 128
+    few = torch.cat((torch.ones(10, dtype=torch.long), torch.zeros(2000, dtype=torch.long), -torch.ones(5, dtype=torch.long)))
+    pos, neg = sample_balanced(few, 256, 0.5)
+    assert pos.numel() == 10 and neg.numel() == 246  # padded with negatives
+    assert (few[pos] == 1).all() and (few[neg] == 0).all()
+
+
+def test_lambda_scales_only_the_regression_term():
+    features = torch.randn(1, 8, 8, 8)
+    gt = [torch.tensor([[20.0, 20.0, 70.0, 60.0]])]
+    losses = {}
+    for lam in (1.0, 10.0):
+        rpn = make_rpn(reg_lambda=lam)
+        rpn.train()
+        torch.manual_seed(1)
+        _, _, losses[lam] = rpn(features, [(128, 128)], gt)
+    assert torch.isclose(losses[1.0]["rpn_cls"], losses[10.0]["rpn_cls"])
+    assert torch.isclose(losses[1.0]["rpn_reg"], losses[10.0]["rpn_reg"])
+    assert losses[1.0]["rpn_reg"] > 0
+    assert torch.isclose(losses[10.0]["rpn"], losses[10.0]["rpn_cls"] + 10 * losses[10.0]["rpn_reg"])
+
+
+def test_reg_normalizer_anchor_locations_divides_by_feature_positions():
+    features = torch.randn(1, 8, 8, 8)
+    gt = [torch.tensor([[20.0, 20.0, 70.0, 60.0]])]
+    out = {}
+    for normalizer in ("anchor_locations", "minibatch"):
+        rpn = make_rpn(reg_normalizer=normalizer, ignore_cross_boundary=False)
+        torch.manual_seed(1)
+        out[normalizer] = rpn(features, [(128, 128)], gt)[2]["rpn_reg"]
+    # same sampled set (same seed); 64 locations vs 256 sampled anchors
+    assert torch.isclose(out["anchor_locations"] * 64, out["minibatch"] * 256, rtol=1e-4)
+
+
+def test_image_without_objects_trains_with_all_negatives():
+    rpn = make_rpn()
+    features = torch.randn(1, 8, 8, 8, requires_grad=True)
+    _, _, losses = rpn(features, [(128, 128)], [torch.zeros(0, 4)])
+    assert losses["rpn_reg"] == 0 and losses["rpn_cls"] > 0
+    losses["rpn"].backward()
+    assert features.grad is not None
+
+
+def test_proposals_are_clipped_sorted_nms_filtered_and_capped():
+    rpn = make_rpn(test_proposals=ProposalSettings(pre_nms_top_n=100, post_nms_top_n=20, nms_thresh=0.7, min_size_px=4))
+    rpn.eval()
+    with torch.no_grad():
+        rpn.head.bbox_deltas.weight.normal_(std=0.5)
+        proposals, scores, losses = rpn(torch.randn(2, 8, 8, 8), [(128, 100), (90, 128)])
+    assert losses == {}
+    for boxes, image_scores, (h, w) in zip(proposals, scores, [(128, 100), (90, 128)]):
+        assert 0 < boxes.shape[0] <= 20
+        assert (boxes[:, 0] >= 0).all() and (boxes[:, 2] <= w).all() and (boxes[:, 3] <= h).all()
+        assert (image_scores[:-1] >= image_scores[1:]).all()
+        assert ((boxes[:, 2] - boxes[:, 0]) >= 4).all()
+        from torchvision.ops import box_iou
+        iou = box_iou(boxes, boxes) - torch.eye(boxes.shape[0])
+        assert iou.max() <= 0.7 + 1e-6
