@@ -1,0 +1,59 @@
+"""Atomic writes and the unified detector file (final/model.pt)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from frcnn.factory import build_model
+
+
+def atomic_torch_save(obj: Any, path: str | Path) -> None:
+    """Write to a temporary name then rename, so a killed writer never leaves a half file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def atomic_write_json(obj: Any, path: str | Path) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True))
+    os.replace(tmp, path)
+
+
+def save_detector(model, model_cfg: dict, class_names: list[str], path: str | Path) -> None:
+    """One file holding everything needed to rebuild and run the detector."""
+    atomic_torch_save(
+        {"format": "frcnn-detector-v1", "model_cfg": model_cfg, "class_names": list(class_names),
+         "state_dict": model.state_dict()},
+        path,
+    )
+
+
+def load_detector(path: str | Path, map_location: str = "cpu"):
+    """Rebuild a detector saved by :func:`save_detector` -> (model in eval mode, class names)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no detector checkpoint at {path}")
+    try:
+        payload = torch.load(path, map_location=map_location, weights_only=False)
+    except Exception as exc:  # truncated or not a torch file
+        raise ValueError(f"{path} is not a readable frcnn checkpoint ({exc.__class__.__name__}: {exc})") from exc
+    if not isinstance(payload, dict) or payload.get("format") != "frcnn-detector-v1":
+        raise ValueError(f"{path} is not an frcnn detector checkpoint (missing format 'frcnn-detector-v1')")
+    cfg = dict(payload["model_cfg"])
+    cfg["backbone"] = {**cfg["backbone"], "weights": None}  # weights come from the state dict
+    model = build_model(cfg, num_classes=len(payload["class_names"]))
+    try:
+        model.load_state_dict(payload["state_dict"])
+    except RuntimeError as exc:
+        raise ValueError(f"{path}: weights do not fit the architecture in its model_cfg: {exc}") from exc
+    return model.eval(), payload["class_names"]

@@ -1,0 +1,142 @@
+"""Lightning data module for detection data sets built lazily from zero-argument factories."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Sequence
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from frcnn.data.synthetic import ShapesDataset
+from frcnn.data.transforms import DetectionTransform, collate_detection
+
+__all__ = ["DetectionDataModule", "build_shapes_datamodule"]
+
+DatasetFactory = Callable[[], Dataset]
+
+
+class DetectionDataModule(L.LightningDataModule):
+    """Train / val detection loaders; batches are ``(list of images [3, H_i, W_i], list of targets)``.
+
+    ``train_dataset_factory`` / ``val_dataset_factory`` are zero-argument callables (e.g.
+    ``functools.partial`` or a Hydra ``_partial_: true`` node) that build the data sets in
+    ``setup()``. Training batches are shuffled with a ``torch.Generator`` seeded from ``seed``
+    (reproducible order; it also seeds the worker base seeds). Workers are persistent when
+    ``num_workers > 0``. ``val_batch_size`` defaults to ``batch_size``.
+    """
+
+    def __init__(
+        self,
+        train_dataset_factory: DatasetFactory,
+        val_dataset_factory: DatasetFactory,
+        batch_size: int = 2,
+        val_batch_size: int | None = None,
+        num_workers: int = 0,
+        pin_memory: bool = False,
+        shuffle: bool = True,
+        seed: int = 0,
+    ):
+        super().__init__()
+        self.train_dataset_factory = train_dataset_factory
+        self.val_dataset_factory = val_dataset_factory
+        self.batch_size = int(batch_size)
+        self.val_batch_size = int(val_batch_size) if val_batch_size is not None else self.batch_size
+        self.num_workers = int(num_workers)
+        self.pin_memory = bool(pin_memory)
+        self.shuffle = bool(shuffle)
+        self.seed = int(seed)
+        self.train_dataset: Dataset | None = None
+        self.val_dataset: Dataset | None = None
+
+    def setup(self, stage: str | None = None) -> None:
+        """Build both data sets once (idempotent; cheap for the synthetic set)."""
+        if self.train_dataset is None:
+            self.train_dataset = self.train_dataset_factory()
+        if self.val_dataset is None:
+            self.val_dataset = self.val_dataset_factory()
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        """Foreground class names of the train set (label k is class_names[k - 1])."""
+        self.setup()
+        return tuple(self.train_dataset.class_names)
+
+    @property
+    def num_classes(self) -> int:
+        """Number of foreground classes C."""
+        return len(self.class_names)
+
+    def _loader(self, dataset: Dataset, batch_size: int, shuffle: bool) -> DataLoader:
+        """DataLoader with list collation; seeded shuffling; persistent workers if any."""
+        generator = torch.Generator().manual_seed(self.seed)
+        return DataLoader(
+            dataset,
+            batch_size=batch_size,
+            shuffle=shuffle,
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
+            collate_fn=collate_detection,
+            persistent_workers=self.num_workers > 0,
+            generator=generator,
+            drop_last=False,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        self.setup("fit")
+        return self._loader(self.train_dataset, self.batch_size, shuffle=self.shuffle)
+
+    def val_dataloader(self) -> DataLoader:
+        self.setup("validate")
+        return self._loader(self.val_dataset, self.val_batch_size, shuffle=False)
+
+
+def build_shapes_datamodule(
+    num_train: int = 200,
+    num_val: int = 50,
+    image_size: tuple[int, int] = (256, 256),
+    scales: Sequence[int] = (256,),
+    max_size: int = 1000,
+    hflip_prob: float = 0.5,
+    batch_size: int = 2,
+    num_workers: int = 0,
+    seed: int = 0,
+    val_batch_size: int | None = None,
+    min_objects: int = 1,
+    max_objects: int = 4,
+) -> DetectionDataModule:
+    """DetectionDataModule over ShapesDataset "train" / "val" splits generated from ``seed``.
+
+    Training uses ``DetectionTransform(scales, max_size, hflip_prob, train=True, seed=seed)``; validation
+    uses ``scales[0]`` without flipping. With the default 256 x 256 images and scales=(256,)
+    the paper rule leaves the image size unchanged.
+    """
+    image_size_hw = (int(image_size[0]), int(image_size[1]))
+    common = dict(image_size=image_size_hw, min_objects=min_objects, max_objects=max_objects, seed=seed)
+    train_factory = functools.partial(
+        ShapesDataset,
+        split="train",
+        num_images=num_train,
+        transform=DetectionTransform(
+            scales=scales, max_size=max_size, hflip_prob=hflip_prob, train=True, seed=seed
+        ),
+        **common,
+    )
+    val_factory = functools.partial(
+        ShapesDataset,
+        split="val",
+        num_images=num_val,
+        transform=DetectionTransform(scales=scales, max_size=max_size, hflip_prob=0.0, train=False),
+        **common,
+    )
+    return DetectionDataModule(
+        train_factory,
+        val_factory,
+        batch_size=batch_size,
+        val_batch_size=val_batch_size,
+        num_workers=num_workers,
+        pin_memory=False,
+        shuffle=True,
+        seed=seed,
+    )

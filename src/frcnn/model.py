@@ -1,0 +1,85 @@
+"""FasterRCNN: shared conv backbone + RPN + Fast R-CNN detector (paper Fig. 2). Plain PyTorch."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+from frcnn.backbones import Backbone
+from frcnn.roi_head import RoIHead
+from frcnn.rpn import RegionProposalNetwork
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def batch_images(images: list[Tensor], size_divisible: int = 16) -> tuple[Tensor, list[tuple[int, int]]]:
+    """Zero-pad images of different sizes to one batch tensor, bottom/right, to a multiple of
+    the stride. images: list of [3, H_i, W_i] -> ([B, 3, H, W], [(H_i, W_i)])."""
+    image_sizes = [(int(img.shape[-2]), int(img.shape[-1])) for img in images]
+    height = int(math.ceil(max(h for h, _ in image_sizes) / size_divisible) * size_divisible)
+    width = int(math.ceil(max(w for _, w in image_sizes) / size_divisible) * size_divisible)
+    batch = images[0].new_zeros((len(images), images[0].shape[0], height, width))
+    for i, img in enumerate(images):
+        batch[i, :, : img.shape[-2], : img.shape[-1]] = img
+    return batch, image_sizes
+
+
+class FasterRCNN(nn.Module):
+    """Faster R-CNN: one network whose shared conv layers feed the RPN and the detector.
+
+    Images enter as float tensors in [0, 1]; the model normalises them with ImageNet
+    statistics (what torchvision's pretrained backbones expect). Boxes are (x1, y1, x2, y2)
+    in input-image pixels.
+    """
+
+    def __init__(self, backbone: Backbone, rpn: RegionProposalNetwork, roi_head: RoIHead,
+                 pixel_mean=IMAGENET_MEAN, pixel_std=IMAGENET_STD):
+        super().__init__()
+        self.backbone = backbone.body
+        self.backbone_info = backbone
+        self.rpn = rpn
+        self.roi_head = roi_head
+        self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("pixel_std", torch.tensor(pixel_std).view(1, 3, 1, 1), persistent=False)
+        self.size_divisible = backbone.stride
+
+    @property
+    def num_classes(self) -> int:
+        return self.roi_head.num_classes
+
+    def preprocess(self, images: list[Tensor]) -> tuple[Tensor, list[tuple[int, int]]]:
+        normalised = [(img - self.pixel_mean[0]) / self.pixel_std[0] for img in images]
+        return batch_images(normalised, self.size_divisible)
+
+    def features(self, images: list[Tensor]) -> tuple[Tensor, list[tuple[int, int]]]:
+        """Shared conv layers: -> (feature map [B, C, H/16, W/16], image sizes)."""
+        batch, image_sizes = self.preprocess(images)
+        return self.backbone(batch), image_sizes
+
+    def forward(self, images: list[Tensor], targets: list[dict[str, Tensor]] | None = None):
+        """Training (targets given): approximate joint training (§3.2 ii): the RPN and
+        detector losses are summed; proposals are treated as fixed (no gradient w.r.t. their
+        coordinates). Returns a dict of losses with ``total``.
+        Inference: list of {boxes [D, 4], scores [D], labels [D]} per image."""
+        feature_map, image_sizes = self.features(images)
+        if targets is None:
+            proposals, _, _ = self.rpn(feature_map, image_sizes)
+            detections, _ = self.roi_head(feature_map, proposals, image_sizes)
+            return detections
+        gt_boxes = [t["boxes"] for t in targets]
+        gt_labels = [t["labels"] for t in targets]
+        proposals, _, rpn_losses = self.rpn(feature_map, image_sizes, gt_boxes)
+        _, det_losses = self.roi_head(feature_map, proposals, image_sizes, gt_boxes, gt_labels)
+        losses = {**rpn_losses, **det_losses}
+        losses["total"] = rpn_losses["rpn"] + det_losses["det"]
+        return losses
+
+    @torch.no_grad()
+    def propose(self, images: list[Tensor]) -> tuple[list[Tensor], list[Tensor]]:
+        """RPN proposals (test settings) for a list of images."""
+        feature_map, image_sizes = self.features(images)
+        proposals, scores, _ = self.rpn(feature_map, image_sizes)
+        return proposals, scores

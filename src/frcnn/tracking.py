@@ -1,0 +1,103 @@
+"""Experiment loggers for Lightning: W&B (offline by itself when it cannot go online), CSV,
+TensorBoard, or none."""
+
+from __future__ import annotations
+
+import logging
+import netrc
+import os
+import socket
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+LOGGER_NAMES = ("wandb", "csv", "tensorboard", "none")
+WANDB_MODES = ("auto", "online", "offline", "disabled")
+log = logging.getLogger(__name__)
+
+
+def wandb_has_credentials() -> bool:
+    """True when an API key is in WANDB_API_KEY or in ~/.netrc for the W&B host."""
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    host = os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai").split("://")[-1].split("/")[0]
+    try:
+        return netrc.netrc().authenticators(host) is not None
+    except (FileNotFoundError, netrc.NetrcParseError, OSError):
+        return False
+
+
+def wandb_reachable(timeout_s: float = 2.0) -> bool:
+    host = os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai").split("://")[-1].split("/")[0]
+    try:
+        with socket.create_connection((host.split(":")[0], 443), timeout=timeout_s):
+            return True
+    except OSError:
+        return False
+
+
+def resolve_wandb_mode(requested: str) -> str:
+    """``auto``: online only with credentials and a reachable server, else offline (never a
+    prompt: W&B asks for a key interactively when online without one)."""
+    if requested not in WANDB_MODES:
+        raise ValueError(f"logger.mode={requested!r}; allowed: {WANDB_MODES}")
+    if requested != "auto":
+        return requested
+    if os.environ.get("WANDB_MODE") in ("offline", "disabled", "online"):
+        return os.environ["WANDB_MODE"]
+    if wandb_has_credentials() and wandb_reachable():
+        return "online"
+    return "offline"
+
+
+def build_logger(logger_cfg: Mapping[str, Any], save_dir: str | Path, run_name: str, job_type: str,
+                 config: dict | None = None, group: str | None = None):
+    """A Lightning logger for one stage, or False for ``logger=none``."""
+    name = logger_cfg["name"]
+    if name not in LOGGER_NAMES:
+        raise ValueError(f"logger={name!r}; allowed: {LOGGER_NAMES}")
+    save_dir = Path(save_dir)
+    if name == "none":
+        return False
+    if name == "csv":
+        from lightning.pytorch.loggers import CSVLogger
+
+        return CSVLogger(save_dir=str(save_dir), name="csv", version=job_type)
+    if name == "tensorboard":
+        from lightning.pytorch.loggers import TensorBoardLogger
+
+        return TensorBoardLogger(save_dir=str(save_dir), name="tensorboard", version=job_type)
+    from lightning.pytorch.loggers import WandbLogger
+
+    mode = resolve_wandb_mode(str(logger_cfg.get("mode", "auto")))
+    os.environ.setdefault("WANDB_SILENT", "true")
+    if mode == "offline":
+        log.warning("W&B: no credentials or no network, logging offline under %s/wandb", save_dir)
+    return WandbLogger(
+        project=logger_cfg.get("project", "frcnn"),
+        entity=logger_cfg.get("entity"),
+        group=logger_cfg.get("group") or group,
+        job_type=job_type,
+        name=f"{run_name}/{job_type}",
+        save_dir=str(save_dir),
+        mode=mode,
+        config=config,
+    )
+
+
+def finish_logger(logger) -> None:
+    """Close a W&B run and say how to upload it when it was offline."""
+    try:
+        from lightning.pytorch.loggers import WandbLogger
+    except ImportError:  # pragma: no cover
+        return
+    if not isinstance(logger, WandbLogger):
+        return
+    import wandb
+
+    run = logger.experiment
+    run_dir = Path(run.dir).parent if getattr(run, "dir", None) else None
+    offline = bool(getattr(getattr(run, "settings", None), "_offline", False)) or getattr(run, "offline", False)
+    wandb.finish()
+    if run_dir is not None and offline:
+        print(f"W&B run saved offline in {run_dir}\n  upload it later with: wandb sync {run_dir}")

@@ -1,0 +1,93 @@
+"""Short real training runs on the built-in data (CPU)."""
+
+import csv
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from frcnn.checkpoints import load_detector
+from frcnn.config import ConfigError, validate_config
+from frcnn.recipes import run_recipe
+from tests.conftest import REPO_ROOT
+
+TINY = ["data.num_train=64", "data.num_val=24", "schedule.joint.images_per_batch=4", "recipe.val_every_n_epochs=null"]
+
+
+def read_losses(run_dir):
+    with open(run_dir / "csv" / "joint" / "metrics.csv") as f:
+        return [float(row["train/total"]) for row in csv.DictReader(f) if row.get("train/total")]
+
+
+@pytest.mark.slow
+def test_joint_training_loss_falls_and_map_beats_untrained(compose_cfg, tmp_path):
+    untrained = run_recipe(compose_cfg(TINY + ["logger=none", "schedule.joint.max_steps=1"], tmp_path / "untrained"),
+                           tmp_path / "untrained")
+    cfg = compose_cfg(TINY + ["logger=csv", "schedule.joint.max_steps=240", "schedule.joint.lr_steps=[200]"], tmp_path / "run")
+    metrics = run_recipe(cfg, tmp_path / "run")
+    losses = read_losses(tmp_path / "run")
+    assert sum(losses[-5:]) / 5 < 0.6 * sum(losses[:3]) / 3
+    assert metrics["map_50"] > untrained["map_50"] + 0.2
+    saved = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert saved["num_images"] == 24 and set(saved["ap_per_class"]) == {"circle", "square", "triangle", "bar", "ring"}
+    # the unified detector reloads and reproduces a detection
+    model, class_names = load_detector(tmp_path / "run" / "final" / "model.pt")
+    assert class_names == ["circle", "square", "triangle", "bar", "ring"]
+    with torch.no_grad():
+        out = model([torch.rand(3, 256, 256)])
+    assert set(out[0]) == {"boxes", "scores", "labels"}
+
+
+@pytest.mark.slow
+def test_rerun_of_finished_run_skips_training(compose_cfg, tmp_path):
+    cfg = compose_cfg(TINY + ["logger=none", "schedule.joint.max_steps=3"], tmp_path)
+    run_recipe(cfg, tmp_path)
+    done_mtime = (tmp_path / "joint" / "DONE").stat().st_mtime
+    second = run_recipe(cfg, tmp_path)
+    assert "joint" not in second["stage_seconds"]  # no training time: the stage was skipped
+    assert (tmp_path / "joint" / "DONE").stat().st_mtime == done_mtime
+
+
+@pytest.mark.slow
+def test_cli_runs_with_overrides_and_writes_metrics(tmp_path):
+    cmd = [sys.executable, "train.py", "logger=csv", "schedule.joint.max_steps=4", "data.num_train=8",
+           "data.num_val=4", f"hydra.run.dir={tmp_path}"]
+    result = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "mAP" in result.stdout
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert {"map_50", "map_voc07", "ap_per_class", "num_images"} <= set(metrics)
+    assert (tmp_path / ".hydra" / "config.yaml").exists()
+
+
+@pytest.mark.parametrize("override, key", [
+    ("rpn.lambda=-1", "rpn.lambda"),
+    ("rpn.anchor_scales=[]", "rpn.anchor_scales"),
+    ("rpn.anchor_ratios=[0,1]", "rpn.anchor_ratios"),
+    ("rpn.fg_iou=0.2", "rpn.fg_iou"),
+    ("backbone.name=alexnet", "backbone"),
+    ("logger.name=mlflow", "logger"),
+])
+def test_bad_config_values_stop_before_training_naming_the_key(compose_cfg, tmp_path, override, key):
+    cfg = compose_cfg([override], tmp_path)
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        validate_config(cfg)
+
+
+def test_default_config_holds_paper_values(compose_cfg, tmp_path):
+    cfg = compose_cfg([], tmp_path)
+    validate_config(cfg)
+    rpn, roi, optim = cfg["rpn"], cfg["roi_head"], cfg["optim"]
+    assert rpn["lambda"] == 10 and rpn["anchor_ratios"] == [0.5, 1.0, 2.0]
+    assert (rpn["fg_iou"], rpn["bg_iou"], rpn["batch_size"], rpn["positive_fraction"]) == (0.7, 0.3, 256, 0.5)
+    assert rpn["train"] == {"pre_nms_top_n": 12000, "post_nms_top_n": 2000}
+    assert rpn["test"] == {"pre_nms_top_n": 6000, "post_nms_top_n": 300}
+    assert (roi["batch_size"], roi["positive_fraction"], roi["fg_iou"], roi["bg_iou_lo"]) == (128, 0.25, 0.5, 0.1)
+    assert roi["target_stds"] == [0.1, 0.1, 0.2, 0.2] and roi["nms_thresh"] == 0.3
+    assert (optim["momentum"], optim["weight_decay"]) == (0.9, 0.0005)
+    assert cfg["recipe"]["name"] == "joint" and cfg["data"]["name"] == "shapes"
+    # the paper's anchor scales are the group default, replaced only by the built-in data's preset
+    paper = compose_cfg(["experiment=null"], tmp_path)
+    assert paper["rpn"]["anchor_scales"] == [128, 256, 512] and paper["optim"]["lr"] == 0.001
