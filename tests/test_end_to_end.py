@@ -13,7 +13,7 @@ from frcnn.config import ConfigError, validate_config
 from frcnn.recipes import run_recipe
 from tests.conftest import REPO_ROOT
 
-TINY = ["data.num_train=64", "data.num_val=24", "schedule.joint.images_per_batch=4", "recipe.val_every_n_epochs=null"]
+TINY = ["recipe=joint", "data.num_train=64", "data.num_val=24", "schedule.joint.images_per_batch=4", "recipe.val_every_n_epochs=null"]
 
 
 def read_losses(run_dir):
@@ -52,7 +52,7 @@ def test_rerun_of_finished_run_skips_training(compose_cfg, tmp_path):
 
 @pytest.mark.slow
 def test_cli_runs_with_overrides_and_writes_metrics(tmp_path):
-    cmd = [sys.executable, "train.py", "logger=csv", "schedule.joint.max_steps=4", "data.num_train=8",
+    cmd = [sys.executable, "train.py", "recipe=joint", "logger=csv", "schedule.joint.max_steps=4", "data.num_train=8",
            "data.num_val=4", f"hydra.run.dir={tmp_path}"]
     result = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
@@ -83,11 +83,11 @@ def test_default_config_holds_paper_values(compose_cfg, tmp_path):
     assert rpn["lambda"] == 10 and rpn["anchor_ratios"] == [0.5, 1.0, 2.0]
     assert (rpn["fg_iou"], rpn["bg_iou"], rpn["batch_size"], rpn["positive_fraction"]) == (0.7, 0.3, 256, 0.5)
     assert rpn["train"] == {"pre_nms_top_n": 12000, "post_nms_top_n": 2000}
-    assert rpn["test"] == {"pre_nms_top_n": 6000, "post_nms_top_n": 300}
+    assert (rpn["test"]["pre_nms_top_n"], rpn["test"]["post_nms_top_n"]) == (6000, 300)
     assert (roi["batch_size"], roi["positive_fraction"], roi["fg_iou"], roi["bg_iou_lo"]) == (128, 0.25, 0.5, 0.1)
     assert roi["target_stds"] == [0.1, 0.1, 0.2, 0.2] and roi["nms_thresh"] == 0.3
     assert (optim["momentum"], optim["weight_decay"]) == (0.9, 0.0005)
-    assert cfg["recipe"]["name"] == "joint" and cfg["data"]["name"] == "shapes"
+    assert cfg["recipe"]["name"] == "alternating" and cfg["data"]["name"] == "shapes"
     # the paper's anchor scales are the group default, replaced only by the built-in data's preset
     paper = compose_cfg(["experiment=null"], tmp_path)
     assert paper["rpn"]["anchor_scales"] == [128, 256, 512] and paper["optim"]["lr"] == 0.001

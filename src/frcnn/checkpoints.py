@@ -10,6 +10,7 @@ from typing import Any
 import torch
 
 from frcnn.factory import build_model
+from frcnn.model import UnsharedFasterRCNN
 
 
 def atomic_torch_save(obj: Any, path: str | Path) -> None:
@@ -30,10 +31,11 @@ def atomic_write_json(obj: Any, path: str | Path) -> None:
 
 
 def save_detector(model, model_cfg: dict, class_names: list[str], path: str | Path) -> None:
-    """One file holding everything needed to rebuild and run the detector."""
+    """One file holding everything needed to rebuild and run the detector (shared conv, or
+    the "unshared" pair of RPN and detector networks)."""
     atomic_torch_save(
         {"format": "frcnn-detector-v1", "model_cfg": model_cfg, "class_names": list(class_names),
-         "state_dict": model.state_dict()},
+         "unshared": isinstance(model, UnsharedFasterRCNN), "state_dict": model.state_dict()},
         path,
     )
 
@@ -51,7 +53,11 @@ def load_detector(path: str | Path, map_location: str = "cpu"):
         raise ValueError(f"{path} is not an frcnn detector checkpoint (missing format 'frcnn-detector-v1')")
     cfg = dict(payload["model_cfg"])
     cfg["backbone"] = {**cfg["backbone"], "weights": None}  # weights come from the state dict
-    model = build_model(cfg, num_classes=len(payload["class_names"]))
+    num_classes = len(payload["class_names"])
+    if payload.get("unshared"):
+        model = UnsharedFasterRCNN(build_model(cfg, num_classes), build_model(cfg, num_classes))
+    else:
+        model = build_model(cfg, num_classes)
     try:
         model.load_state_dict(payload["state_dict"])
     except RuntimeError as exc:

@@ -23,6 +23,9 @@ def proposal_settings(rpn_cfg: Mapping[str, Any], mode: str) -> ProposalSettings
         post_nms_top_n=int(mode_cfg["post_nms_top_n"]),
         nms_thresh=float(rpn_cfg["nms_thresh"]),
         min_size_px=float(rpn_cfg["min_size"]),
+        ranking=str(mode_cfg.get("ranking", "cls")),
+        use_regression=bool(mode_cfg.get("use_regression", True)),
+        use_nms=bool(mode_cfg.get("use_nms", True)),
     )
 
 

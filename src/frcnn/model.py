@@ -83,3 +83,30 @@ class FasterRCNN(nn.Module):
         feature_map, image_sizes = self.features(images)
         proposals, scores, _ = self.rpn(feature_map, image_sizes)
         return proposals, scores
+
+
+class UnsharedFasterRCNN(nn.Module):
+    """RPN and Fast R-CNN with separate backbones (paper Tables 2/3 "unshared"): the stage-1
+    RPN proposes, the stage-1 detector classifies on its own conv features."""
+
+    def __init__(self, rpn_net: FasterRCNN, det_net: FasterRCNN):
+        super().__init__()
+        self.rpn_net = rpn_net
+        self.det_net = det_net
+
+    @property
+    def num_classes(self) -> int:
+        return self.det_net.num_classes
+
+    @property
+    def rpn(self) -> RegionProposalNetwork:
+        return self.rpn_net.rpn
+
+    def propose(self, images: list[Tensor]):
+        return self.rpn_net.propose(images)
+
+    def forward(self, images: list[Tensor]):
+        proposals, _ = self.rpn_net.propose(images)
+        feature_map, image_sizes = self.det_net.features(images)
+        detections, _ = self.det_net.roi_head(feature_map, proposals, image_sizes)
+        return detections

@@ -19,12 +19,16 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
-from frcnn.checkpoints import atomic_write_json, save_detector
+from frcnn.checkpoints import atomic_torch_save, atomic_write_json, save_detector
 from frcnn.data.build import build_dataset
 from frcnn.data.datamodule import DetectionDataModule
 from frcnn.evaluation.evaluate import evaluate_detector
 from frcnn.evaluation.voc_ap import format_table
 from frcnn.lit.joint import JointModule
+from frcnn.lit.stages import StageModule
+from frcnn.model import UnsharedFasterRCNN
+from frcnn.proposals import ProposalDataset, generate_proposal_file, load_proposal_file
+from frcnn.rpn import ProposalSettings
 from frcnn.tracking import build_logger, finish_logger
 
 log = logging.getLogger(__name__)
@@ -34,10 +38,10 @@ def model_config(cfg: Mapping[str, Any]) -> dict:
     return {"backbone": dict(cfg["backbone"]), "rpn": dict(cfg["rpn"]), "roi_head": dict(cfg["roi_head"])}
 
 
-def build_datamodule(cfg: Mapping[str, Any], images_per_batch: int) -> DetectionDataModule:
+def build_datamodule(cfg: Mapping[str, Any], images_per_batch: int, train_factory=None) -> DetectionDataModule:
     data_cfg = cfg["data"]
     return DetectionDataModule(
-        train_dataset_factory=lambda: build_dataset(data_cfg, "train"),
+        train_dataset_factory=train_factory or (lambda: build_dataset(data_cfg, "train")),
         val_dataset_factory=lambda: build_dataset(data_cfg, "val"),
         batch_size=int(images_per_batch),
         val_batch_size=max(int(images_per_batch), 4),
@@ -68,32 +72,123 @@ def build_trainer(cfg: Mapping[str, Any], stage_dir: Path, stage_name: str, max_
     )
 
 
+def fit_stage(cfg: Mapping[str, Any], run_dir: Path, stage_name: str, module: L.LightningModule,
+              datamodule: L.LightningDataModule, schedule: Mapping[str, Any], timings: dict[str, float],
+              val_every_n_epochs: int | None = None) -> L.LightningModule:
+    """Train one stage unless it is DONE; resume it from its last checkpoint if interrupted.
+
+    Writes <run_dir>/<stage>/checkpoints/last.ckpt (Lightning state), <stage>/model.pt (the
+    stage's weights) and <stage>/DONE. A finished stage is loaded from model.pt instead.
+    """
+    stage_dir = run_dir / stage_name
+    weights = stage_dir / "model.pt"
+    if (stage_dir / "DONE").exists() and weights.exists():
+        log.info("stage %s already finished; loading %s", stage_name, weights)
+        module.model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+        return module
+    logger = build_logger(cfg["logger"], run_dir, run_dir.name, stage_name, config=dict(cfg))
+    trainer = build_trainer(cfg, stage_dir, stage_name, schedule["max_steps"], logger, val_every_n_epochs)
+    last = stage_dir / "checkpoints" / "last.ckpt"
+    if last.exists():
+        log.info("stage %s: resuming from %s", stage_name, last)
+    start = time.perf_counter()
+    trainer.fit(module, datamodule=datamodule, ckpt_path=str(last) if last.exists() else None)
+    timings[stage_name] = time.perf_counter() - start
+    if trainer.is_global_zero:
+        atomic_torch_save(module.model.state_dict(), weights)
+        (stage_dir / "DONE").write_text(f"{trainer.global_step}\n")
+    finish_logger(logger)
+    _barrier()
+    return module
+
+
+def _barrier() -> None:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.barrier()
+
+
 def run_joint(cfg: Mapping[str, Any], run_dir: Path) -> dict:
     """Approximate joint training (§3.2 ii), then evaluation of the final detector."""
-    stage_name = "joint"
-    stage_dir = run_dir / stage_name
     schedule = cfg["schedule"]["joint"]
     datamodule = build_datamodule(cfg, schedule["images_per_batch"])
     datamodule.setup("fit")
     class_names = datamodule.class_names
     module = JointModule(model_config(cfg), dict(cfg["optim"]), list(schedule["lr_steps"]), class_names)
     timings: dict[str, float] = {}
-    if not (stage_dir / "DONE").exists():
-        logger = build_logger(cfg["logger"], run_dir, run_dir.name, stage_name, config=dict(cfg))
-        trainer = build_trainer(cfg, stage_dir, stage_name, schedule["max_steps"], logger,
-                                cfg["recipe"].get("val_every_n_epochs"))
-        last = stage_dir / "checkpoints" / "last.ckpt"
-        start = time.perf_counter()
-        trainer.fit(module, datamodule=datamodule, ckpt_path=str(last) if last.exists() else None)
-        timings[stage_name] = time.perf_counter() - start
-        if trainer.is_global_zero:
-            (stage_dir / "DONE").write_text(f"{trainer.global_step}\n")
-        finish_logger(logger)
-    else:
-        log.info("stage %s already finished; loading its last checkpoint", stage_name)
-        state = torch.load(stage_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
-        module.load_state_dict(state["state_dict"])
+    fit_stage(cfg, run_dir, "joint", module, datamodule, schedule, timings, cfg["recipe"].get("val_every_n_epochs"))
     return finalize(cfg, run_dir, module.model, class_names, datamodule, timings)
+
+
+def proposal_stage(cfg: Mapping[str, Any], run_dir: Path, stage_name: str, model, dataset,
+                   timings: dict[str, float]) -> dict:
+    """Stage 2 / 5: the trained RPN proposes boxes for every training image (no pre-NMS cut,
+    NMS 0.7, top 2000 by default), written once to <run_dir>/<stage>/proposals.pt."""
+    path = run_dir / stage_name / "proposals.pt"
+    if not path.exists():
+        start = time.perf_counter()
+        prop_cfg = cfg["recipe"]["proposals"]
+        settings = ProposalSettings(
+            pre_nms_top_n=int(prop_cfg["pre_nms_top_n"]), post_nms_top_n=int(prop_cfg["post_nms_top_n"]),
+            nms_thresh=float(prop_cfg["nms_thresh"]), min_size_px=float(cfg["rpn"]["min_size"]),
+        )
+        generate_proposal_file(model, dataset, settings, path)
+        timings[stage_name] = time.perf_counter() - start
+    return load_proposal_file(path, len(dataset))
+
+
+def run_alternating(cfg: Mapping[str, Any], run_dir: Path) -> dict:
+    """The paper's 4-step alternating training (§3.2), each step its own Trainer:
+
+    1 stage1_rpn: RPN + shared conv from ImageNet init.   2 stage1_proposals.
+    3 stage1_det: Fast R-CNN on a *fresh* ImageNet backbone, on stage-1 proposals.
+    4 stage2_rpn: conv from stage1_det, frozen; only RPN layers train.   5 stage2_proposals.
+    6 stage2_det: conv still frozen; only Fast R-CNN unique layers (fc, outputs) fine-tune.
+    7 unify: stage-4 conv + RPN with the stage-6 head in one checkpoint -> final/model.pt.
+    With recipe.unshared the run stops after step 3 (separate backbones, paper Table 2/3).
+    """
+    stages = cfg["schedule"]["alternating"]
+    model_cfg, optim_cfg = model_config(cfg), dict(cfg["optim"])
+    base = build_datamodule(cfg, stages["stage1_rpn"]["images_per_batch"])
+    base.setup("fit")
+    class_names = base.class_names
+    train_set = base.train_dataset
+    timings: dict[str, float] = {}
+
+    def stage_module(name: str, kind: str, freeze_shared: bool) -> StageModule:
+        return StageModule(kind, model_cfg, optim_cfg, list(stages[name]["lr_steps"]), class_names,
+                           freeze_shared=freeze_shared, stage_name=name)
+
+    def detector_data(proposals: dict, name: str) -> DetectionDataModule:
+        return build_datamodule(cfg, stages[name]["images_per_batch"],
+                                train_factory=lambda: ProposalDataset(train_set, proposals))
+
+    rpn1 = fit_stage(cfg, run_dir, "stage1_rpn", stage_module("stage1_rpn", "rpn", False), base,
+                     stages["stage1_rpn"], timings)
+    proposals1 = proposal_stage(cfg, run_dir, "stage1_proposals", rpn1.model, train_set, timings)
+    det1 = stage_module("stage1_det", "detector", False)  # fresh backbone: not shared yet
+    det1 = fit_stage(cfg, run_dir, "stage1_det", det1, detector_data(proposals1, "stage1_det"),
+                     stages["stage1_det"], timings)
+    if cfg["recipe"].get("unshared", False):
+        model = UnsharedFasterRCNN(rpn1.model, det1.model)
+        return finalize(cfg, run_dir, model, class_names, base, timings)
+
+    rpn2 = stage_module("stage2_rpn", "rpn", True)
+    copy_weights(det1.model.backbone, rpn2.model.backbone)  # initialised from the detector...
+    copy_weights(det1.model.roi_head, rpn2.model.roi_head)  # (carried along for stage 6)
+    rpn2.apply_trainable()  # ...whose conv layers are now fixed
+    rpn2 = fit_stage(cfg, run_dir, "stage2_rpn", rpn2, base, stages["stage2_rpn"], timings)
+    proposals2 = proposal_stage(cfg, run_dir, "stage2_proposals", rpn2.model, train_set, timings)
+
+    det2 = stage_module("stage2_det", "detector", True)
+    det2.model.load_state_dict(rpn2.model.state_dict())  # shared conv + RPN of stage 4, head of stage 3
+    det2.apply_trainable()
+    det2 = fit_stage(cfg, run_dir, "stage2_det", det2, detector_data(proposals2, "stage2_det"),
+                     stages["stage2_det"], timings)
+    return finalize(cfg, run_dir, det2.model, class_names, base, timings)
+
+
+def copy_weights(source: torch.nn.Module, target: torch.nn.Module) -> None:
+    target.load_state_dict(source.state_dict())
 
 
 def finalize(cfg, run_dir: Path, model, class_names, datamodule, timings: dict[str, float]) -> dict:
@@ -110,7 +205,7 @@ def finalize(cfg, run_dir: Path, model, class_names, datamodule, timings: dict[s
     return metrics
 
 
-RECIPES = {"joint": run_joint}
+RECIPES = {"joint": run_joint, "alternating": run_alternating}
 
 
 def run_recipe(cfg: Mapping[str, Any], run_dir: str | Path) -> dict:

@@ -14,6 +14,7 @@ from frcnn.boxes import decode_boxes, encode_boxes
 from frcnn.sampling import sample_balanced
 
 REG_NORMALIZERS = ("anchor_locations", "minibatch")
+PROPOSAL_RANKINGS = ("cls", "random")
 
 
 class RPNHead(nn.Module):
@@ -53,6 +54,16 @@ class ProposalSettings:
     post_nms_top_n: int
     nms_thresh: float = 0.7
     min_size_px: float = 16.0
+    # test-time ablations of the paper's Table 2 (all off by default)
+    ranking: str = "cls"  # "cls": by objectness | "random": cls scores not used, random order
+    use_regression: bool = True  # False: the anchors themselves are the proposals
+    use_nms: bool = True  # False: no NMS, top-N by rank
+
+    def __post_init__(self):
+        if self.ranking not in PROPOSAL_RANKINGS:
+            raise ValueError(f"proposal ranking={self.ranking!r}; allowed: {PROPOSAL_RANKINGS}")
+        if self.post_nms_top_n <= 0:
+            raise ValueError(f"post_nms_top_n must be > 0, got {self.post_nms_top_n}")
 
 
 def rpn_loss(
@@ -188,6 +199,10 @@ class RegionProposalNetwork(nn.Module):
         """
         logits = logits.detach()
         deltas = deltas.detach()
+        if settings.ranking == "random":  # Table 2 "w/o cls": rank by a random permutation
+            logits = torch.rand(logits.shape, device=logits.device)
+        if not settings.use_regression:  # Table 2 "w/o reg": proposals are the anchors
+            deltas = torch.zeros_like(deltas)
         batch, num_anchors = logits.shape
         top_n = num_anchors if settings.pre_nms_top_n <= 0 else min(settings.pre_nms_top_n, num_anchors)
         top_logits, top_idx = logits.topk(top_n, dim=1)  # [B, K]
@@ -199,8 +214,10 @@ class RegionProposalNetwork(nn.Module):
             image_boxes = clip_boxes_to_image(boxes[i], image_hw)
             keep = remove_small_boxes(image_boxes, settings.min_size_px)
             image_boxes, image_scores = image_boxes[keep], scores[i][keep]
-            keep = nms(image_boxes, image_scores, settings.nms_thresh)
-            keep = keep[: settings.post_nms_top_n]
+            if settings.use_nms:
+                keep = nms(image_boxes, image_scores, settings.nms_thresh)[: settings.post_nms_top_n]
+            else:  # already sorted by score (topk)
+                keep = torch.arange(min(image_scores.numel(), settings.post_nms_top_n), device=image_scores.device)
             proposals.append(image_boxes[keep])
             proposal_scores.append(image_scores[keep])
         return proposals, proposal_scores

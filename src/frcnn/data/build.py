@@ -27,7 +27,7 @@ def build_dataset(data_cfg: Mapping[str, Any], split: str):
     if name not in DATASET_NAMES:
         raise ValueError(f"data.name={name!r}; allowed: {DATASET_NAMES}")
     train = split == "train"
-    return ShapesDataset(
+    dataset = ShapesDataset(
         split=split,
         num_images=int(data_cfg["num_train"] if train else data_cfg["num_val"]),
         image_size=tuple(int(v) for v in data_cfg["image_size"]),
@@ -36,3 +36,5 @@ def build_dataset(data_cfg: Mapping[str, Any], split: str):
         seed=int(data_cfg.get("seed", 0)),
         transform=build_transform(data_cfg, train, seed=int(data_cfg.get("seed", 0))),
     )
+    dataset.eval_transform = build_transform(data_cfg, train=False)  # proposals are computed unflipped
+    return dataset

@@ -1,0 +1,122 @@
+"""The 4-step alternating recipe (paper §3.2) on tiny runs: weights, proposals, resume."""
+
+import json
+
+import pytest
+import torch
+
+from frcnn import recipes
+from frcnn.checkpoints import load_detector
+from frcnn.lit.stages import StageModule
+from frcnn.proposals import load_proposal_file
+
+STEPS = [f"schedule.alternating.{s}.{k}" for s in ("stage1_rpn", "stage1_det", "stage2_rpn", "stage2_det")
+         for k in ("max_steps=4", "lr_steps=[3]", "images_per_batch=2")]
+TINY = ["recipe=alternating", "logger=none", "data.num_train=6", "data.num_val=4", "recipe.checkpoint_every_n_steps=2",
+        "recipe.proposals.post_nms_top_n=50"] + STEPS
+
+
+def weights(path):
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def part(state, prefix):
+    return {k: v for k, v in state.items() if k.startswith(prefix)}
+
+
+def same(a, b):
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    from tests.conftest import compose_config
+
+    run_dir = tmp_path_factory.mktemp("alt")
+    metrics = recipes.run_recipe(compose_config(TINY, run_dir), run_dir)
+    return run_dir, metrics
+
+
+@pytest.mark.slow
+def test_stages_train_what_the_paper_says(finished_run):
+    run_dir, metrics = finished_run
+    det1, rpn2, det2 = (weights(run_dir / s / "model.pt") for s in ("stage1_det", "stage2_rpn", "stage2_det"))
+    rpn1 = weights(run_dir / "stage1_rpn" / "model.pt")
+    # stage 1 detector starts from a fresh backbone: not the stage-1 RPN's conv
+    assert not same(part(rpn1, "backbone."), part(det1, "backbone."))
+    # stage 4: shared conv equal to the stage-3 detector's, exactly (frozen, BN stats included)
+    assert same(part(rpn2, "backbone."), part(det1, "backbone."))
+    assert not same(part(rpn2, "rpn."), part(rpn1, "rpn."))
+    # stage 6: conv unchanged, RPN unchanged, Fast R-CNN head changed
+    assert same(part(det2, "backbone."), part(rpn2, "backbone."))
+    assert same(part(det2, "rpn."), part(rpn2, "rpn."))
+    assert not same(part(det2, "roi_head."), part(rpn2, "roi_head."))
+    # unified: stage-4 conv + RPN, stage-6 head, one checkpoint
+    final = torch.load(run_dir / "final" / "model.pt", map_location="cpu", weights_only=False)["state_dict"]
+    assert same(part(final, "backbone."), part(rpn2, "backbone."))
+    assert same(part(final, "rpn."), part(rpn2, "rpn."))
+    assert same(part(final, "roi_head."), part(det2, "roi_head."))
+    saved = json.loads((run_dir / "metrics.json").read_text())
+    assert saved["recipe"] == "alternating" and saved["num_images"] == 4
+    model, names = load_detector(run_dir / "final" / "model.pt")
+    assert len(names) == 5
+
+
+@pytest.mark.slow
+def test_proposal_files_one_sorted_entry_per_image_inside_image(finished_run):
+    run_dir, _ = finished_run
+    for stage in ("stage1_proposals", "stage2_proposals"):
+        payload = load_proposal_file(run_dir / stage / "proposals.pt", num_images=6)
+        assert len(payload["boxes"]) == 6
+        for boxes, scores in zip(payload["boxes"], payload["scores"]):
+            assert 0 < boxes.shape[0] <= 50
+            assert (boxes[:, :2] >= 0).all() and (boxes[:, 2:] <= 256).all()  # shapes images are 256 x 256
+            assert (scores[:-1] >= scores[1:]).all()
+
+
+def test_frozen_parts_get_no_gradient_and_bn_stats_stay(compose_cfg, tmp_path):
+    cfg = compose_cfg(TINY, tmp_path)
+    module = StageModule("rpn", recipes.model_config(cfg), dict(cfg["optim"]), [10], ["a", "b"], freeze_shared=True)
+    module.train()
+    before = {k: v.clone() for k, v in module.model.backbone.state_dict().items()}
+    trainable = {n for n, p in module.model.named_parameters() if p.requires_grad}
+    assert trainable and all(n.startswith("rpn.") for n in trainable)
+    images = [torch.rand(3, 64, 64)]
+    fmap, sizes = module.model.features(images)
+    _, _, losses = module.model.rpn(fmap, sizes, [torch.tensor([[8.0, 8.0, 40.0, 40.0]])])
+    losses["rpn"].backward()
+    after = module.model.backbone.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+@pytest.mark.slow
+def test_run_stopped_in_stage_3_resumes_there(compose_cfg, tmp_path, monkeypatch):
+    cfg = compose_cfg(TINY, tmp_path)
+    original = StageModule.training_step
+
+    def crash_in_stage3(self, batch, batch_idx):
+        if self.hparams.stage_name == "stage1_det" and self.global_step == 3:
+            raise RuntimeError("simulated crash in stage 3")
+        return original(self, batch, batch_idx)
+
+    monkeypatch.setattr(StageModule, "training_step", crash_in_stage3)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        recipes.run_recipe(cfg, tmp_path)
+    assert (tmp_path / "stage1_rpn" / "DONE").exists() and not (tmp_path / "stage1_det" / "DONE").exists()
+    assert (tmp_path / "stage1_det" / "checkpoints" / "last.ckpt").exists()
+    monkeypatch.setattr(StageModule, "training_step", original)
+
+    resumed_from = {}
+    real_fit = recipes.L.Trainer.fit
+
+    def spy_fit(self, module, *args, ckpt_path=None, **kwargs):
+        resumed_from[module.hparams.stage_name] = ckpt_path
+        return real_fit(self, module, *args, ckpt_path=ckpt_path, **kwargs)
+
+    monkeypatch.setattr(recipes.L.Trainer, "fit", spy_fit)
+    metrics = recipes.run_recipe(cfg, tmp_path)
+    assert "stage1_rpn" not in resumed_from and "stage1_proposals" not in metrics["stage_seconds"]
+    assert resumed_from["stage1_det"] is not None and resumed_from["stage1_det"].endswith("last.ckpt")
+    assert resumed_from["stage2_rpn"] is None
+    assert (tmp_path / "stage1_det" / "DONE").read_text().strip() == "4"
+    assert (tmp_path / "metrics.json").exists()
