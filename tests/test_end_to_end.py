@@ -89,5 +89,5 @@ def test_default_config_holds_paper_values(compose_cfg, tmp_path):
     assert (optim["momentum"], optim["weight_decay"]) == (0.9, 0.0005)
     assert cfg["recipe"]["name"] == "alternating" and cfg["data"]["name"] == "shapes"
     # the paper's anchor scales are the group default, replaced only by the built-in data's preset
-    paper = compose_cfg(["experiment=null"], tmp_path)
+    paper = compose_cfg(["~experiment"], tmp_path)
     assert paper["rpn"]["anchor_scales"] == [128, 256, 512] and paper["optim"]["lr"] == 0.001

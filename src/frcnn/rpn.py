@@ -223,14 +223,20 @@ class RegionProposalNetwork(nn.Module):
         return proposals, proposal_scores
 
     def forward(
-        self, features: Tensor, image_sizes: list[tuple[int, int]], gt_boxes: list[Tensor] | None = None
+        self, features: Tensor, image_sizes: list[tuple[int, int]], gt_boxes: list[Tensor] | None = None,
+        with_proposals: bool = True,
     ) -> tuple[list[Tensor], list[Tensor], dict[str, Tensor]]:
-        """features [B, C, H, W] -> (proposals, their scores, losses (empty unless gt_boxes))."""
+        """features [B, C, H, W] -> (proposals, their scores, losses (empty unless gt_boxes)).
+
+        ``with_proposals=False`` skips the proposal layer (an RPN-only training step needs
+        only the loss)."""
         feature_hw = (features.shape[-2], features.shape[-1])
         anchors = self.anchor_generator(feature_hw)  # [A, 4]
         logits, deltas = self.head(features)
         settings = self.train_proposals if self.training else self.test_proposals
-        proposals, scores = self.propose(anchors, logits, deltas, image_sizes, settings)
+        proposals, scores = [], []
+        if with_proposals:
+            proposals, scores = self.propose(anchors, logits, deltas, image_sizes, settings)
         losses = {}
         if gt_boxes is not None:
             losses = self.loss(logits, deltas, anchors, gt_boxes, image_sizes, feature_hw)

@@ -97,7 +97,7 @@ def finish_logger(logger) -> None:
 
     run = logger.experiment
     run_dir = Path(run.dir).parent if getattr(run, "dir", None) else None
-    offline = bool(getattr(getattr(run, "settings", None), "_offline", False)) or getattr(run, "offline", False)
+    offline = bool(getattr(run, "offline", False))
     wandb.finish()
     if run_dir is not None and offline:
         print(f"W&B run saved offline in {run_dir}\n  upload it later with: wandb sync {run_dir}")

@@ -26,6 +26,8 @@ import torch
 from albumentations.core.transforms_interface import BaseTransformInitSchema
 from albumentations.core.type_definitions import Targets
 
+from frcnn.data.validation import clip_and_check_boxes
+
 __all__ = [
     "DetectionTransform",
     "PaperRescale",
@@ -167,11 +169,12 @@ class DetectionTransform:
         self.pipeline.set_random_seed(int(np.random.SeedSequence(entropy).generate_state(1)[0]))
 
     def __call__(
-        self, image_uint8_hwc: np.ndarray, boxes_xyxy: np.ndarray, labels: np.ndarray
+        self, image_uint8_hwc: np.ndarray, boxes_xyxy: np.ndarray, labels: np.ndarray, source: str = "<image>"
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Boxes follow :func:`frcnn.data.validation.clip_and_check_boxes` (clip; degenerate
+        ground truth is an error naming ``source``), then rescale and flip with the image."""
         self._reseed_if_new_worker()
-        boxes_in = np.asarray(boxes_xyxy, dtype=np.float32).reshape(-1, 4)  # [N, 4]
-        labels_in = np.asarray(labels, dtype=np.int64).reshape(-1)  # [N]
+        boxes_in, labels_in = clip_and_check_boxes(boxes_xyxy, labels, image_uint8_hwc.shape[:2], source)  # [N, 4], [N]
         out = self.pipeline(image=image_uint8_hwc, bboxes=boxes_in, labels=labels_in)
         boxes_out = np.asarray(out["bboxes"], dtype=np.float32).reshape(-1, 4)  # [N', 4]
         labels_out = np.asarray(out["labels"], dtype=np.int64).reshape(-1)  # [N']

@@ -48,7 +48,7 @@ class StageModule(L.LightningModule):
         feature_map, image_sizes = self.model.features(images)
         gt_boxes = [t["boxes"] for t in targets]
         if self.hparams.kind == "rpn":
-            _, _, losses = self.model.rpn(feature_map, image_sizes, gt_boxes)
+            _, _, losses = self.model.rpn(feature_map, image_sizes, gt_boxes, with_proposals=False)
             total = losses["rpn"]
         else:
             proposals = [t["proposals"] for t in targets]

@@ -1,0 +1,40 @@
+"""The documented rule for ground-truth boxes at the dataset boundary.
+
+Rule: boxes are (x1, y1, x2, y2) pixels. A box reaching outside the image is clipped to it
+(annotation tools often write the border as W or W + 1). A box that has no area after
+clipping (x2 <= x1 or y2 <= y1: zero-area, reversed, or wholly outside the image) is an
+error naming the image and the box: training on it would teach garbage. Proposal boxes
+(label 0) are only clipped; degenerate ones are dropped.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+class BadAnnotationError(ValueError):
+    """An annotation that cannot be trained on; the message names the source and the box."""
+
+
+def clip_and_check_boxes(boxes_xyxy: np.ndarray, labels: np.ndarray, image_hw: tuple[int, int],
+                         source: str = "<image>") -> tuple[np.ndarray, np.ndarray]:
+    """Clip boxes [N, 4] to the image; raise on a degenerate ground-truth box (label > 0)."""
+    height, width = image_hw
+    boxes = np.asarray(boxes_xyxy, dtype=np.float32).reshape(-1, 4).copy()
+    labels = np.asarray(labels, dtype=np.int64).reshape(-1)
+    if not np.isfinite(boxes).all():
+        bad = int(np.nonzero(~np.isfinite(boxes).all(axis=1))[0][0])
+        raise BadAnnotationError(f"{source}: box {bad} has a non-finite coordinate {boxes[bad].tolist()}")
+    original = boxes.copy()
+    boxes[:, 0::2] = boxes[:, 0::2].clip(0, width)
+    boxes[:, 1::2] = boxes[:, 1::2].clip(0, height)
+    degenerate = (boxes[:, 2] <= boxes[:, 0]) | (boxes[:, 3] <= boxes[:, 1])
+    gt_degenerate = degenerate & (labels > 0)
+    if gt_degenerate.any():
+        bad = int(np.nonzero(gt_degenerate)[0][0])
+        raise BadAnnotationError(
+            f"{source}: box {bad} {original[bad].tolist()} (label {int(labels[bad])}) has no area inside the "
+            f"{width}x{height} image; boxes need x1 < x2 and y1 < y2 and must overlap the image"
+        )
+    keep = ~degenerate
+    return boxes[keep], labels[keep]
