@@ -94,3 +94,45 @@ def test_proposals_are_clipped_sorted_nms_filtered_and_capped():
         from torchvision.ops import box_iou
         iou = box_iou(boxes, boxes) - torch.eye(boxes.shape[0])
         assert iou.max() <= 0.7 + 1e-6
+
+
+def _ablation_rpn(**settings):
+    base = dict(pre_nms_top_n=-1, post_nms_top_n=30, nms_thresh=0.7, min_size_px=0)
+    base.update(settings)
+    rpn = make_rpn(ignore_cross_boundary=False, test_proposals=ProposalSettings(**base))
+    rpn.eval()
+    with torch.no_grad():
+        rpn.head.bbox_deltas.weight.normal_(std=0.5)
+    return rpn
+
+
+def test_table2_ablation_without_regression_proposes_anchors():
+    rpn = _ablation_rpn(use_regression=False)
+    features = torch.randn(1, 8, 8, 8)
+    proposals, _, _ = rpn(features, [(128, 128)])
+    anchors = rpn.anchor_generator((8, 8)).clamp(0, 128)
+    # every proposal is one of the (clipped) anchors
+    diffs = (proposals[0][:, None, :] - anchors[None, :, :]).abs().sum(-1)
+    assert diffs.min(dim=1).values.max() < 1e-4
+
+
+def test_table2_ablation_without_nms_keeps_top_n_overlapping():
+    from torchvision.ops import box_iou
+
+    features = torch.randn(1, 8, 8, 8)
+    proposals, scores, _ = _ablation_rpn(use_nms=False, nms_thresh=0.3)(features, [(128, 128)])
+    assert proposals[0].shape[0] == 30
+    assert (box_iou(proposals[0], proposals[0]) - torch.eye(30)).max() > 0.3  # NMS would have removed these
+    assert (scores[0][:-1] >= scores[0][1:]).all()
+    with_nms, _, _ = _ablation_rpn(nms_thresh=0.3)(features, [(128, 128)])
+    n = with_nms[0].shape[0]
+    assert (box_iou(with_nms[0], with_nms[0]) - torch.eye(n)).max() <= 0.3 + 1e-6
+
+
+def test_table2_ablation_random_ranking_ignores_cls_scores():
+    features = torch.randn(1, 8, 8, 8)
+    torch.manual_seed(0)
+    ranked, _, _ = _ablation_rpn()(features, [(128, 128)])
+    torch.manual_seed(0)
+    shuffled, _, _ = _ablation_rpn(ranking="random")(features, [(128, 128)])
+    assert not torch.equal(ranked[0], shuffled[0])

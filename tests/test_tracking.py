@@ -1,0 +1,40 @@
+"""Loggers: W&B falls back to offline by itself and says how to sync; csv/none work."""
+
+import pytest
+
+from frcnn.recipes import run_recipe
+from frcnn.tracking import build_logger, resolve_wandb_mode
+
+TINY = ["recipe=joint", "data.num_train=4", "data.num_val=2", "schedule.joint.max_steps=2",
+        "schedule.joint.images_per_batch=2", "recipe.val_every_n_epochs=null"]
+
+
+def test_auto_mode_is_offline_without_credentials(monkeypatch, tmp_path):
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.netrc
+    monkeypatch.setenv("NETRC", str(tmp_path / "none"))
+    assert resolve_wandb_mode("auto") == "offline"
+    assert resolve_wandb_mode("disabled") == "disabled"
+    with pytest.raises(ValueError, match="logger.mode"):
+        resolve_wandb_mode("sometimes")
+
+
+def test_unknown_logger_name_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="allowed"):
+        build_logger({"name": "mlflow"}, tmp_path, "r", "joint")
+    assert build_logger({"name": "none"}, tmp_path, "r", "joint") is False
+
+
+@pytest.mark.slow
+def test_default_wandb_logger_runs_offline_and_prints_sync_command(compose_cfg, tmp_path, monkeypatch, capsys):
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    cfg = compose_cfg(TINY, tmp_path / "run")
+    assert cfg["logger"]["name"] == "wandb"
+    run_recipe(cfg, tmp_path / "run")
+    out = capsys.readouterr().out
+    assert "wandb sync" in out
+    runs = list((tmp_path / "run" / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1 and any(runs[0].glob("*.wandb"))
