@@ -55,6 +55,10 @@ def validate_config(cfg: Mapping[str, Any]) -> None:
     if cfg["logger"]["name"] not in LOGGER_NAMES:
         raise ConfigError(f"logger={cfg['logger']['name']!r}; allowed: {list(LOGGER_NAMES)}")
     _number(cfg["optim"], "lr", "optim", low=0.0)
+    from frcnn.lit.optim import OPTIMIZERS
+
+    if cfg["optim"].get("name", "sgd") not in OPTIMIZERS:
+        raise ConfigError(f"optim.name={cfg['optim'].get('name')!r}; allowed: {list(OPTIMIZERS)}")
     recipe = cfg["recipe"]["name"]
     if recipe not in cfg["schedule"]:
         raise ConfigError(f"recipe={recipe!r} has no lengths in schedule (has: {list(cfg['schedule'])})")

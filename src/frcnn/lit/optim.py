@@ -9,6 +9,8 @@ from typing import Any
 import torch
 from torch import nn
 
+OPTIMIZERS = ("sgd", "adamw")
+
 
 def parameter_groups(module: nn.Module, lr: float, weight_decay: float, bias_lr_factor: float, bias_weight_decay: float):
     """Trainable parameters only; biases at ``bias_lr_factor`` x lr and their own weight decay
@@ -44,7 +46,13 @@ def build_optimizer(module: nn.Module, optim_cfg: Mapping[str, Any], lr_steps: S
     )
     if not groups:
         raise ValueError("no trainable parameters: every layer of this stage is frozen")
-    optimizer = torch.optim.SGD(groups, lr=float(optim_cfg["lr"]), momentum=float(optim_cfg["momentum"]))
+    name = str(optim_cfg.get("name", "sgd"))
+    if name == "sgd":  # the paper's
+        optimizer = torch.optim.SGD(groups, lr=float(optim_cfg["lr"]), momentum=float(optim_cfg["momentum"]))
+    elif name == "adamw":
+        optimizer = torch.optim.AdamW(groups, lr=float(optim_cfg["lr"]))
+    else:
+        raise ValueError(f"optim.name={name!r}; allowed: {list(OPTIMIZERS)}")
     gamma, warmup = float(optim_cfg["lr_gamma"]), int(optim_cfg.get("warmup_steps", 0))
     steps = [int(s) for s in lr_steps]
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: step_lr_factor(step, steps, gamma, warmup))
