@@ -7,8 +7,9 @@ from collections.abc import Callable, Sequence
 
 import lightning as L
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, RandomSampler, SequentialSampler
 
+from frcnn.data.sampler import AspectRatioBatchSampler, aspect_group_ids
 from frcnn.data.synthetic import ShapesDataset
 from frcnn.data.transforms import DetectionTransform, collate_detection
 
@@ -25,6 +26,11 @@ class DetectionDataModule(L.LightningDataModule):
     ``setup()``. Training batches are shuffled with a ``torch.Generator`` seeded from ``seed``
     (reproducible order; it also seeds the worker base seeds). Workers are persistent when
     ``num_workers > 0``. ``val_batch_size`` defaults to ``batch_size``.
+
+    ``aspect_ratio_grouping``: training batches of more than one image hold only landscape or only
+    portrait images (:class:`~frcnn.data.sampler.AspectRatioBatchSampler` over the same seeded shuffle),
+    when the data set knows its image sizes (``image_size_hw(i)``). The train and val sets must have
+    the same ``class_names``.
     """
 
     def __init__(
@@ -37,6 +43,7 @@ class DetectionDataModule(L.LightningDataModule):
         pin_memory: bool = False,
         shuffle: bool = True,
         seed: int = 0,
+        aspect_ratio_grouping: bool = False,
     ):
         super().__init__()
         self.train_dataset_factory = train_dataset_factory
@@ -47,6 +54,7 @@ class DetectionDataModule(L.LightningDataModule):
         self.pin_memory = bool(pin_memory)
         self.shuffle = bool(shuffle)
         self.seed = int(seed)
+        self.aspect_ratio_grouping = bool(aspect_ratio_grouping)
         self.train_dataset: Dataset | None = None
         self.val_dataset: Dataset | None = None
 
@@ -56,6 +64,10 @@ class DetectionDataModule(L.LightningDataModule):
             self.train_dataset = self.train_dataset_factory()
         if self.val_dataset is None:
             self.val_dataset = self.val_dataset_factory()
+            train_names, val_names = tuple(self.train_dataset.class_names), tuple(self.val_dataset.class_names)
+            if train_names != val_names:
+                raise ValueError(f"the val set's classes {list(val_names)} differ from the train set's "
+                                 f"{list(train_names)}: labels would not mean the same class")
 
     @property
     def class_names(self) -> tuple[str, ...]:
@@ -83,8 +95,26 @@ class DetectionDataModule(L.LightningDataModule):
             drop_last=False,
         )
 
+    def _grouped_loader(self, dataset: Dataset, group_ids: list[int]) -> DataLoader:
+        """Training loader whose batches come from an AspectRatioBatchSampler over the seeded shuffle."""
+        generator = torch.Generator().manual_seed(self.seed)
+        order = RandomSampler(dataset, generator=generator) if self.shuffle else SequentialSampler(dataset)
+        return DataLoader(
+            dataset,
+            batch_sampler=AspectRatioBatchSampler(order, group_ids, self.batch_size, drop_last=False),
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
+            collate_fn=collate_detection,
+            persistent_workers=self.num_workers > 0,
+            generator=generator,
+        )
+
     def train_dataloader(self) -> DataLoader:
         self.setup("fit")
+        if self.aspect_ratio_grouping and self.batch_size > 1:
+            group_ids = aspect_group_ids(self.train_dataset)
+            if group_ids is not None:
+                return self._grouped_loader(self.train_dataset, group_ids)
         return self._loader(self.train_dataset, self.batch_size, shuffle=self.shuffle)
 
     def val_dataloader(self) -> DataLoader:

@@ -38,3 +38,24 @@ def clip_and_check_boxes(boxes_xyxy: np.ndarray, labels: np.ndarray, image_hw: t
         )
     keep = ~degenerate
     return boxes[keep], labels[keep]
+
+
+class BadImageError(ValueError):
+    """An image file that cannot be trained on (missing, unreadable, truncated, or not the size
+    its annotation says); the message names the file and the problem."""
+
+
+class DatasetLayoutError(FileNotFoundError):
+    """A dataset folder or file that is not where the layout expects it.
+
+    ``path`` is the configured path, ``problem`` says what is missing and what layout was expected;
+    ``frcnn.data.build`` prefixes the config key (``data.root=<path>: <problem>``).
+    """
+
+    def __init__(self, path: object, problem: str):
+        super().__init__(f"{path}: {problem}")
+        self.path = str(path)
+        self.problem = problem
+
+    def __reduce__(self):  # picklable across DataLoader workers
+        return type(self), (self.path, self.problem)
