@@ -74,7 +74,10 @@ class CocoEvaluator:
 
     def __init__(self, backend: str | None = None) -> None:
         self.backend = backend or _pick_backend()
-        self._metric = MeanAveragePrecision(iou_type="bbox", box_format="xyxy", backend=self.backend)
+        # sync_on_compute=False: the evaluation runs on one process (rank 0 under DDP) and must not
+        # wait for the other ranks inside compute()
+        self._metric = MeanAveragePrecision(iou_type="bbox", box_format="xyxy", backend=self.backend,
+                                            sync_on_compute=False)
 
     def reset(self) -> None:
         """Forget everything accumulated."""

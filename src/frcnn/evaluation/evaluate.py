@@ -1,21 +1,102 @@
-"""Run a detector over a dataloader and score it (VOC AP, plain PyTorch loop)."""
+"""Run a detector over a dataloader and score it (VOC AP, COCO AP, proposal recall; plain PyTorch loop)."""
 
 from __future__ import annotations
 
-import torch
+from collections.abc import Sequence
 
+import torch
+from torch import Tensor
+
+from frcnn.evaluation.coco_map import CocoEvaluator
+from frcnn.evaluation.proposal_recall import (
+    PAPER_IOU_THRESHOLDS,
+    PAPER_TOP_NS,
+    ProposalRecallAccumulator,
+    ranked_proposals,
+    update_from_targets,
+)
 from frcnn.evaluation.voc_ap import DetectionEvaluator
+
+# CocoEvaluator's keys -> the keys under metrics["coco"]
+_COCO_KEYS = {
+    "map_coco": "map", "map_coco_50": "map_50", "map_coco_75": "map_75",
+    "map_small": "map_small", "map_medium": "map_medium", "map_large": "map_large",
+}
+
+
+def _scale_boxes(boxes: Tensor, scale_x: float, scale_y: float) -> Tensor:
+    """[N, 4] (x1, y1, x2, y2) scaled per axis."""
+    factors = boxes.new_tensor([scale_x, scale_y, scale_x, scale_y])
+    return boxes.reshape(-1, 4) * factors
+
+
+def to_original_pixels(detections: list[dict], targets: list[dict], images: list[Tensor]) -> tuple[list, list]:
+    """Detections and gts from network-input pixels back to original-image pixels (``orig_size``).
+
+    COCO's small / medium / large ranges (32², 96² px²) are defined on original images; IoU, and so
+    every AP, is unchanged by the per-axis rescale. Targets without ``orig_size`` are left as they are.
+    """
+    dets_out, targets_out = [], []
+    for det, target, image in zip(detections, targets, images):
+        if "orig_size" not in target:
+            dets_out.append(det)
+            targets_out.append(target)
+            continue
+        orig_h, orig_w = (int(v) for v in target["orig_size"])
+        scale_x, scale_y = orig_w / image.shape[-1], orig_h / image.shape[-2]
+        dets_out.append({**det, "boxes": _scale_boxes(det["boxes"], scale_x, scale_y)})
+        targets_out.append({**target, "boxes": _scale_boxes(torch.as_tensor(target["boxes"]), scale_x, scale_y)})
+    return dets_out, targets_out
 
 
 @torch.no_grad()
-def evaluate_detector(model, dataloader, class_names: list[str], device: torch.device | str = "cpu") -> dict:
-    """Detections for every image, then VOC AP at IoU 0.5 (all-point and 11-point)."""
+def evaluate_full(
+    model,
+    dataloader,
+    class_names: Sequence[str],
+    device: torch.device | str = "cpu",
+    top_ns: Sequence[int] = PAPER_TOP_NS,
+    iou_thresholds: Sequence[float] = PAPER_IOU_THRESHOLDS,
+    coco: bool = True,
+) -> tuple[dict, dict]:
+    """One pass over the split scoring detections and proposals -> (metrics, pr_curves).
+
+    * VOC AP at IoU > 0.5 (devkit rules, all-point and 11-point): ``map_50``, ``map_voc07``,
+      ``ap_per_class``, ``ap07_per_class``, ``num_images``, ``num_detections``;
+    * ``coco`` (if ``coco``): COCO AP@[.5:.95] ``map``, ``map_50``, ``map_75``, ``map_small`` /
+      ``map_medium`` / ``map_large`` (-1 where undefined), boxes in original-image pixels;
+    * ``proposal_recall`` (if ``top_ns``): the paper's Fig. 4 for the RPN's top-N proposals
+      (:func:`frcnn.evaluation.proposal_recall.recall_at_iou`).
+
+    ``pr_curves`` is :meth:`DetectionEvaluator.pr_curves` (numpy arrays; not for JSON).
+    """
     was_training = model.training
     model.eval()
-    evaluator = DetectionEvaluator(num_classes=len(class_names), class_names=list(class_names))
-    for images, targets in dataloader:
-        images = [img.to(device) for img in images]
-        detections = model(images)
-        evaluator.update([{k: v.cpu() for k, v in d.items()} for d in detections], targets)
-    model.train(was_training)
-    return evaluator.compute()
+    voc = DetectionEvaluator(num_classes=len(class_names), class_names=list(class_names))
+    coco_evaluator = CocoEvaluator() if coco else None
+    recall = ProposalRecallAccumulator(top_ns, iou_thresholds) if top_ns else None
+    try:
+        for images, targets in dataloader:
+            images = [img.to(device) for img in images]
+            detections = [{k: v.cpu() for k, v in d.items()} for d in model(images)]
+            voc.update(detections, targets)
+            if coco_evaluator is not None:
+                coco_evaluator.update(*to_original_pixels(detections, targets, images))
+            if recall is not None:
+                proposals = ranked_proposals(model, images, recall.top_ns[-1])
+                update_from_targets(recall, [p.cpu() for p in proposals], targets)
+    finally:
+        model.train(was_training)
+    metrics = voc.compute()
+    if coco_evaluator is not None:
+        coco_result = coco_evaluator.compute()
+        metrics["coco"] = {ours: coco_result[theirs] for theirs, ours in _COCO_KEYS.items()}
+    if recall is not None:
+        metrics["proposal_recall"] = recall.compute()
+    return metrics, voc.pr_curves()
+
+
+def evaluate_detector(model, dataloader, class_names: list[str], device: torch.device | str = "cpu") -> dict:
+    """Detections for every image, then VOC AP at IoU 0.5 (all-point and 11-point)."""
+    metrics, _ = evaluate_full(model, dataloader, class_names, device, top_ns=(), coco=False)
+    return metrics

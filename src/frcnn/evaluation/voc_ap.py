@@ -259,6 +259,7 @@ class DetectionEvaluator:
         self._gt_boxes: list[np.ndarray] = []  # per image [G, 4]
         self._gt_labels: list[np.ndarray] = []  # per image [G]
         self._gt_difficult: list[np.ndarray] = []  # per image [G]
+        self._results_cache: list | None = None  # _class_results, until the next update
 
     def _check_labels(self, labels: np.ndarray, what: str) -> None:
         if labels.size and (labels.min() < 1 or labels.max() > self.num_classes):
@@ -291,6 +292,7 @@ class DetectionEvaluator:
             self._gt_boxes.append(gt_boxes)
             self._gt_labels.append(gt_labels)
             self._gt_difficult.append(gt_difficult)
+        self._results_cache = None
 
     def _class_inputs(self, label: int) -> tuple[list, list]:
         """Per-image (boxes, scores) detections and (boxes, difficult) gts of one class label."""
@@ -304,14 +306,35 @@ class DetectionEvaluator:
         ]
         return detections, ground_truths
 
+    def _class_results(self) -> list[tuple[float, np.ndarray, np.ndarray, int]]:
+        """``voc_class_ap`` (all-point) of every class label 1..C, in label order; cached until the
+        next ``update`` / ``reset`` so ``compute`` and ``pr_curves`` match detections only once."""
+        if self._results_cache is None:
+            results = []
+            for label in range(1, self.num_classes + 1):
+                detections, ground_truths = self._class_inputs(label)
+                results.append(voc_class_ap(
+                    detections, ground_truths, self.iou_thresh, use_07_metric=False, pixel_plus_one=self.pixel_plus_one
+                ))
+            self._results_cache = results
+        return self._results_cache
+
+    def pr_curves(self) -> dict[str, dict]:
+        """Per-class precision/recall curves behind the APs (devkit cumulative TP/FP, score order).
+
+        -> ``{class name: {"recall": float64 [N'], "precision": float64 [N'], "ap": all-point AP or
+        None, "npos": non-difficult gts}}``; N' = that class's non-ignored detections. A class without
+        ground truth has ``ap`` None and NaN recall.
+        """
+        return {
+            name: {"recall": recall, "precision": precision, "ap": _nan_to_none(ap), "npos": npos}
+            for name, (ap, recall, precision, npos) in zip(self.class_names, self._class_results())
+        }
+
     def compute(self) -> dict:
         """Per-class AP (all-point and 11-point) and their means over present classes (python values)."""
         ap_all_point, ap_11_point = [], []
-        for label in range(1, self.num_classes + 1):
-            detections, ground_truths = self._class_inputs(label)
-            ap, recall, precision, _ = voc_class_ap(
-                detections, ground_truths, self.iou_thresh, use_07_metric=False, pixel_plus_one=self.pixel_plus_one
-            )
+        for ap, recall, precision, _ in self._class_results():
             ap_all_point.append(ap)
             # Same curve, other integration: no need to match again.
             ap_11_point.append(math.nan if math.isnan(ap) else average_precision(recall, precision, True))

@@ -1,0 +1,246 @@
+"""`python scripts/detect.py CHECKPOINT IMAGE_OR_FOLDER... --out-dir DIR`: run a saved detector on image files.
+
+For every input image (jpg / jpeg / png / bmp; a folder contributes its images, not its sub-folders)
+the output folder gets a copy of the image, same size and format, with each detection's box, class
+name and score drawn, plus ONE ``detections.json`` in COCO results format and its sidecar
+``categories.json`` (see :mod:`frcnn.evaluation.detections_io`). Images enter the network rescaled by
+the paper's test rule (shorter side = scale, longer side <= max_size, §3.3) and the boxes are mapped
+back to original pixels. An unreadable image is an error naming the file (``--skip-bad``: a warning,
+and the image is skipped).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw, ImageFont
+
+from frcnn.checkpoints import load_detector
+from frcnn.data.transforms import DetectionTransform
+from frcnn.evaluation.detections_io import coco_result_records, write_coco_results
+
+log = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")
+PIL_FORMAT_BY_EXTENSION = {".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG", ".bmp": "BMP"}
+PAPER_TEST_SCALE = (600, 1000)  # shorter side, longer-side cap (§3.3)
+# distinct, saturated colours; class c uses PALETTE[(c - 1) % len]
+PALETTE = ((230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48), (145, 30, 180),
+           (70, 240, 240), (240, 50, 230), (210, 245, 60), (250, 190, 212), (0, 128, 128), (170, 110, 40))
+
+
+class BadImageError(ValueError):
+    """An input image that cannot be read; the message names the file."""
+
+
+# ----------------------------------------------------------------------------- inputs
+def find_images(inputs: Sequence[str | Path]) -> list[Path]:
+    """Files as given (any extension) and the jpg/jpeg/png/bmp files of folders (sorted, not recursive)."""
+    found: list[Path] = []
+    for item in inputs:
+        path = Path(item)
+        if path.is_dir():
+            found.extend(sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS))
+        elif path.is_file():
+            found.append(path)
+        else:
+            raise FileNotFoundError(f"{path}: no such image file or folder")
+    if not found:
+        raise ValueError(f"no images ({'/'.join(e[1:] for e in IMAGE_EXTENSIONS)}) in {[str(i) for i in inputs]}")
+    return found
+
+
+def read_image(path: Path) -> tuple[Image.Image, str | None]:
+    """Decode a file completely -> (RGB image, PIL format name); BadImageError naming the file."""
+    try:
+        with Image.open(path) as image:
+            image.load()  # Image.open is lazy: decode now so a truncated file fails here
+            return image.convert("RGB"), image.format
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        raise BadImageError(f"{path}: cannot read the image ({exc.__class__.__name__}: {exc})") from exc
+
+
+def checkpoint_input_scale(checkpoint: Path) -> tuple[int, int] | None:
+    """The (scale, max_size) a checkpoint was trained with, if recorded: the checkpoint's own
+    ``data_cfg`` entry, else its run's ``.hydra/config.yaml`` (``<run dir>/final/model.pt``)."""
+    try:
+        payload = torch.load(checkpoint, map_location="cpu", weights_only=False, mmap=True)
+        data_cfg = payload.get("data_cfg") if isinstance(payload, dict) else None
+    except Exception:  # not a zip checkpoint (mmap needs one): load_detector reports real problems
+        data_cfg = None
+    if not data_cfg:
+        run_config = checkpoint.resolve().parent.parent / ".hydra" / "config.yaml"
+        if run_config.is_file():
+            from omegaconf import OmegaConf
+
+            data_cfg = OmegaConf.to_container(OmegaConf.load(run_config)).get("data")
+    if data_cfg and data_cfg.get("scales") and data_cfg.get("max_size"):
+        return int(list(data_cfg["scales"])[0]), int(data_cfg["max_size"])
+    return None
+
+
+# ----------------------------------------------------------------------------- detection
+@torch.no_grad()
+def detect_image(model, image: Image.Image, transform: DetectionTransform, device: torch.device,
+                 source: str = "<image>") -> dict[str, torch.Tensor]:
+    """One RGB image -> {boxes [D, 4] in original pixels, scores [D], labels [D]} (CPU tensors).
+
+    The image is rescaled by ``transform`` (the paper's test rule); boxes are divided by the
+    per-axis factors actually applied (output size / input size) and clipped to the image.
+    """
+    pixels = np.asarray(image, dtype=np.uint8)  # [H, W, 3]
+    tensor, _, _ = transform(pixels, np.zeros((0, 4), np.float32), np.zeros(0, np.int64), source=source)
+    height, width = pixels.shape[:2]
+    scale_x, scale_y = width / tensor.shape[-1], height / tensor.shape[-2]
+    detections = model([tensor.to(device)])[0]
+    boxes = detections["boxes"].detach().cpu().float().reshape(-1, 4)  # [D, 4] network-input pixels
+    boxes = boxes * boxes.new_tensor([scale_x, scale_y, scale_x, scale_y])
+    boxes[:, 0::2] = boxes[:, 0::2].clamp(0, width)
+    boxes[:, 1::2] = boxes[:, 1::2].clamp(0, height)
+    return {"boxes": boxes, "scores": detections["scores"].detach().cpu(),
+            "labels": detections["labels"].detach().cpu()}
+
+
+def keep_confident(detections: dict[str, torch.Tensor], score_thresh: float) -> dict[str, torch.Tensor]:
+    """Detections with score >= score_thresh."""
+    keep = detections["scores"] >= score_thresh
+    return {key: value[keep] for key, value in detections.items()}
+
+
+# ----------------------------------------------------------------------------- drawing
+def _font(size_px: int):
+    try:
+        return ImageFont.load_default(size=size_px)  # Pillow >= 10.1 (scalable)
+    except TypeError:
+        return ImageFont.load_default()
+
+
+def draw_detections(image: Image.Image, boxes: torch.Tensor, labels: torch.Tensor, scores: torch.Tensor,
+                    class_names: Sequence[str]) -> Image.Image:
+    """A copy of ``image`` with each box (x1, y1, x2, y2 pixels) outlined in its class colour and
+    labelled "<class> <score>" on a filled tag above the box (inside it at the top border)."""
+    out = image.copy()
+    draw = ImageDraw.Draw(out)
+    width, height = out.size
+    line_px = max(2, round(min(width, height) / 200))
+    font = _font(max(10, round(min(width, height) / 40)))
+    for box, label, score in zip(boxes.tolist(), labels.tolist(), scores.tolist()):
+        x1, y1, x2, y2 = (float(v) for v in box)
+        x1, x2 = sorted((x1, x2))
+        y1, y2 = sorted((y1, y2))
+        colour = PALETTE[(int(label) - 1) % len(PALETTE)]
+        draw.rectangle((x1, y1, x2, y2), outline=colour, width=line_px)
+        name = class_names[int(label) - 1] if 1 <= int(label) <= len(class_names) else f"class {int(label)}"
+        text = f"{name} {score:.2f}"
+        left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
+        text_w, text_h = right - left + 4, bottom - top + 4
+        tag_y = y1 - text_h if y1 - text_h >= 0 else y1
+        draw.rectangle((x1, tag_y, x1 + text_w, tag_y + text_h), fill=colour)
+        draw.text((x1 + 2 - left, tag_y + 2 - top), text, fill=(0, 0, 0), font=font)
+    return out
+
+
+def save_like_input(image: Image.Image, source: Path, out_path: Path, pil_format: str | None) -> None:
+    """Save in the input's format (by extension, else the decoded format, else PNG)."""
+    fmt = PIL_FORMAT_BY_EXTENSION.get(source.suffix.lower()) or pil_format or "PNG"
+    options = {"quality": 95} if fmt == "JPEG" else {}
+    image.save(out_path, format=fmt, **options)
+
+
+def _unique_name(name: str, used: set[str]) -> str:
+    """``name``, or ``stem_<k>.ext`` if an earlier input already took it."""
+    candidate, k = name, 1
+    while candidate in used:
+        candidate = f"{Path(name).stem}_{k}{Path(name).suffix}"
+        k += 1
+    used.add(candidate)
+    return candidate
+
+
+def detect_files(checkpoint: str | Path, inputs: Sequence[str | Path], out_dir: str | Path, score_thresh: float = 0.5,
+                 scale: int | None = None, max_size: int | None = None, device: str = "cpu",
+                 skip_bad: bool = False) -> dict:
+    """Detect, draw and write (module docstring). ``scale`` / ``max_size`` default to the checkpoint's
+    training values when recorded, else the paper's 600 / 1000.
+
+    -> {"images": processed count, "detections": written count, "skipped": [files], "results": path,
+    "scale": (scale, max_size)}.
+    """
+    checkpoint, out_dir = Path(checkpoint), Path(out_dir)
+    if not 0.0 <= score_thresh <= 1.0:
+        raise ValueError(f"--score-thresh must be in [0, 1], got {score_thresh}")
+    torch_device = torch.device(device)
+    if torch_device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {device}: CUDA is not available on this machine; use --device cpu")
+    images = find_images(inputs)
+    recorded = checkpoint_input_scale(checkpoint)
+    default_scale, default_max = recorded or PAPER_TEST_SCALE
+    scale, max_size = int(scale or default_scale), int(max_size or default_max)
+    model, class_names = load_detector(checkpoint)
+    model.to(torch_device).eval()
+    transform = DetectionTransform(scales=(scale,), max_size=max_size, train=False)
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    records, image_entries, skipped, used_names = [], [], [], set()
+    for path in images:
+        try:
+            image, pil_format = read_image(path)
+        except BadImageError as exc:
+            if not skip_bad:
+                raise
+            log.warning("skipping %s", exc)
+            skipped.append(str(path))
+            continue
+        detections = keep_confident(detect_image(model, image, transform, torch_device, str(path)), score_thresh)
+        out_name = _unique_name(path.name, used_names)
+        drawn = draw_detections(image, detections["boxes"], detections["labels"], detections["scores"], class_names)
+        save_like_input(drawn, path, out_dir / out_name, pil_format)
+        image_id = len(image_entries)
+        image_entries.append({"id": image_id, "file_name": out_name, "width": image.width, "height": image.height})
+        records += coco_result_records(image_id, out_name, detections["boxes"], detections["scores"],
+                                       detections["labels"])
+    results_path, _ = write_coco_results(records, class_names, image_entries, out_dir)
+    return {"images": len(image_entries), "detections": len(records), "skipped": skipped,
+            "results": str(results_path), "scale": (scale, max_size)}
+
+
+# ----------------------------------------------------------------------------- command line
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].strip("`"))
+    parser.add_argument("checkpoint", help="detector file written by training (<run dir>/final/model.pt)")
+    parser.add_argument("inputs", nargs="+", help="image files and/or folders of jpg/jpeg/png/bmp images")
+    parser.add_argument("--out-dir", required=True, help="folder for the drawn images and detections.json")
+    parser.add_argument("--score-thresh", type=float, default=0.5,
+                        help="keep (draw and write) detections with score >= this (default 0.5)")
+    parser.add_argument("--scale", type=int, default=None,
+                        help="shorter side in px the network sees (default: the checkpoint's training scale, else 600)")
+    parser.add_argument("--max-size", type=int, default=None,
+                        help="cap on the longer side in px (default: the checkpoint's, else 1000)")
+    parser.add_argument("--device", default="cpu", help="torch device: cpu, cuda, cuda:1, ...")
+    parser.add_argument("--skip-bad", action="store_true", help="warn about and skip unreadable images")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    try:
+        summary = detect_files(args.checkpoint, args.inputs, args.out_dir, args.score_thresh, args.scale,
+                               args.max_size, args.device, args.skip_bad)
+    except (BadImageError, FileNotFoundError, ValueError) as exc:
+        parser.exit(2, f"error: {exc}\n")
+    print(f"{summary['images']} images, {summary['detections']} detections (score >= {args.score_thresh}) at scale "
+          f"{summary['scale'][0]}/{summary['scale'][1]}; results in {summary['results']}"
+          + (f"; skipped {len(summary['skipped'])} unreadable" if summary["skipped"] else ""))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
