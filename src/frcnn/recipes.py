@@ -9,6 +9,7 @@ Run directory layout:
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Mapping
@@ -22,7 +23,9 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from frcnn.checkpoints import atomic_torch_save, atomic_write_json, save_detector
 from frcnn.data.build import build_dataset
 from frcnn.data.datamodule import DetectionDataModule
-from frcnn.evaluation.evaluate import evaluate_detector
+from frcnn.evaluation.evaluate import evaluate_full
+from frcnn.evaluation.proposal_recall import format_recall_table
+from frcnn.evaluation.report import write_evaluation_report
 from frcnn.evaluation.voc_ap import format_table
 from frcnn.lit.joint import JointModule
 from frcnn.lit.stages import StageModule
@@ -46,7 +49,9 @@ def build_datamodule(cfg: Mapping[str, Any], images_per_batch: int, train_factor
         batch_size=int(images_per_batch),
         val_batch_size=max(int(images_per_batch), 4),
         num_workers=int(data_cfg.get("num_workers", 0)),
+        pin_memory=bool(data_cfg.get("pin_memory", False)) and cfg["trainer"]["accelerator"] != "cpu",
         seed=int(cfg.get("seed", 0)),
+        aspect_ratio_grouping=bool(data_cfg.get("aspect_ratio_grouping", False)),
     )
 
 
@@ -100,6 +105,13 @@ def fit_stage(cfg: Mapping[str, Any], run_dir: Path, stage_name: str, module: L.
     finish_logger(logger)
     _barrier()
     return module
+
+
+def _global_rank() -> int:
+    """This process's global rank (0 without torch.distributed)."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank()
+    return 0
 
 
 def _barrier() -> None:
@@ -191,17 +203,31 @@ def copy_weights(source: torch.nn.Module, target: torch.nn.Module) -> None:
     target.load_state_dict(source.state_dict())
 
 
+def _evaluation_device(cfg: Mapping[str, Any]) -> torch.device:
+    """The final evaluation runs on one GPU when the trainer uses GPUs, else on the CPU."""
+    on_gpu = str(cfg["trainer"]["accelerator"]) in ("gpu", "cuda", "auto") and torch.cuda.is_available()
+    return torch.device("cuda" if on_gpu else "cpu")
+
+
 def finalize(cfg, run_dir: Path, model, class_names, datamodule, timings: dict[str, float]) -> dict:
-    """Save the unified detector, evaluate it on the val split, write metrics.json, print a table."""
+    """Save the unified detector, evaluate it on the val split, write metrics.json, print a table.
+    Under DDP only global rank 0 does this; the other ranks wait and read its metrics.json."""
+    if _global_rank() != 0:
+        _barrier()
+        return json.loads((run_dir / "metrics.json").read_text())
     save_detector(model, model_config(cfg), class_names, run_dir / "final" / "model.pt")
     start = time.perf_counter()
-    metrics = evaluate_detector(model.cpu(), datamodule.val_dataloader(), class_names)
+    device = _evaluation_device(cfg)
+    metrics, pr_curves = evaluate_full(model.to(device), datamodule.val_dataloader(), class_names, device=device)
+    model.cpu()
     timings["evaluation"] = time.perf_counter() - start
     metrics["recipe"] = cfg["recipe"]["name"]
     metrics["stage_seconds"] = timings
-    atomic_write_json(metrics, run_dir / "metrics.json")
+    write_evaluation_report(metrics, pr_curves, run_dir)  # metrics.json, ap_table.md, pr_curves.png, proposal_recall.png
     print(format_table(metrics))
+    print(format_recall_table(metrics["proposal_recall"]))
     print(f"metrics written to {run_dir / 'metrics.json'}")
+    _barrier()
     return metrics
 
 

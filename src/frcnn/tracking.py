@@ -50,6 +50,27 @@ def resolve_wandb_mode(requested: str) -> str:
     return "offline"
 
 
+WANDB_GROUP_MAX_CHARS = 128  # W&B refuses longer group names
+
+
+def sweep_group_name(sweep_dir: str | Path, cwd: str | Path | None = None) -> str:
+    """One W&B group per Hydra multirun: the sweep dir, relative to the launch directory when
+    inside it (``multirun/2026-11-25/09-30-00``), keeping the last 128 characters."""
+    path = Path(sweep_dir)
+    if cwd is not None and path.is_absolute():
+        try:
+            path = path.relative_to(Path(cwd))
+        except ValueError:
+            pass
+    return path.as_posix()[-WANDB_GROUP_MAX_CHARS:]
+
+
+def sweep_run_name(override_dirname: str, job_num: int | None) -> str:
+    """Run name of one sweep job: its swept overrides (Hydra's ``job.override_dirname``,
+    e.g. ``rpn.lambda=10``), else its job number; each stage then adds ``/<stage>``."""
+    return override_dirname or (f"job{job_num}" if job_num is not None else "job")
+
+
 def build_logger(logger_cfg: Mapping[str, Any], save_dir: str | Path, run_name: str, job_type: str,
                  config: dict | None = None, group: str | None = None):
     """A Lightning logger for one stage, or False for ``logger=none``."""
@@ -78,7 +99,7 @@ def build_logger(logger_cfg: Mapping[str, Any], save_dir: str | Path, run_name: 
         entity=logger_cfg.get("entity"),
         group=logger_cfg.get("group") or group,
         job_type=job_type,
-        name=f"{run_name}/{job_type}",
+        name=f"{logger_cfg.get('run_name') or run_name}/{job_type}",
         save_dir=str(save_dir),
         mode=mode,
         config=config,

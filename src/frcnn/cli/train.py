@@ -1,17 +1,226 @@
-"""`python train.py`: compose the config (Hydra), check it, run the recipe."""
+"""`python train.py`: check the command line and the composed config (Hydra), run the recipe.
+
+- :func:`preflight` runs before Hydra: command-line keys that do not exist get a "did you
+  mean", and optional plugins (Optuna sweeper, SLURM launcher) a pip hint.
+- :func:`run_job` is the Hydra task: validate, refuse DDP inside an in-process multirun,
+  name the sweep's W&B group, run the recipe. In a multirun a failing job is recorded
+  (``<job dir>/FAILED``) and the sweep goes on, so the sweep summary can show it as failed.
+"""
 
 from __future__ import annotations
 
 import logging
+import os
+import sys
+import traceback
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from frcnn.config import validate_config
-from frcnn.recipes import run_recipe
+from frcnn.config import ConfigError, check_override_keys, validate_config
+
+log = logging.getLogger(__name__)
+
+# Optional Hydra plugins: config choice -> (module that provides it, pip extra of this package)
+OPTIONAL_PLUGINS = {
+    "hydra/sweeper=optuna": ("hydra_plugins.hydra_optuna_sweeper", "optuna"),
+    "hydra/launcher=slurm": ("hydra_plugins.hydra_submitit_launcher", "slurm"),
+    "hydra/launcher=submitit": ("hydra_plugins.hydra_submitit_launcher", "slurm"),
+}
+_FAILED_JOBS: list[str] = []  # job dirs of failed jobs of an in-process multirun
 
 
-def train(cfg: DictConfig) -> dict:
-    plain = OmegaConf.to_container(cfg, resolve=True)
+class DDPInMultirunError(ConfigError):
+    """A multi-process strategy inside a multirun whose jobs share one process."""
+
+
+# ----------------------------------------------------------------------------------------------
+# Before Hydra
+# ----------------------------------------------------------------------------------------------
+def preflight(argv: Sequence[str], config_dir: str | Path, config_name: str = "train") -> str | None:
+    """An error message for a command line Hydra would refuse less clearly, else None.
+
+    Checks every plain ``key=value`` override (no ``+``/``~``, not ``hydra.*``) against the
+    config composed with the command line's group choices (``data=voc``, ``experiment=...``;
+    the first value of a group sweep), and that a chosen optional plugin is installed.
+    Anything it cannot interpret is left to Hydra.
+    """
+    from hydra._internal.utils import get_args_parser
+
+    try:
+        args = get_args_parser().parse_args(list(argv))
+    except SystemExit:  # let Hydra print its own usage error
+        return None
+    if args.help or args.hydra_help or args.info or args.shell_completion or args.config_path \
+            or args.config_name or args.config_dir or args.experimental_rerun:
+        return None
+    for text in args.overrides:
+        for choice, (module, extra) in OPTIONAL_PLUGINS.items():
+            if text.lstrip("+").startswith(choice) and not _importable(module):
+                return (f"{text}: needs the Hydra plugin {module.split('.')[-1]!r}, which is not installed; "
+                        f"install it with: pip install -e '.[{extra}]'")
+    try:
+        base, keys = _compose_for_key_check(args.overrides, Path(config_dir), config_name)
+    except Exception:  # noqa: BLE001 - Hydra reports composition errors itself
+        return None
+    try:
+        check_override_keys(base, keys)
+    except ConfigError as exc:
+        return str(exc)
+    return None
+
+
+def _importable(module: str) -> bool:
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def _compose_for_key_check(overrides: Sequence[str], config_dir: Path, config_name: str):
+    """(config composed with the group overrides only, keys of the plain value overrides)."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parser = OverridesParser.create()
+    group_overrides, keys = [], []
+    for text in overrides:
+        override = parser.parse_override(text)
+        key = override.key_or_group
+        if override.is_hydra_override():
+            continue
+        if (config_dir / key).is_dir():  # a config group: it decides which keys exist
+            if override.is_sweep_override():
+                first = next(iter(override.sweep_string_iterator()))
+                text = f"{override.get_key_element()}={first}"
+            group_overrides.append(text)
+        elif not (override.is_add() or override.is_force_add() or override.is_delete()):
+            keys.append(key)
+    with initialize_config_dir(version_base="1.3", config_dir=str(config_dir.resolve())):
+        cfg = compose(config_name, overrides=group_overrides)
+    return OmegaConf.to_container(cfg, resolve=False), keys
+
+
+# ----------------------------------------------------------------------------------------------
+# The Hydra task
+# ----------------------------------------------------------------------------------------------
+def _hydra_run() -> dict[str, Any]:
+    """What the task needs from Hydra's runtime config (empty outside a Hydra app)."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
+    except ImportError:  # pragma: no cover
+        return {}
+    if not HydraConfig.initialized():
+        return {}
+    from hydra.utils import get_original_cwd
+
+    hc = HydraConfig.get()
+    return {
+        "cwd": get_original_cwd(),
+        "multirun": hc.mode == RunMode.MULTIRUN,
+        "sweep_dir": str(hc.sweep.dir),
+        "override_dirname": str(hc.job.override_dirname),
+        "job_num": hc.job.get("num"),
+        "launcher": str(hc.launcher.get("_target_", "")),
+    }
+
+
+def _num_processes(trainer_cfg: Mapping[str, Any]) -> int:
+    devices = trainer_cfg["devices"]
+    if isinstance(devices, (list, tuple)):
+        count = len(devices)
+    elif devices in ("auto", -1):
+        count = 1
+        if trainer_cfg["accelerator"] in ("gpu", "cuda", "auto"):
+            import torch
+
+            count = max(torch.cuda.device_count(), 1)
+    else:
+        count = int(devices)
+    return count * int(trainer_cfg["num_nodes"])
+
+
+def _ranks_started_outside() -> bool:
+    """True when a cluster / launcher already started every rank (SLURM tasks, torchrun)."""
+    return int(os.environ.get("SLURM_NTASKS", "1")) > 1 or "TORCHELASTIC_RUN_ID" in os.environ
+
+
+def check_ddp_in_multirun(cfg: Mapping[str, Any], run: Mapping[str, Any]) -> None:
+    """Refuse a multi-process strategy inside a multirun whose ranks Lightning would start.
+
+    Lightning's DDP launcher starts ranks 1..N-1 by re-running the script with the same
+    arguments (``python train.py -m ...`` plus ``hydra.run.dir=...``). In a multirun those
+    arguments hold the whole sweep, so every extra rank would start the sweep again, and
+    the basic launcher runs the jobs one after another in one process that keeps its
+    process group. Only ranks started by a cluster (SLURM with tasks_per_node = devices) are safe.
+    """
+    trainer = cfg["trainer"]
+    if not run.get("multirun") or _num_processes(trainer) <= 1 or _ranks_started_outside():
+        return
+    raise DDPInMultirunError(
+        f"trainer.strategy={trainer['strategy']} with {_num_processes(trainer)} processes cannot run inside a "
+        f"multirun (-m) launched by {run.get('launcher') or 'the basic launcher'}: Lightning starts the extra "
+        "ranks by re-running `python train.py <same arguments>`, which here would restart the whole sweep in "
+        "every rank. Either run each sweep point as its own DDP run (e.g. `for l in 1 10 100; do python "
+        "train.py trainer=ddp rpn.lambda=$l; done`), or submit the sweep to SLURM with "
+        "`hydra/launcher=slurm hydra.launcher.tasks_per_node=<trainer.devices>` (SLURM then starts the ranks), "
+        "or sweep with trainer.devices=1.")
+
+
+def train(cfg: DictConfig | Mapping[str, Any]) -> dict:
+    """Validate and run one training job; returns its metrics (as written to metrics.json)."""
+    plain = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
     validate_config(plain)
+    run = _hydra_run()
+    check_ddp_in_multirun(plain, run)
+    if run.get("multirun") and plain["logger"]["name"] == "wandb":
+        from frcnn.tracking import sweep_group_name, sweep_run_name
+
+        logger_cfg = dict(plain["logger"])
+        logger_cfg["group"] = logger_cfg.get("group") or sweep_group_name(run["sweep_dir"], run["cwd"])
+        logger_cfg["run_name"] = logger_cfg.get("run_name") or sweep_run_name(run["override_dirname"], run["job_num"])
+        plain["logger"] = logger_cfg
     logging.getLogger("frcnn").setLevel(logging.INFO)
+    from frcnn.recipes import run_recipe  # lazy: torch + Lightning only once the config is known good
+
     return run_recipe(plain, plain["run_dir"])
+
+
+def run_job(cfg: DictConfig) -> float | None:
+    """The Hydra task of train.py: the job's map_50 (what an Optuna sweep maximises).
+
+    Single run: a config error prints one line and exits with status 2; other errors raise.
+    Multirun: a failing job writes ``<job dir>/FAILED`` and returns None, and the sweep goes on
+    (the sweep summary lists it as failed); DDPInMultirunError stops the sweep at once.
+    """
+    multirun = bool(_hydra_run().get("multirun"))
+    try:
+        metrics = train(cfg)
+    except DDPInMultirunError as exc:
+        print(f"Config error: {exc}", file=sys.stderr, flush=True)
+        raise SystemExit(2) from exc
+    except Exception as exc:
+        if not multirun:
+            if isinstance(exc, ConfigError):
+                print(f"Config error: {exc}", file=sys.stderr, flush=True)
+                raise SystemExit(2) from exc
+            raise
+        job_dir = Path(OmegaConf.select(cfg, "run_dir") or ".")
+        job_dir.mkdir(parents=True, exist_ok=True)
+        (job_dir / "FAILED").write_text(f"{type(exc).__name__}: {exc}\n\n{traceback.format_exc()}")
+        log.error("job in %s failed: %s: %s", job_dir, type(exc).__name__, exc)
+        print(f"job {job_dir} failed ({type(exc).__name__}: {exc}); the sweep goes on", file=sys.stderr, flush=True)
+        _FAILED_JOBS.append(str(job_dir))
+        return None
+    value = metrics.get("map_50")
+    return float(value) if value is not None else None
+
+
+def failed_jobs() -> list[str]:
+    """Job dirs that failed in this process (in-process multirun), for the exit status."""
+    return list(_FAILED_JOBS)
