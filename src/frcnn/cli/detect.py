@@ -19,10 +19,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image
 
 from frcnn.checkpoints import load_detector
 from frcnn.data.transforms import DetectionTransform
+from frcnn.drawing import draw_detections
 from frcnn.evaluation.detections_io import coco_result_records, write_coco_results
 
 log = logging.getLogger(__name__)
@@ -30,11 +31,6 @@ log = logging.getLogger(__name__)
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")
 PIL_FORMAT_BY_EXTENSION = {".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG", ".bmp": "BMP"}
 PAPER_TEST_SCALE = (600, 1000)  # shorter side, longer-side cap (§3.3)
-# distinct, saturated colours; class c uses PALETTE[(c - 1) % len]
-PALETTE = ((230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48), (145, 30, 180),
-           (70, 240, 240), (240, 50, 230), (210, 245, 60), (250, 190, 212), (0, 128, 128), (170, 110, 40))
-
-
 class BadImageError(ValueError):
     """An input image that cannot be read; the message names the file."""
 
@@ -111,39 +107,6 @@ def keep_confident(detections: dict[str, torch.Tensor], score_thresh: float) -> 
     """Detections with score >= score_thresh."""
     keep = detections["scores"] >= score_thresh
     return {key: value[keep] for key, value in detections.items()}
-
-
-# ----------------------------------------------------------------------------- drawing
-def _font(size_px: int):
-    try:
-        return ImageFont.load_default(size=size_px)  # Pillow >= 10.1 (scalable)
-    except TypeError:
-        return ImageFont.load_default()
-
-
-def draw_detections(image: Image.Image, boxes: torch.Tensor, labels: torch.Tensor, scores: torch.Tensor,
-                    class_names: Sequence[str]) -> Image.Image:
-    """A copy of ``image`` with each box (x1, y1, x2, y2 pixels) outlined in its class colour and
-    labelled "<class> <score>" on a filled tag above the box (inside it at the top border)."""
-    out = image.copy()
-    draw = ImageDraw.Draw(out)
-    width, height = out.size
-    line_px = max(2, round(min(width, height) / 200))
-    font = _font(max(10, round(min(width, height) / 40)))
-    for box, label, score in zip(boxes.tolist(), labels.tolist(), scores.tolist()):
-        x1, y1, x2, y2 = (float(v) for v in box)
-        x1, x2 = sorted((x1, x2))
-        y1, y2 = sorted((y1, y2))
-        colour = PALETTE[(int(label) - 1) % len(PALETTE)]
-        draw.rectangle((x1, y1, x2, y2), outline=colour, width=line_px)
-        name = class_names[int(label) - 1] if 1 <= int(label) <= len(class_names) else f"class {int(label)}"
-        text = f"{name} {score:.2f}"
-        left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
-        text_w, text_h = right - left + 4, bottom - top + 4
-        tag_y = y1 - text_h if y1 - text_h >= 0 else y1
-        draw.rectangle((x1, tag_y, x1 + text_w, tag_y + text_h), fill=colour)
-        draw.text((x1 + 2 - left, tag_y + 2 - top), text, fill=(0, 0, 0), font=font)
-    return out
 
 
 def save_like_input(image: Image.Image, source: Path, out_path: Path, pil_format: str | None) -> None:
