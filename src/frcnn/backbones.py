@@ -100,6 +100,15 @@ def _lock_batchnorm(bn: nn.modules.batchnorm._BatchNorm, locked: bool) -> None:
         bn.eval()
 
 
+def has_training_batchnorm(module: nn.Module) -> bool:
+    """Whether a BatchNorm inside ``module`` would use batch statistics now (in training mode
+    and not locked by :func:`set_trainable`)."""
+    return any(
+        isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training and not getattr(m, _BN_LOCK_ATTR, False)
+        for m in module.modules()
+    )
+
+
 def set_trainable(module: nn.Module, trainable: bool) -> None:
     """Switch ``requires_grad`` on every parameter of ``module``; freezing also locks its BatchNorms.
 

@@ -7,10 +7,11 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torchvision.ops import clip_boxes_to_image, nms, remove_small_boxes
+from torchvision.ops import clip_boxes_to_image, remove_small_boxes
 
 from frcnn.anchors import AnchorGenerator, inside_image, label_anchors
 from frcnn.boxes import decode_boxes, encode_boxes
+from frcnn.nms import nms_top_n
 from frcnn.sampling import sample_balanced
 
 REG_NORMALIZERS = ("anchor_locations", "minibatch")
@@ -194,7 +195,8 @@ class RegionProposalNetwork(nn.Module):
         """Proposal layer (§3.1, §3.3): top pre-NMS N by score, decode, clip to the image,
         drop boxes under the minimum size, NMS at 0.7, keep the top post-NMS N.
 
-        Top-k happens before decoding, so only the kept anchors are decoded.
+        Top-k happens before decoding, so only the kept anchors are decoded; NMS stops once it
+        has kept the post-NMS N (:func:`frcnn.nms.nms_top_n`, same boxes as full NMS + cut).
         logits [B, A], deltas [B, A, 4] -> per image (boxes [<=N, 4], scores [<=N] sorted desc).
         """
         logits = logits.detach()
@@ -215,7 +217,7 @@ class RegionProposalNetwork(nn.Module):
             keep = remove_small_boxes(image_boxes, settings.min_size_px)
             image_boxes, image_scores = image_boxes[keep], scores[i][keep]
             if settings.use_nms:
-                keep = nms(image_boxes, image_scores, settings.nms_thresh)[: settings.post_nms_top_n]
+                keep = nms_top_n(image_boxes, image_scores, settings.nms_thresh, settings.post_nms_top_n)
             else:  # already sorted by score (topk)
                 keep = torch.arange(min(image_scores.numel(), settings.post_nms_top_n), device=image_scores.device)
             proposals.append(image_boxes[keep])

@@ -1,0 +1,190 @@
+"""The fast paths (issue 6) give what the straightforward versions give, on random inputs.
+
+* ``nms_top_n`` (NMS that stops at the post-NMS N) == ``torchvision.ops.nms(...)[:N]``, exactly;
+* the RPN proposal layer == decode every anchor, sort, cut, clip, min size, full NMS, cut;
+* the cached anchor grid == anchors placed location by location in a Python loop;
+* the channels-last shared conv == the NCHW one: features, RPN outputs, losses, detections.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torchvision.ops import clip_boxes_to_image, nms, remove_small_boxes
+
+from frcnn.anchors import AnchorGenerator, reference_anchors
+from frcnn.backbones import build_backbone, set_trainable
+from frcnn.boxes import decode_boxes
+from frcnn.model import FasterRCNN
+from frcnn.nms import nms_top_n
+from frcnn.roi_head import RoIHead
+from frcnn.rpn import ProposalSettings, RegionProposalNetwork
+
+
+def _random_boxes(gen: torch.Generator, num: int, extent: float = 600.0, quantise: float | None = None):
+    xy = torch.rand(num, 2, generator=gen) * extent
+    wh = 4 + torch.rand(num, 2, generator=gen) * extent / 3
+    boxes = torch.cat((xy, xy + wh), dim=1)
+    return (boxes / quantise).round() * quantise if quantise else boxes
+
+
+@pytest.mark.parametrize("iou_thresh", [0.3, 0.5, 0.7])
+@pytest.mark.parametrize("top_n, chunk_size", [(1, None), (50, 16), (300, None), (300, 97), (2000, None)])
+def test_nms_top_n_equals_full_nms_then_cut(iou_thresh, top_n, chunk_size):
+    gen = torch.Generator().manual_seed(top_n + int(100 * iou_thresh))
+    for trial in range(6):
+        num = [0, 1, 700, 2500, 6000, 3000][trial]
+        boxes = _random_boxes(gen, num, quantise=16.0 if trial == 5 else None)  # 5: exact duplicates
+        scores = torch.rand(num, generator=gen)
+        if trial % 2:  # many tied scores: the order among ties must match the kernel's
+            scores = (scores * 8).round() / 8
+        expected = nms(boxes, scores, iou_thresh)[:top_n]
+        got = nms_top_n(boxes, scores, iou_thresh, top_n, chunk_size)
+        assert torch.equal(got, expected), (num, trial)
+
+
+def _reference_propose(anchors, logits, deltas, image_sizes, settings: ProposalSettings):
+    """The proposal layer written plainly: decode every anchor, sort by score, cut to the
+    pre-NMS N, clip, drop small boxes, full NMS, cut to the post-NMS N."""
+    proposals, scores = [], []
+    for i, image_hw in enumerate(image_sizes):
+        boxes = decode_boxes(deltas[i], anchors)
+        order = logits[i].argsort(descending=True)[: settings.pre_nms_top_n]
+        boxes, image_scores = clip_boxes_to_image(boxes[order], image_hw), torch.sigmoid(logits[i][order])
+        keep = remove_small_boxes(boxes, settings.min_size_px)
+        boxes, image_scores = boxes[keep], image_scores[keep]
+        keep = nms(boxes, image_scores, settings.nms_thresh)[: settings.post_nms_top_n]
+        proposals.append(boxes[keep])
+        scores.append(image_scores[keep])
+    return proposals, scores
+
+
+@pytest.mark.parametrize("pre_n, post_n", [(6000, 300), (12000, 2000), (500, 100)])
+def test_proposal_layer_equals_plain_version(pre_n, post_n):
+    gen = torch.Generator().manual_seed(pre_n)
+    rpn = RegionProposalNetwork(8, anchor_scales_px=(32, 64, 128))
+    image_sizes = [(600, 1000), (480, 992)]
+    anchors = rpn.anchor_generator((38, 63))
+    num = anchors.shape[0]
+    # distinct logits (a tie would make topk's and argsort's orders differ, legitimately)
+    logits = torch.stack([torch.randperm(num, generator=gen) for _ in range(2)]).float() * (8.0 / num) - 4.0
+    deltas = torch.randn(2, num, 4, generator=gen) * 0.3
+    settings = ProposalSettings(pre_n, post_n, nms_thresh=0.7, min_size_px=16)
+    got_boxes, got_scores = rpn.propose(anchors, logits, deltas, image_sizes, settings)
+    ref_boxes, ref_scores = _reference_propose(anchors, logits, deltas, image_sizes, settings)
+    for got_b, got_s, ref_b, ref_s in zip(got_boxes, got_scores, ref_boxes, ref_scores):
+        assert got_b.shape == ref_b.shape and got_b.shape[0] == post_n
+        torch.testing.assert_close(got_b, ref_b)
+        torch.testing.assert_close(got_s, ref_s)
+
+
+def test_cached_anchor_grid_equals_loop_placement():
+    scales, ratios, stride, (height, width) = (32, 64, 128), (0.5, 1.0, 2.0), 16, (5, 7)
+    generator = AnchorGenerator(scales, ratios, stride)
+    reference = reference_anchors(scales, ratios)
+    expected = []
+    for i in range(height):
+        for j in range(width):
+            centre = torch.tensor([(j + 0.5) * stride, (i + 0.5) * stride] * 2)
+            expected.extend(centre + ref for ref in reference)
+    first = generator((height, width))
+    torch.testing.assert_close(first, torch.stack(expected))
+    assert generator((height, width)) is first  # cached per feature size
+    assert generator((height + 1, width)).shape[0] == (height + 1) * width * 9
+
+
+def _small_model(channels_last: bool, pool_type: str = "max") -> FasterRCNN:
+    torch.manual_seed(0)
+    backbone = build_backbone("small")
+    rpn = RegionProposalNetwork(backbone.out_channels, anchor_scales_px=(32, 64, 128),
+                                train_proposals=ProposalSettings(12000, 2000, 0.7, 4),
+                                test_proposals=ProposalSettings(6000, 300, 0.7, 4))
+    head = RoIHead(backbone.head, backbone.representation_size, num_classes=5, pool_type=pool_type)
+    # Spread the scores: with the N(0, 0.01) init all objectness scores are nearly tied, and
+    # float rounding alone would reorder proposals (a different but equally valid sample).
+    torch.nn.init.normal_(rpn.head.cls_logits.weight, std=1.0)
+    torch.nn.init.normal_(head.predictor.cls_score.weight, std=1.0)
+    return FasterRCNN(backbone, rpn, head, channels_last=channels_last)
+
+
+def _inputs():
+    gen = torch.Generator().manual_seed(1)
+    images = [torch.rand(3, 256, 256, generator=gen), torch.rand(3, 224, 256, generator=gen)]
+    targets = [
+        {"boxes": torch.tensor([[20.0, 30.0, 120.0, 110.0], [140.0, 150.0, 230.0, 250.0]]),
+         "labels": torch.tensor([1, 3])},
+        {"boxes": torch.tensor([[60.0, 40.0, 180.0, 200.0]]), "labels": torch.tensor([5])},
+    ]
+    return images, targets
+
+
+@pytest.mark.parametrize("pool_type", ["max", "align"])
+def test_channels_last_conv_gives_the_nchw_numbers(pool_type):
+    """Same features, RPN outputs, losses, gradients and detections up to float rounding.
+
+    Proposals are held fixed for the losses and detections: which of ~2300 near-equal
+    candidates win a rank can change with rounding alone, which is no difference in the model.
+    Likewise RoI max pooling routes a gradient to the arg-max cell, which rounding can move
+    between two near-equal cells: gradients are pinned tightly with RoIAlign, loosely with max.
+    """
+    nchw = _small_model(channels_last=False, pool_type=pool_type)
+    for module in nchw.backbone.modules():  # BatchNorm on running statistics (as VGG/ZF: no BN)
+        if isinstance(module, torch.nn.BatchNorm2d):
+            set_trainable(module, False)
+    nhwc = copy.deepcopy(nchw)
+    nhwc.channels_last = True
+    images, targets = _inputs()
+    gt_boxes, gt_labels = [t["boxes"] for t in targets], [t["labels"] for t in targets]
+
+    nchw.eval(), nhwc.eval()
+    with torch.no_grad():
+        feats_a, sizes = nchw.features(images)
+        feats_b, _ = nhwc.features(images)
+        assert feats_b.is_contiguous(memory_format=torch.channels_last)
+        torch.testing.assert_close(feats_b, feats_a, rtol=1e-4, atol=1e-4)
+        logits_a, deltas_a = nchw.rpn.head(feats_a)
+        logits_b, deltas_b = nhwc.rpn.head(feats_b)
+        torch.testing.assert_close(logits_b, logits_a, rtol=1e-4, atol=1e-3)
+        torch.testing.assert_close(deltas_b, deltas_a, rtol=1e-4, atol=1e-4)
+        proposals, _, _ = nchw.rpn(feats_a, sizes)
+        dets_a, _ = nchw.roi_head(feats_a, proposals, sizes)
+        dets_b, _ = nhwc.roi_head(feats_b, proposals, sizes)
+    for a, b in zip(dets_a, dets_b):
+        assert torch.equal(a["labels"], b["labels"])
+        torch.testing.assert_close(b["boxes"], a["boxes"], rtol=1e-4, atol=1e-3)
+        torch.testing.assert_close(b["scores"], a["scores"], rtol=1e-4, atol=1e-5)
+
+    nchw.train(), nhwc.train()
+    assert nhwc._conv_channels_last()
+    losses = {}
+    for name, model in (("nchw", nchw), ("nhwc", nhwc)):
+        feats, sizes = model.features(images)
+        torch.manual_seed(2)
+        _, _, rpn_losses = model.rpn(feats, sizes, gt_boxes, with_proposals=False)
+        torch.manual_seed(3)
+        _, det_losses = model.roi_head(feats, proposals, sizes, gt_boxes, gt_labels)
+        losses[name] = {**rpn_losses, **det_losses}
+        (rpn_losses["rpn"] + det_losses["det"]).backward()
+    for key, value in losses["nchw"].items():
+        torch.testing.assert_close(losses["nhwc"][key], value, rtol=1e-4, atol=1e-5)
+    grads_a = dict(nchw.named_parameters())
+    for name, param in nhwc.named_parameters():  # sums over many terms: compare as vectors
+        if not param.requires_grad:
+            continue
+        reference = grads_a[name].grad
+        rel_err = (param.grad - reference).norm() / reference.norm().clamp(min=1e-12)
+        assert rel_err < (1e-4 if pool_type == "align" else 3e-2), (name, float(rel_err))
+
+
+def test_channels_last_is_off_while_a_batchnorm_trains():
+    """PyTorch's channels-last BatchNorm backward sums in float32 and loses ~1% of the small
+    net's (nearly cancelling) gradient; the NCHW one sums in float64. Training BN -> NCHW."""
+    model = _small_model(channels_last=True)
+    model.train()
+    assert not model._conv_channels_last()
+    images, _ = _inputs()
+    assert model.features(images)[0].is_contiguous()
+    model.eval()
+    assert model._conv_channels_last()
