@@ -12,6 +12,7 @@ from pathlib import Path
 
 import lightning as L
 import numpy as np
+import torch
 from PIL import Image
 
 from frcnn.drawing import draw_ground_truth_and_detections, tensor_to_pil
@@ -55,6 +56,28 @@ class ValidationPictureLogger(L.Callback):
             return
         log_pictures(trainer.logger, self._pictures, self.key, trainer.global_step, self.fallback_dir)
         self._pictures = []
+
+
+@torch.no_grad()
+def detection_pictures(model, dataloader, class_names: list[str], num_images: int, device: torch.device,
+                       score_thresh: float = 0.5) -> list[np.ndarray]:
+    """The first ``num_images`` images of ``dataloader`` with gt and the model's detections drawn."""
+    pictures: list[np.ndarray] = []
+    was_training = model.training
+    model.eval()
+    for images, targets in dataloader:
+        detections = model([image.to(device) for image in images])
+        for image, target, found in zip(images, targets, detections):
+            if len(pictures) >= num_images:
+                break
+            keep = found["scores"] >= score_thresh
+            pictures.append(np.asarray(draw_ground_truth_and_detections(
+                tensor_to_pil(image), target["boxes"].cpu(), target["labels"].cpu(), found["boxes"][keep].cpu(),
+                found["labels"][keep].cpu(), found["scores"][keep].cpu(), class_names)))
+        if len(pictures) >= num_images:
+            break
+    model.train(was_training)
+    return pictures
 
 
 def log_pictures(logger, pictures: list[np.ndarray], key: str, step: int, fallback_dir: Path | None) -> list[Path]:
