@@ -1,0 +1,402 @@
+"""Speed of frcnn against torchvision's Faster R-CNN on the same architecture (issue 6).
+
+    python scripts/benchmark.py                          # everything (~10 min on 2 idle cores)
+    python scripts/benchmark.py --size small --mode infer --repeats 20
+    python scripts/benchmark.py --size paper --mode breakdown
+    python scripts/benchmark.py --mode data
+
+Modes (default: all of them):
+  infer      inference latency per image (batch of 1), frcnn vs torchvision, alternating A B A B ...
+  train      one training step (forward + backward + SGD step), alternating
+  breakdown  the paper's Table 5 split: shared conv, proposal (RPN head + proposal layer + NMS),
+             region-wise (RoI pooling + head + post-processing), total; ms and ratios of conv
+  data       images/s through the albumentations transforms and the DataLoader, against the
+             model's training throughput at the same size
+
+Sizes: ``paper`` = one 600 x 1000 image, VGG-16, anchors 128/256/512, 21 classes;
+``small`` = the built-in data (256 x 256, 4 images per training batch), small backbone,
+anchors 32/64/128, 6 classes. Weights are random init (identical in both models: torchvision's
+model receives copies of frcnn's modules' state dicts).
+
+What is the same in both models: backbone body (same weights), RPN head (3x3 conv + 1x1 cls/reg,
+same weights), anchors (sizes, ratios, stride 16, k = 9), RoI max pooling 7x7 at 1/16 (torchvision
+gets ``torchvision.ops.roi_pool`` on the single feature map), the per-RoI head (the same fc
+module) and predictor (same weights), pre/post-NMS top N (train 12000/2000, test 6000/300),
+NMS 0.7 / 0.3, score threshold 0.05, 100 detections, 256 anchors / 128 RoIs sampled per image,
+box coder weights (1,1,1,1) / (10,10,5,5), the minimum proposal size (frcnn is set to
+torchvision's fixed 1e-3 px), already-resized inputs (torchvision's transform is told not to
+resize: frcnn resizes in the data pipeline, not in the model), padding to a multiple of 16.
+Remaining differences (rules of the paper that frcnn keeps): anchor centres at (i + 0.5) * 16 in
+frcnn vs i * 16 in torchvision; cross-boundary anchors ignored in frcnn's RPN loss (§3.3);
+torchvision rescales its detections back to the (identical) original size.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import datetime as _dt
+import logging
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable
+
+import torch
+import torchvision
+from torch import nn
+from torchvision.models.detection import FasterRCNN as TVFasterRCNN
+from torchvision.models.detection.anchor_utils import AnchorGenerator as TVAnchorGenerator
+from torchvision.models.detection.faster_rcnn import FastRCNNPredictor as TVPredictor
+from torchvision.models.detection.rpn import RPNHead as TVRPNHead
+from torchvision.models.detection.transform import GeneralizedRCNNTransform
+from torchvision.ops import nms, roi_pool
+
+import frcnn.rpn
+from frcnn.backbones import build_backbone, freeze_prefix
+from frcnn.model import FasterRCNN
+from frcnn.roi_head import RoIHead
+from frcnn.rpn import ProposalSettings, RegionProposalNetwork
+
+SIZES = {
+    # name: backbone, image (H, W), anchor scales, classes (with bg), images per training batch, head width
+    "paper": dict(backbone="vgg16", image_hw=(600, 1000), scales=(128, 256, 512), num_classes=20, train_batch=1,
+                  hidden=None, infer_repeats=5, train_repeats=3, breakdown_repeats=3),
+    "small": dict(backbone="small", image_hw=(256, 256), scales=(32, 64, 128), num_classes=5, train_batch=4,
+                  hidden=None, infer_repeats=30, train_repeats=20, breakdown_repeats=30),
+}
+TORCHVISION_MIN_PROPOSAL_SIZE = 1e-3  # torchvision's RPN drops boxes under 1e-3 px (hard-coded)
+
+
+# ---------------------------------------------------------------------------------------------
+# The two models
+# ---------------------------------------------------------------------------------------------
+
+
+class _NoResizeTransform(GeneralizedRCNNTransform):
+    """torchvision's transform minus the resize: inputs arrive at network size, as frcnn's do."""
+
+    def resize(self, image, target=None):
+        return image, target
+
+    def postprocess(self, result, image_shapes, original_image_sizes):
+        return result  # the sizes are equal: rescaling by 1 is a no-op
+
+
+class _SingleMapRoIPool(nn.Module):
+    """``box_roi_pool`` for torchvision: RoI max pooling on the one stride-16 map (as frcnn)."""
+
+    def __init__(self, output_size: int, spatial_scale: float):
+        super().__init__()
+        self.output_size = output_size
+        self.spatial_scale = spatial_scale
+
+    def forward(self, features, proposals, image_shapes):
+        return roi_pool(features["0"], proposals, self.output_size, self.spatial_scale)
+
+
+class _BodyWithChannels(nn.Module):
+    def __init__(self, body: nn.Module, out_channels: int):
+        super().__init__()
+        self.body = body
+        self.out_channels = out_channels
+
+    def forward(self, x):
+        return self.body(x)
+
+
+BASELINE = False  # --baseline: frcnn as before issue 6 (NCHW conv, full NMS then top-N)
+
+
+def _full_nms_then_cut(boxes, scores, iou_thresh, top_n):
+    return nms(boxes, scores, iou_thresh)[:top_n]
+
+
+def build_frcnn(size: str) -> FasterRCNN:
+    spec = SIZES[size]
+    backbone = build_backbone(spec["backbone"], num_hidden=spec["hidden"])
+    freeze_prefix(backbone)  # VGG-16: conv1_1..conv2_2 fixed (§3.1.3), as factory.build_model does
+    rpn = RegionProposalNetwork(
+        backbone.out_channels, anchor_scales_px=spec["scales"], stride=16,
+        train_proposals=ProposalSettings(12000, 2000, 0.7, TORCHVISION_MIN_PROPOSAL_SIZE),
+        test_proposals=ProposalSettings(6000, 300, 0.7, TORCHVISION_MIN_PROPOSAL_SIZE),
+    )
+    roi_head = RoIHead(backbone.head, backbone.representation_size, spec["num_classes"], roi_output_size=7,
+                       spatial_scale=1 / 16, pool_type="max", batch_size_per_image=128, positive_fraction=0.25,
+                       bg_iou_lo=0.0, score_thresh=0.05, nms_thresh=0.3, detections_per_image=100)
+    model = FasterRCNN(backbone, rpn, roi_head, channels_last=not BASELINE)
+    if BASELINE:
+        frcnn.rpn.nms_top_n = _full_nms_then_cut
+    return model
+
+
+def build_torchvision_twin(ours: FasterRCNN, size: str) -> TVFasterRCNN:
+    """torchvision's FasterRCNN with frcnn's modules' weights and the same settings."""
+    spec = SIZES[size]
+    body = _BodyWithChannels(copy.deepcopy(ours.backbone), ours.backbone_info.out_channels)
+    rpn_head = TVRPNHead(body.out_channels, ours.rpn.anchor_generator.num_anchors_per_location)
+    ours_head = ours.rpn.head
+    rpn_head.load_state_dict({
+        "conv.0.0.weight": ours_head.conv.weight, "conv.0.0.bias": ours_head.conv.bias,
+        "cls_logits.weight": ours_head.cls_logits.weight, "cls_logits.bias": ours_head.cls_logits.bias,
+        "bbox_pred.weight": ours_head.bbox_deltas.weight, "bbox_pred.bias": ours_head.bbox_deltas.bias,
+    })
+    anchor_gen = TVAnchorGenerator(sizes=(tuple(spec["scales"]),), aspect_ratios=((0.5, 1.0, 2.0),))
+    predictor = TVPredictor(ours.roi_head.predictor.cls_score.in_features, spec["num_classes"] + 1)
+    predictor.load_state_dict(ours.roi_head.predictor.state_dict())
+    model = TVFasterRCNN(
+        body, num_classes=None,
+        rpn_anchor_generator=anchor_gen, rpn_head=rpn_head,
+        rpn_pre_nms_top_n_train=12000, rpn_post_nms_top_n_train=2000,
+        rpn_pre_nms_top_n_test=6000, rpn_post_nms_top_n_test=300,
+        rpn_nms_thresh=0.7, rpn_fg_iou_thresh=0.7, rpn_bg_iou_thresh=0.3,
+        rpn_batch_size_per_image=256, rpn_positive_fraction=0.5,
+        box_head=copy.deepcopy(ours.roi_head.head),
+        box_predictor=predictor, box_score_thresh=0.05, box_nms_thresh=0.3, box_detections_per_img=100,
+        box_fg_iou_thresh=0.5, box_bg_iou_thresh=0.5, box_batch_size_per_image=128, box_positive_fraction=0.25,
+        bbox_reg_weights=(10.0, 10.0, 5.0, 5.0),
+    )
+    # The constructor only accepts MultiScaleRoIAlign; any module with its call signature works.
+    model.roi_heads.box_roi_pool = _SingleMapRoIPool(7, 1 / 16)
+    h, w = spec["image_hw"]
+    model.transform = _NoResizeTransform(min(h, w), max(h, w), list(ours.pixel_mean.flatten().tolist()),
+                                         list(ours.pixel_std.flatten().tolist()), size_divisible=16)
+    return model
+
+
+def make_inputs(size: str, batch: int, seed: int = 0) -> tuple[list[torch.Tensor], list[dict[str, torch.Tensor]]]:
+    """Random images in [0, 1] at network size and 3 random ground-truth boxes each."""
+    spec = SIZES[size]
+    h, w = spec["image_hw"]
+    gen = torch.Generator().manual_seed(seed)
+    images = [torch.rand(3, h, w, generator=gen) for _ in range(batch)]
+    targets = []
+    for _ in range(batch):
+        xy = torch.rand(3, 2, generator=gen) * torch.tensor([w * 0.6, h * 0.6])
+        wh = (0.1 + 0.3 * torch.rand(3, 2, generator=gen)) * torch.tensor([w, h])
+        boxes = torch.cat((xy, xy + wh), dim=1)
+        labels = torch.randint(1, spec["num_classes"] + 1, (3,), generator=gen)
+        targets.append({"boxes": boxes, "labels": labels})
+    return images, targets
+
+
+# ---------------------------------------------------------------------------------------------
+# Timing
+# ---------------------------------------------------------------------------------------------
+
+
+def alternate(fns: dict[str, Callable[[], object]], repeats: int, warmup: int = 1) -> dict[str, list[float]]:
+    """Run the callables in turn (A B A B ...) ``warmup`` + ``repeats`` times; seconds per call."""
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for i in range(warmup + repeats):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            elapsed = time.perf_counter() - start
+            if i >= warmup:
+                times[name].append(elapsed)
+    return times
+
+
+def _median_ms(values: list[float]) -> float:
+    return 1e3 * statistics.median(values)
+
+
+def _report_pair(title: str, times: dict[str, list[float]], per: str) -> dict[str, float]:
+    ours, theirs = _median_ms(times["frcnn"]), _median_ms(times["torchvision"])
+    print(f"{title}: frcnn {ours:.1f} ms, torchvision {theirs:.1f} ms {per}; ratio frcnn/torchvision = "
+          f"{ours / theirs:.3f}  (medians of {len(times['frcnn'])})", flush=True)
+    return {"frcnn_ms": ours, "torchvision_ms": theirs, "ratio": ours / theirs}
+
+
+def bench_infer(size: str, repeats: int) -> dict[str, float]:
+    ours = build_frcnn(size).eval()
+    theirs = build_torchvision_twin(ours, size).eval()
+    images, _ = make_inputs(size, 1)
+    with torch.inference_mode():
+        times = alternate({"frcnn": lambda: ours(images), "torchvision": lambda: theirs(images)}, repeats)
+    spec = SIZES[size]
+    return _report_pair(f"[{size}] inference, 1 image {spec['image_hw']} {spec['backbone']}", times, "per image")
+
+
+def bench_train(size: str, repeats: int) -> dict[str, float]:
+    spec = SIZES[size]
+    ours = build_frcnn(size).train()
+    theirs = build_torchvision_twin(ours, size).train()
+    images, targets = make_inputs(size, spec["train_batch"])
+    opt_ours, opt_theirs = (
+        torch.optim.SGD([p for p in m.parameters() if p.requires_grad], lr=1e-4, momentum=0.9, weight_decay=5e-4)
+        for m in (ours, theirs)
+    )
+
+    def step_ours():
+        opt_ours.zero_grad(set_to_none=True)
+        ours(images, targets)["total"].backward()
+        opt_ours.step()
+
+    def step_theirs():
+        opt_theirs.zero_grad(set_to_none=True)
+        sum(theirs(images, targets).values()).backward()
+        opt_theirs.step()
+
+    torch.manual_seed(0)
+    times = alternate({"frcnn": step_ours, "torchvision": step_theirs}, repeats)
+    return _report_pair(f"[{size}] training step, {spec['train_batch']} image(s) {spec['image_hw']} {spec['backbone']}",
+                        times, "per step")
+
+
+# -- breakdown (paper Table 5) ---------------------------------------------------------------
+
+
+def _frcnn_stages(model: FasterRCNN, images):
+    state = {}
+
+    def conv():
+        state["features"], state["sizes"] = model.features(images)
+
+    def proposal():
+        state["proposals"], _, _ = model.rpn(state["features"], state["sizes"])
+
+    def region():
+        model.roi_head(state["features"], state["proposals"], state["sizes"])
+
+    return {"conv": conv, "proposal": proposal, "region": region}
+
+
+def _torchvision_stages(model: TVFasterRCNN, images):
+    state = {}
+
+    def conv():
+        image_list, _ = model.transform(images)
+        state["images"], state["features"] = image_list, {"0": model.backbone(image_list.tensors)}
+
+    def proposal():
+        state["proposals"], _ = model.rpn(state["images"], state["features"])
+
+    def region():
+        model.roi_heads(state["features"], state["proposals"], state["images"].image_sizes)
+
+    return {"conv": conv, "proposal": proposal, "region": region}
+
+
+def bench_breakdown(size: str, repeats: int, heads: tuple[int | None, ...] = (None,)) -> dict[str, dict[str, float]]:
+    """Per-stage medians; stages run in order each repeat (conv, proposal, region), models alternate."""
+    results = {}
+    images, _ = make_inputs(size, 1)
+    spec = SIZES[size]
+    ours = build_frcnn(size).eval()
+    theirs = build_torchvision_twin(ours, size).eval()
+    stage_fns = {"frcnn": _frcnn_stages(ours, images), "torchvision": _torchvision_stages(theirs, images)}
+    times = {name: {stage: [] for stage in ("conv", "proposal", "region", "total")} for name in stage_fns}
+    with torch.inference_mode():
+        for i in range(1 + repeats):
+            for name, stages in stage_fns.items():
+                total = 0.0
+                for stage, fn in stages.items():
+                    start = time.perf_counter()
+                    fn()
+                    elapsed = time.perf_counter() - start
+                    total += elapsed
+                    if i:
+                        times[name][stage].append(elapsed)
+                if i:
+                    times[name]["total"].append(total)
+    print(f"[{size}] breakdown (paper Table 5), 1 image {spec['image_hw']} {spec['backbone']}, "
+          f"medians of {repeats}:", flush=True)
+    print("    model        conv ms  proposal ms  region ms  total ms | proposal/conv region/conv total/conv "
+          "proposal/total")
+    for name, stage_times in times.items():
+        med = {stage: _median_ms(v) for stage, v in stage_times.items()}
+        print(f"    {name:<11} {med['conv']:8.1f} {med['proposal']:12.1f} {med['region']:10.1f} {med['total']:9.1f} |"
+              f" {med['proposal'] / med['conv']:13.3f} {med['region'] / med['conv']:11.3f}"
+              f" {med['total'] / med['conv']:10.3f} {med['proposal'] / med['total']:14.3f}", flush=True)
+        results[name] = med
+    return results
+
+
+# -- data pipeline ----------------------------------------------------------------------------
+
+
+def bench_data(batches: int, train_step_ms: float | None) -> dict[str, float]:
+    """Images/s of the built-in data through DetectionTransform + DataLoader (num_workers 0, as the
+    default config), against the model's training throughput (images/s of the training step)."""
+    from frcnn.data.datamodule import build_shapes_datamodule
+
+    spec = SIZES["small"]
+    dm = build_shapes_datamodule(num_train=256, num_val=8, batch_size=spec["train_batch"], num_workers=0)
+    dm.setup()
+    dataset = dm.train_dataset
+    start = time.perf_counter()
+    n = min(len(dataset), batches * spec["train_batch"])
+    for i in range(n):
+        dataset[i]
+    per_item = (time.perf_counter() - start) / n
+    loader = dm.train_dataloader()
+    seen, start = 0, time.perf_counter()
+    for b, (images, _) in enumerate(loader):
+        seen += len(images)
+        if b + 1 >= batches:
+            break
+    loader_ips = seen / (time.perf_counter() - start)
+    result = {"dataset_images_per_s": 1.0 / per_item, "loader_images_per_s": loader_ips}
+    print(f"[small] data: dataset + albumentations {1.0 / per_item:.0f} images/s, DataLoader (batch "
+          f"{spec['train_batch']}, 0 workers) {loader_ips:.0f} images/s", flush=True)
+    if train_step_ms is not None:
+        model_ips = spec["train_batch"] / (train_step_ms / 1e3)
+        result["model_train_images_per_s"] = model_ips
+        print(f"[small] model training throughput {model_ips:.1f} images/s -> loading takes "
+              f"{100 * model_ips / loader_ips:.1f}% of a training step's time", flush=True)
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--size", choices=("paper", "small", "all"), default="all")
+    parser.add_argument("--mode", choices=("infer", "train", "breakdown", "data", "all"), default="all")
+    parser.add_argument("--repeats", type=int, default=None, help="timed runs per model (default: per size)")
+    parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads (default 2)")
+    parser.add_argument("--data-batches", type=int, default=32)
+    parser.add_argument("--head-width", type=int, default=None,
+                        help="fc width of the per-RoI head (default: VGG-16's 4096 / small's 256; torchvision's "
+                             "TwoMLPHead default is 1024)")
+    parser.add_argument("--baseline", action="store_true",
+                        help="frcnn as before issue 6: NCHW conv and full NMS before the post-NMS cut")
+    args = parser.parse_args(argv)
+    global BASELINE
+    BASELINE = args.baseline
+    if args.head_width:
+        for spec in SIZES.values():
+            spec["hidden"] = args.head_width
+
+    logging.disable(logging.WARNING)  # random-init warnings
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    print(f"frcnn benchmark {_dt.datetime.now().isoformat(timespec='seconds')} | torch {torch.__version__}, "
+          f"torchvision {torchvision.__version__}, python {platform.python_version()}, threads "
+          f"{torch.get_num_threads()}, {platform.processor() or platform.machine()}"
+          f"{f' | head width {args.head_width}' if args.head_width else ''}"
+          f"{' | frcnn BASELINE (before issue 6)' if BASELINE else ''}", flush=True)
+    sizes = ("small", "paper") if args.size == "all" else (args.size,)
+    modes = ("infer", "breakdown", "train", "data") if args.mode == "all" else (args.mode,)
+    train_ms_small = None
+    for size in sizes:
+        spec = SIZES[size]
+        for mode in modes:
+            if mode == "infer":
+                bench_infer(size, args.repeats or spec["infer_repeats"])
+            elif mode == "train":
+                result = bench_train(size, args.repeats or spec["train_repeats"])
+                if size == "small":
+                    train_ms_small = result["frcnn_ms"]
+            elif mode == "breakdown":
+                bench_breakdown(size, args.repeats or spec["breakdown_repeats"])
+    if "data" in modes:
+        if train_ms_small is None:
+            train_ms_small = bench_train("small", args.repeats or SIZES["small"]["train_repeats"])["frcnn_ms"]
+        bench_data(args.data_batches, train_ms_small)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
