@@ -12,6 +12,7 @@ Modes (default: all of them):
              region-wise (RoI pooling + head + post-processing), total; ms and ratios of conv
   data       images/s through the albumentations transforms and the DataLoader, against the
              model's training throughput at the same size
+  nms        the proposal layer's NMS alone: full NMS + cut against nms_top_n (no size)
 
 Sizes: ``paper`` = one 600 x 1000 image, VGG-16, anchors 128/256/512, 21 classes;
 ``small`` = the built-in data (256 x 256, 4 images per training batch), small backbone,
@@ -56,6 +57,7 @@ from torchvision.ops import nms, roi_pool
 import frcnn.rpn
 from frcnn.backbones import build_backbone, freeze_prefix
 from frcnn.model import FasterRCNN
+from frcnn.nms import nms_top_n
 from frcnn.roi_head import RoIHead
 from frcnn.rpn import ProposalSettings, RegionProposalNetwork
 
@@ -315,6 +317,24 @@ def bench_breakdown(size: str, repeats: int, heads: tuple[int | None, ...] = (No
     return results
 
 
+# -- NMS alone --------------------------------------------------------------------------------
+
+
+def bench_nms(repeats: int) -> None:
+    """Full NMS then the post-NMS cut (torchvision's RPN, frcnn before issue 6) against
+    ``nms_top_n`` on the proposal layer's candidate counts: random boxes, IoU 0.7."""
+    gen = torch.Generator().manual_seed(0)
+    for num, top_n, what in ((2304, 300, "small, test"), (6000, 300, "paper, test"), (12000, 2000, "paper, train")):
+        xy = torch.rand(num, 2, generator=gen) * torch.tensor([1000.0, 600.0])
+        boxes = torch.cat((xy, xy + 16 + torch.rand(num, 2, generator=gen) * 300), dim=1)
+        scores = torch.rand(num, generator=gen)
+        times = alternate({"full": lambda: nms(boxes, scores, 0.7)[:top_n],
+                           "top_n": lambda: nms_top_n(boxes, scores, 0.7, top_n)}, repeats)
+        full, early = _median_ms(times["full"]), _median_ms(times["top_n"])
+        print(f"[nms] {num} -> {top_n} ({what}): full NMS + cut {full:.1f} ms, nms_top_n {early:.1f} ms "
+              f"({full / early:.0f}x)", flush=True)
+
+
 # -- data pipeline ----------------------------------------------------------------------------
 
 
@@ -353,7 +373,7 @@ def bench_data(batches: int, train_step_ms: float | None) -> dict[str, float]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--size", choices=("paper", "small", "all"), default="all")
-    parser.add_argument("--mode", choices=("infer", "train", "breakdown", "data", "all"), default="all")
+    parser.add_argument("--mode", choices=("infer", "train", "breakdown", "data", "nms", "all"), default="all")
     parser.add_argument("--repeats", type=int, default=None, help="timed runs per model (default: per size)")
     parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads (default 2)")
     parser.add_argument("--data-batches", type=int, default=32)
@@ -391,6 +411,8 @@ def main(argv: list[str] | None = None) -> int:
                     train_ms_small = result["frcnn_ms"]
             elif mode == "breakdown":
                 bench_breakdown(size, args.repeats or spec["breakdown_repeats"])
+    if args.mode in ("nms", "all"):
+        bench_nms(args.repeats or 5)
     if "data" in modes:
         if train_ms_small is None:
             train_ms_small = bench_train("small", args.repeats or SIZES["small"]["train_repeats"])["frcnn_ms"]
