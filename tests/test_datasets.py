@@ -378,13 +378,13 @@ def test_datamodule_groups_training_batches_by_orientation(voc_root):
     dm = DetectionDataModule(lambda: voc(voc_root, transform=transform), lambda: voc(voc_root, "test"),
                              batch_size=2, aspect_ratio_grouping=True, seed=0)
     loader = dm.train_dataloader()
-    assert isinstance(loader.batch_sampler, AspectRatioBatchSampler)
+    assert isinstance(loader.batch_sampler.batch_sampler, AspectRatioBatchSampler)  # inside ResumeBatchSampler
     batches = list(loader)
     assert sum(len(images) for images, _ in batches) == 4
     for images, _ in batches:
         assert len({tuple(image.shape) for image in images}) == 1  # all landscape or all portrait
     plain = DetectionDataModule(lambda: voc(voc_root), lambda: voc(voc_root, "test"), batch_size=2)
-    assert not isinstance(plain.train_dataloader().batch_sampler, AspectRatioBatchSampler)
+    assert not isinstance(plain.train_dataloader().batch_sampler.batch_sampler, AspectRatioBatchSampler)
 
 
 def test_datamodule_rejects_val_classes_that_differ(voc_root):

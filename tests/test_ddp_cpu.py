@@ -54,7 +54,8 @@ def test_ddp_on_two_cpu_processes_writes_each_output_once(tmp_path, recipe):
         with open(tmp_path / "csv" / stage / "metrics.csv") as f:
             steps_logged = [r["step"] for r in csv.DictReader(f) if any(k.endswith("/lr") and v for k, v in r.items())]
         assert len(steps_logged) == len(set(steps_logged)) == steps, steps_logged
-    assert sorted(p.name for p in (tmp_path / "csv").iterdir()) == sorted(stage_steps)
+    assert sorted(p.name for p in (tmp_path / "csv").iterdir()) == sorted([*stage_steps, "final"])  # + final metrics
+    assert (tmp_path / "csv" / "final" / "metrics.csv").read_text().count("\n") == 2  # header + one row: rank 0 only
     assert len(list(tmp_path.glob("**/.hydra"))) == 1  # rank 1 ran with hydra.output_subdir=null
 
 

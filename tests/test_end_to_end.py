@@ -45,9 +45,11 @@ def test_rerun_of_finished_run_skips_training(compose_cfg, tmp_path):
     cfg = compose_cfg(TINY + ["logger=none", "schedule.joint.max_steps=3"], tmp_path)
     run_recipe(cfg, tmp_path)
     done_mtime = (tmp_path / "joint" / "DONE").stat().st_mtime
+    metrics_mtime = (tmp_path / "metrics.json").stat().st_mtime
     second = run_recipe(cfg, tmp_path)
-    assert "joint" not in second["stage_seconds"]  # no training time: the stage was skipped
+    assert second == json.loads((tmp_path / "metrics.json").read_text())  # stored: nothing trained or evaluated again
     assert (tmp_path / "joint" / "DONE").stat().st_mtime == done_mtime
+    assert (tmp_path / "metrics.json").stat().st_mtime == metrics_mtime
 
 
 @pytest.mark.slow

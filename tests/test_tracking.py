@@ -37,4 +37,5 @@ def test_default_wandb_logger_runs_offline_and_prints_sync_command(compose_cfg, 
     out = capsys.readouterr().out
     assert "wandb sync" in out
     runs = list((tmp_path / "run" / "wandb").glob("offline-run-*"))
-    assert len(runs) == 1 and any(runs[0].glob("*.wandb"))
+    assert len(runs) == 2 and all(any(run.glob("*.wandb")) for run in runs)  # the joint stage + the final evaluation
+    assert out.count("wandb sync") == 2

@@ -22,12 +22,17 @@ def atomic_torch_save(obj: Any, path: str | Path) -> None:
     os.replace(tmp, path)
 
 
-def atomic_write_json(obj: Any, path: str | Path) -> None:
+def atomic_write_text(text: str, path: str | Path) -> None:
+    """Write text to a temporary name then rename (a reader sees the old file or the whole new one)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True))
+    tmp.write_text(text)
     os.replace(tmp, path)
+
+
+def atomic_write_json(obj: Any, path: str | Path) -> None:
+    atomic_write_text(json.dumps(obj, indent=2, sort_keys=True), path)
 
 
 def save_detector(model, model_cfg: dict, class_names: list[str], path: str | Path) -> None:

@@ -61,6 +61,12 @@ def _pool_types() -> list[str]:
     return list(POOL_TYPES)
 
 
+def _nonfinite_policies() -> list[str]:
+    from frcnn.lit.guards import NONFINITE_POLICIES
+
+    return list(NONFINITE_POLICIES)
+
+
 def _wandb_modes() -> list[str]:
     from frcnn.tracking import WANDB_MODES
 
@@ -184,6 +190,8 @@ _RECIPE_COMMON = {
     "name": Free(),
     "checkpoint_every_n_steps": COUNT,
     "val_every_n_epochs": Number(1, integer=True, nullable=True),
+    "on_nonfinite_loss": Choice(_nonfinite_policies),  # NaN / inf loss: error (stop, naming step + term) | skip
+    "val_pictures": Number(0, integer=True),
 }
 RECIPE = Variant(
     {
@@ -194,7 +202,7 @@ RECIPE = Variant(
                 "unshared": Bool(),
                 "proposals": Node({"pre_nms_top_n": TOP_N, "post_nms_top_n": COUNT, "nms_thresh": IOU}),
             },
-            optional=frozenset({"unshared", "val_every_n_epochs"}),
+            optional=frozenset({"unshared", "val_every_n_epochs", "val_pictures"}),
         ),
     },
     group="recipe",

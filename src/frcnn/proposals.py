@@ -8,6 +8,7 @@ Under DDP each rank proposes a disjoint shard of the images; rank 0 merges the s
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -31,9 +32,11 @@ def _dist_info() -> tuple[int, int]:
 
 @torch.no_grad()
 def propose_images(model, dataset, indices: list[int], settings: ProposalSettings, device="cpu",
-                   batch_size: int = 4) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
+                   batch_size: int = 4, on_progress: Callable[[int], None] | None = None
+                   ) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
     """RPN proposals for ``dataset`` items at ``indices`` with the dataset's *eval* transform
-    (no flip), mapped back to original image pixels. -> {index: (boxes [N, 4], scores [N])}."""
+    (no flip), mapped back to original image pixels. -> {index: (boxes [N, 4], scores [N])}.
+    ``on_progress(images_done)`` is called before each batch (the fault-injection point)."""
     model.eval()
     rpn = model.rpn
     saved = rpn.test_proposals
@@ -41,6 +44,8 @@ def propose_images(model, dataset, indices: list[int], settings: ProposalSetting
     out = {}
     try:
         for start in range(0, len(indices), batch_size):
+            if on_progress is not None:
+                on_progress(start)
             chunk = indices[start : start + batch_size]
             images, factors = [], []
             for index in chunk:
@@ -57,7 +62,8 @@ def propose_images(model, dataset, indices: list[int], settings: ProposalSetting
     return out
 
 
-def generate_proposal_file(model, dataset, settings: ProposalSettings, path: str | Path, device="cpu") -> Path:
+def generate_proposal_file(model, dataset, settings: ProposalSettings, path: str | Path, device="cpu",
+                           on_progress: Callable[[int], None] | None = None) -> Path:
     """Propose boxes for every image of ``dataset`` and write one complete file at ``path``.
 
     Under torch.distributed, rank r takes images r, r + W, r + 2W, ... (no padding, nothing
@@ -66,7 +72,7 @@ def generate_proposal_file(model, dataset, settings: ProposalSettings, path: str
     path = Path(path)
     rank, world = _dist_info()
     indices = list(range(rank, len(dataset), world))
-    shard = propose_images(model, dataset, indices, settings, device)
+    shard = propose_images(model, dataset, indices, settings, device, on_progress=on_progress)
     if world == 1:
         _write(path, shard, len(dataset), settings)
         return path

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -19,22 +20,30 @@ from typing import Any
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.utilities.exceptions import SIGTERMException
+from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
-from frcnn.checkpoints import atomic_torch_save, atomic_write_json, save_detector
+from frcnn.checkpoints import atomic_torch_save, atomic_write_json, atomic_write_text, save_detector
 from frcnn.data.build import build_dataset
 from frcnn.data.datamodule import DetectionDataModule
 from frcnn.evaluation.evaluate import evaluate_full
 from frcnn.evaluation.proposal_recall import format_recall_table
 from frcnn.evaluation.report import write_evaluation_report
 from frcnn.evaluation.voc_ap import format_table
+from frcnn.faults import fault_point
+from frcnn.lit.callbacks import CheckpointOnSigterm, FaultPoint, StepSeed, seed_stage
+from frcnn.lit.guards import LossGuard
 from frcnn.lit.joint import JointModule
 from frcnn.lit.stages import StageModule
+from frcnn.lit.val_images import ValidationPictureLogger, detection_pictures
 from frcnn.model import UnsharedFasterRCNN
 from frcnn.proposals import ProposalDataset, generate_proposal_file, load_proposal_file
+from frcnn.resume import check_run_config, finished_metrics, resume_checkpoint
 from frcnn.rpn import ProposalSettings
-from frcnn.tracking import build_logger, finish_logger
+from frcnn.tracking import build_logger, finish_logger, log_final_results
 
 log = logging.getLogger(__name__)
+SIGTERM_EXIT_STATUS = 143  # 128 + SIGTERM: stopped, not finished (a scheduler must not read it as success)
 
 
 def model_config(cfg: Mapping[str, Any]) -> dict:
@@ -56,7 +65,7 @@ def build_datamodule(cfg: Mapping[str, Any], images_per_batch: int, train_factor
 
 
 def build_trainer(cfg: Mapping[str, Any], stage_dir: Path, stage_name: str, max_steps: int, logger,
-                  val_every_n_epochs: int | None) -> L.Trainer:
+                  val_every_n_epochs: int | None, extra_callbacks: list | None = None) -> L.Trainer:
     trainer_cfg = cfg["trainer"]
     checkpoint = ModelCheckpoint(
         dirpath=stage_dir / "checkpoints", save_last=True, save_top_k=0,
@@ -72,9 +81,19 @@ def build_trainer(cfg: Mapping[str, Any], stage_dir: Path, stage_name: str, max_
         enable_progress_bar=bool(trainer_cfg["enable_progress_bar"]),
         deterministic=bool(trainer_cfg.get("deterministic", False)),
         gradient_clip_val=cfg["optim"].get("gradient_clip_norm"),
-        default_root_dir=str(stage_dir), logger=logger, callbacks=[checkpoint],
+        default_root_dir=str(stage_dir), logger=logger, callbacks=[checkpoint, *(extra_callbacks or [])],
         num_sanity_val_steps=0, enable_model_summary=False,
     )
+
+
+def validation_callbacks(cfg: Mapping[str, Any], stage_dir: Path, stage_name: str, module: L.LightningModule,
+                         val_every_n_epochs: int | None) -> list:
+    """The validation-picture logger when the stage validates and ``recipe.val_pictures`` > 0."""
+    num_pictures = int(cfg["recipe"].get("val_pictures", 0) or 0)
+    if not val_every_n_epochs or num_pictures <= 0:
+        return []
+    return [ValidationPictureLogger(num_pictures, module.class_names, key=f"{stage_name}/val_pictures",
+                                    fallback_dir=stage_dir)]
 
 
 def fit_stage(cfg: Mapping[str, Any], run_dir: Path, stage_name: str, module: L.LightningModule,
@@ -82,8 +101,11 @@ def fit_stage(cfg: Mapping[str, Any], run_dir: Path, stage_name: str, module: L.
               val_every_n_epochs: int | None = None) -> L.LightningModule:
     """Train one stage unless it is DONE; resume it from its last checkpoint if interrupted.
 
-    Writes <run_dir>/<stage>/checkpoints/last.ckpt (Lightning state), <stage>/model.pt (the
-    stage's weights) and <stage>/DONE. A finished stage is loaded from model.pt instead.
+    Writes <run_dir>/<stage>/checkpoints/last.ckpt (Lightning state, every
+    recipe.checkpoint_every_n_steps and on SIGTERM), <stage>/model.pt (the stage's weights) and
+    <stage>/DONE. A finished stage is loaded from model.pt instead. A resumed stage continues with
+    the batches, augmentation and sampling an uninterrupted run would have used (frcnn.data.resumable,
+    StepSeed). SIGTERM: the checkpoint is written and the process exits with status 143.
     """
     stage_dir = run_dir / stage_name
     weights = stage_dir / "model.pt"
@@ -91,20 +113,39 @@ def fit_stage(cfg: Mapping[str, Any], run_dir: Path, stage_name: str, module: L.
         log.info("stage %s already finished; loading %s", stage_name, weights)
         module.model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
         return module
-    logger = build_logger(cfg["logger"], run_dir, run_dir.name, stage_name, config=dict(cfg))
-    trainer = build_trainer(cfg, stage_dir, stage_name, schedule["max_steps"], logger, val_every_n_epochs)
-    last = stage_dir / "checkpoints" / "last.ckpt"
-    if last.exists():
-        log.info("stage %s: resuming from %s", stage_name, last)
+    last, resume_step = resume_checkpoint(stage_dir)  # an unreadable checkpoint is moved aside, never used
+    datamodule.resume_step = resume_step
+    module.loss_guard = LossGuard(str(cfg["recipe"].get("on_nonfinite_loss", "error")), stage_name)
+    on_sigterm = CheckpointOnSigterm(stage_dir / "checkpoints" / "last.ckpt")
+    reliability = [StepSeed(int(cfg.get("seed", 0)), stage_name), on_sigterm, FaultPoint(stage_name)]
+    logger = build_logger(cfg["logger"], run_dir, run_dir.name, stage_name, config=dict(cfg), resume_step=resume_step)
+    trainer = build_trainer(cfg, stage_dir, stage_name, schedule["max_steps"], logger, val_every_n_epochs,
+                            [*reliability, *validation_callbacks(cfg, stage_dir, stage_name, module, val_every_n_epochs)])
+    if last is not None:
+        log.info("stage %s: resuming from %s (step %d)", stage_name, last, resume_step)
     start = time.perf_counter()
-    trainer.fit(module, datamodule=datamodule, ckpt_path=str(last) if last.exists() else None)
+    try:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=str(last) if last is not None else None)
+    except SIGTERMException:
+        finish_logger(logger)
+        raise stopped_by_sigterm(stage_name, on_sigterm) from None
     timings[stage_name] = time.perf_counter() - start
+    if module.loss_guard.skipped_steps:
+        log.warning("stage %s: %d batches skipped for a non-finite loss (steps %s)", stage_name,
+                    len(module.loss_guard.skipped_steps), module.loss_guard.skipped_steps[:10])
     if trainer.is_global_zero:
         atomic_torch_save(module.model.state_dict(), weights)
-        (stage_dir / "DONE").write_text(f"{trainer.global_step}\n")
+        atomic_write_text(f"{trainer.global_step}\n", stage_dir / "DONE")
     finish_logger(logger)
     _barrier()
     return module
+
+
+def stopped_by_sigterm(stage_name: str, on_sigterm: CheckpointOnSigterm) -> SystemExit:
+    """Exit status 143 (128 + SIGTERM) with one line saying where the run stopped and how to resume."""
+    print(f"SIGTERM: stage {stage_name} stopped at step {on_sigterm.saved_step}; checkpoint saved to "
+          f"{on_sigterm.last_ckpt}. Rerun the same command to resume there.", file=sys.stderr, flush=True)
+    return SystemExit(SIGTERM_EXIT_STATUS)
 
 
 def _global_rank() -> int:
@@ -125,6 +166,7 @@ def run_joint(cfg: Mapping[str, Any], run_dir: Path) -> dict:
     datamodule = build_datamodule(cfg, schedule["images_per_batch"])
     datamodule.setup("fit")
     class_names = datamodule.class_names
+    seed_stage(int(cfg.get("seed", 0)), "joint")
     module = JointModule(model_config(cfg), dict(cfg["optim"]), list(schedule["lr_steps"]), class_names)
     timings: dict[str, float] = {}
     fit_stage(cfg, run_dir, "joint", module, datamodule, schedule, timings, cfg["recipe"].get("val_every_n_epochs"))
@@ -134,8 +176,15 @@ def run_joint(cfg: Mapping[str, Any], run_dir: Path) -> dict:
 def proposal_stage(cfg: Mapping[str, Any], run_dir: Path, stage_name: str, model, dataset,
                    timings: dict[str, float]) -> dict:
     """Stage 2 / 5: the trained RPN proposes boxes for every training image (no pre-NMS cut,
-    NMS 0.7, top 2000 by default), written once to <run_dir>/<stage>/proposals.pt."""
+    NMS 0.7, top 2000 by default), written once to <run_dir>/<stage>/proposals.pt (atomically);
+    a file that does not load (damaged) is moved aside and the proposals are computed again."""
     path = run_dir / stage_name / "proposals.pt"
+    if path.exists():
+        try:
+            return load_proposal_file(path, len(dataset))
+        except ValueError as exc:
+            log.warning("%s; moved to %s.corrupt, proposing again", exc, path)
+            path.replace(path.with_name(path.name + ".corrupt"))
     if not path.exists():
         start = time.perf_counter()
         prop_cfg = cfg["recipe"]["proposals"]
@@ -143,7 +192,7 @@ def proposal_stage(cfg: Mapping[str, Any], run_dir: Path, stage_name: str, model
             pre_nms_top_n=int(prop_cfg["pre_nms_top_n"]), post_nms_top_n=int(prop_cfg["post_nms_top_n"]),
             nms_thresh=float(prop_cfg["nms_thresh"]), min_size_px=float(cfg["rpn"]["min_size"]),
         )
-        generate_proposal_file(model, dataset, settings, path)
+        generate_proposal_file(model, dataset, settings, path, on_progress=lambda done: fault_point(stage_name, done))
         timings[stage_name] = time.perf_counter() - start
     return load_proposal_file(path, len(dataset))
 
@@ -167,6 +216,7 @@ def run_alternating(cfg: Mapping[str, Any], run_dir: Path) -> dict:
     timings: dict[str, float] = {}
 
     def stage_module(name: str, kind: str, freeze_shared: bool) -> StageModule:
+        seed_stage(int(cfg.get("seed", 0)), name)  # the model's init does not depend on the stages before
         return StageModule(kind, model_cfg, optim_cfg, list(stages[name]["lr_steps"]), class_names,
                            freeze_shared=freeze_shared, stage_name=name)
 
@@ -195,7 +245,7 @@ def run_alternating(cfg: Mapping[str, Any], run_dir: Path) -> dict:
     det2.model.load_state_dict(rpn2.model.state_dict())  # shared conv + RPN of stage 4, head of stage 3
     det2.apply_trainable()
     det2 = fit_stage(cfg, run_dir, "stage2_det", det2, detector_data(proposals2, "stage2_det"),
-                     stages["stage2_det"], timings)
+                     stages["stage2_det"], timings, cfg["recipe"].get("val_every_n_epochs"))  # the whole detector
     return finalize(cfg, run_dir, det2.model, class_names, base, timings)
 
 
@@ -219,11 +269,17 @@ def finalize(cfg, run_dir: Path, model, class_names, datamodule, timings: dict[s
     start = time.perf_counter()
     device = _evaluation_device(cfg)
     metrics, pr_curves = evaluate_full(model.to(device), datamodule.val_dataloader(), class_names, device=device)
+    pictures = detection_pictures(model, datamodule.val_dataloader(), list(class_names),
+                                  int(cfg["recipe"].get("val_pictures", 0) or 0), device)
     model.cpu()
     timings["evaluation"] = time.perf_counter() - start
     metrics["recipe"] = cfg["recipe"]["name"]
     metrics["stage_seconds"] = timings
-    write_evaluation_report(metrics, pr_curves, run_dir)  # metrics.json, ap_table.md, pr_curves.png, proposal_recall.png
+    written = write_evaluation_report(metrics, pr_curves, run_dir)  # metrics.json, ap_table.md, PR + recall PNGs
+    logger = build_logger(cfg["logger"], run_dir, run_dir.name, "final", config=dict(cfg))
+    log_final_results(logger, metrics, {name: path for name, path in written.items() if name.endswith(".png")},
+                      pictures)  # W&B: run summary + images; CSV: csv/final/metrics.csv + PNGs
+    finish_logger(logger)
     print(format_table(metrics))
     print(format_recall_table(metrics["proposal_recall"]))
     print(f"metrics written to {run_dir / 'metrics.json'}")
@@ -238,5 +294,13 @@ def run_recipe(cfg: Mapping[str, Any], run_dir: str | Path) -> dict:
     name = cfg["recipe"]["name"]
     if name not in RECIPES:
         raise ValueError(f"recipe={name!r}; allowed: {sorted(RECIPES)}")
+    run_dir = Path(run_dir)
+    if rank_zero_only.rank == 0:
+        check_run_config(cfg, run_dir)  # refuses a changed config in a used run dir
+    done = finished_metrics(run_dir)
+    if done is not None:
+        print(f"run in {run_dir} is already finished (map_50={done.get('map_50')}, metrics in "
+              f"{run_dir / 'metrics.json'}); nothing to do")
+        return done
     L.seed_everything(int(cfg.get("seed", 0)), workers=True)
-    return RECIPES[name](cfg, Path(run_dir))
+    return RECIPES[name](cfg, run_dir)

@@ -72,8 +72,13 @@ def sweep_run_name(override_dirname: str, job_num: int | None) -> str:
 
 
 def build_logger(logger_cfg: Mapping[str, Any], save_dir: str | Path, run_name: str, job_type: str,
-                 config: dict | None = None, group: str | None = None):
-    """A Lightning logger for one stage, or False for ``logger=none``."""
+                 config: dict | None = None, group: str | None = None, resume_step: int = 0):
+    """A Lightning logger for one stage, or False for ``logger=none``.
+
+    ``resume_step`` > 0 (a stage resumed from a checkpoint at that step): the CSV logger keeps the
+    rows its metrics.csv already holds for earlier steps (Lightning's CSV writer would delete the
+    file); rows of later steps, logged after that checkpoint, are dropped: they are logged again.
+    """
     name = logger_cfg["name"]
     if name not in LOGGER_NAMES:
         raise ValueError(f"logger={name!r}; allowed: {LOGGER_NAMES}")
@@ -83,7 +88,13 @@ def build_logger(logger_cfg: Mapping[str, Any], save_dir: str | Path, run_name: 
     if name == "csv":
         from lightning.pytorch.loggers import CSVLogger
 
-        return CSVLogger(save_dir=str(save_dir), name="csv", version=job_type)
+        from lightning.pytorch.utilities.rank_zero import rank_zero_only
+
+        logger = CSVLogger(save_dir=str(save_dir), name="csv", version=job_type)
+        if resume_step > 0 and rank_zero_only.rank == 0:  # other ranks' experiment is a stub
+            kept = read_csv_rows_before(Path(logger.log_dir) / "metrics.csv", resume_step)
+            logger.experiment.metrics.extend(kept)  # the writer (created here) deleted the file; its next save rewrites them
+        return logger
     if name == "tensorboard":
         from lightning.pytorch.loggers import TensorBoardLogger
 
@@ -106,6 +117,17 @@ def build_logger(logger_cfg: Mapping[str, Any], save_dir: str | Path, run_name: 
     )
 
 
+def read_csv_rows_before(path: Path, step: int) -> list[dict]:
+    """Rows of a Lightning metrics.csv whose ``step`` is < ``step`` (empty cells left out)."""
+    import csv
+
+    if not path.is_file():
+        return []
+    with open(path, newline="") as f:
+        rows = [{k: v for k, v in row.items() if v not in ("", None)} for row in csv.DictReader(f)]
+    return [row for row in rows if "step" in row and int(float(row["step"])) < step]
+
+
 def finish_logger(logger) -> None:
     """Close a W&B run and say how to upload it when it was offline."""
     try:
@@ -122,3 +144,38 @@ def finish_logger(logger) -> None:
     wandb.finish()
     if run_dir is not None and offline:
         print(f"W&B run saved offline in {run_dir}\n  upload it later with: wandb sync {run_dir}")
+
+
+def flat_scalar_metrics(metrics: Mapping[str, Any], prefix: str = "final") -> dict[str, float]:
+    """The numbers of a metrics.json as ``{"final/map_50": ..., "final/ap_per_class/circle": ...}``
+    (nested dicts joined with "/"; lists and strings left out)."""
+    flat: dict[str, float] = {}
+    for key, value in metrics.items():
+        name = f"{prefix}/{key}"
+        if isinstance(value, Mapping):
+            flat.update(flat_scalar_metrics(value, name))
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            flat[name] = float(value)
+    return flat
+
+
+def log_final_results(logger, metrics: Mapping[str, Any], figures: Mapping[str, Path], pictures: list,
+                      step: int = 0) -> None:
+    """The final evaluation in the logger of the ``final`` job: the metrics as logged values (and
+    as the W&B run summary), the PR-curve and proposal-recall plots and detection pictures as images
+    (CSV: PNG files beside its metrics.csv)."""
+    if not logger:
+        return
+    from lightning.pytorch.loggers import WandbLogger
+
+    from frcnn.lit.val_images import log_pictures
+
+    flat = flat_scalar_metrics(metrics)
+    logger.log_metrics(flat, step=step)
+    if isinstance(logger, WandbLogger):
+        logger.experiment.summary.update(flat)
+        for name, path in figures.items():
+            logger.log_image(key=f"final/{Path(name).stem}", images=[str(path)], step=step)
+    if pictures:
+        log_pictures(logger, pictures, "final/detections", step, None)
+    logger.save()

@@ -7,8 +7,9 @@ from collections.abc import Callable, Sequence
 
 import lightning as L
 import torch
-from torch.utils.data import DataLoader, Dataset, RandomSampler, SequentialSampler
+from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, SequentialSampler
 
+from frcnn.data.resumable import ResumeBatchSampler, StepSeededDataset
 from frcnn.data.sampler import AspectRatioBatchSampler, aspect_group_ids
 from frcnn.data.synthetic import ShapesDataset
 from frcnn.data.transforms import DetectionTransform, collate_detection
@@ -31,6 +32,11 @@ class DetectionDataModule(L.LightningDataModule):
     portrait images (:class:`~frcnn.data.sampler.AspectRatioBatchSampler` over the same seeded shuffle),
     when the data set knows its image sizes (``image_size_hw(i)``). The train and val sets must have
     the same ``class_names``.
+
+    ``resume_step``: in a single process, training batches start at this step of the seeded
+    sequence and each item's augmentation is seeded from (seed, step, index)
+    (:mod:`frcnn.data.resumable`), so a stage resumed mid-epoch continues exactly; the recipe
+    sets it from the checkpoint it resumes (0 for a fresh stage).
     """
 
     def __init__(
@@ -57,6 +63,7 @@ class DetectionDataModule(L.LightningDataModule):
         self.aspect_ratio_grouping = bool(aspect_ratio_grouping)
         self.train_dataset: Dataset | None = None
         self.val_dataset: Dataset | None = None
+        self.resume_step = 0
 
     def setup(self, stage: str | None = None) -> None:
         """Build both data sets once (idempotent; cheap for the synthetic set)."""
@@ -111,11 +118,36 @@ class DetectionDataModule(L.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         self.setup("fit")
+        group_ids = None
         if self.aspect_ratio_grouping and self.batch_size > 1:
             group_ids = aspect_group_ids(self.train_dataset)
-            if group_ids is not None:
-                return self._grouped_loader(self.train_dataset, group_ids)
+        if self._world_size() == 1:
+            return self._resumable_loader(self.train_dataset, group_ids)
+        if group_ids is not None:
+            return self._grouped_loader(self.train_dataset, group_ids)
         return self._loader(self.train_dataset, self.batch_size, shuffle=self.shuffle)
+
+    def _world_size(self) -> int:
+        trainer = getattr(self, "trainer", None)
+        return int(trainer.world_size) if trainer is not None else 1
+
+    def _resumable_loader(self, dataset: Dataset, group_ids: list[int] | None) -> DataLoader:
+        """Single-process training loader: the seeded batches from step ``resume_step`` on, items
+        reseeded per (step, index) (see :mod:`frcnn.data.resumable`)."""
+        generator = torch.Generator().manual_seed(self.seed)
+        order = RandomSampler(dataset, generator=generator) if self.shuffle else SequentialSampler(dataset)
+        if group_ids is not None:
+            batches = AspectRatioBatchSampler(order, group_ids, self.batch_size, drop_last=False)
+        else:
+            batches = BatchSampler(order, self.batch_size, drop_last=False)
+        return DataLoader(
+            StepSeededDataset(dataset, self.seed),
+            batch_sampler=ResumeBatchSampler(batches, generator, self.seed, self.resume_step),
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
+            collate_fn=collate_detection,
+            persistent_workers=self.num_workers > 0,
+        )
 
     def val_dataloader(self) -> DataLoader:
         self.setup("validate")

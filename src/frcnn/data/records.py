@@ -52,6 +52,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 ON_BAD_SAMPLE = ("error", "skip")
+MIN_IMAGE_SIDE_PX = 16  # one cell of the stride-16 feature map; smaller images are broken files, not photos
 SUMMARY_EXAMPLES = 3  # bad files quoted in the one-line summary
 
 
@@ -170,8 +171,8 @@ class FileDetectionDataset(Dataset):
         self.transform = transform
         self.keep_difficult = bool(keep_difficult)
         self.description = description or type(self).__name__
-        self.records = list(records)
         self.skipped: list[tuple[str, str]] = list(skipped)  # (file, reason) of every dropped sample
+        self.records = [r for r in records if self._big_enough(r)]
         self._bad_indices: set[int] = set()  # images found unreadable in __getitem__ (policy skip)
         if verify_images:
             self._verify_all_images()
@@ -184,6 +185,15 @@ class FileDetectionDataset(Dataset):
             raise ValueError(f"{self.description}: no usable images ({len(self.skipped)} skipped)")
 
     # ------------------------------------------------------------------ construction
+    def _big_enough(self, record: ImageRecord) -> bool:
+        """Images under MIN_IMAGE_SIDE_PX on a side (a 1x1 tracking pixel, a thumbnail) are bad samples."""
+        if min(record.height, record.width) >= MIN_IMAGE_SIDE_PX:
+            return True
+        reject_sample(self.on_bad_sample, self.skipped, record.image_path, BadImageError(
+            f"{record.image_path}: image is {record.width}x{record.height} pixels (per {record.source}); "
+            f"images need at least {MIN_IMAGE_SIDE_PX} px on each side (one cell of the stride-16 feature map)"))
+        return False
+
     def _verify_all_images(self) -> None:
         """Decode every image now (threads: PIL releases the GIL while decoding)."""
         workers = min(8, os.cpu_count() or 1)

@@ -168,6 +168,15 @@ class DetectionTransform:
         entropy = [info.seed % (2**63)] + ([] if self.seed is None else [int(self.seed)])
         self.pipeline.set_random_seed(int(np.random.SeedSequence(entropy).generate_state(1)[0]))
 
+    def reseed(self, entropy: Sequence[int]) -> None:
+        """Seed the augmentation RNG from ``entropy`` (e.g. [seed, step, index]): the next item's
+        random scale and flip then depend on that key alone (exact resume, see data/resumable.py)."""
+        from frcnn.data.resumable import item_seed
+
+        info = torch.utils.data.get_worker_info()
+        self._worker_seed = None if info is None else info.seed  # keep the per-worker reseed from overriding it
+        self.pipeline.set_random_seed(item_seed(entropy))
+
     def __call__(
         self, image_uint8_hwc: np.ndarray, boxes_xyxy: np.ndarray, labels: np.ndarray, source: str = "<image>"
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

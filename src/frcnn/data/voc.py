@@ -146,7 +146,10 @@ class VOCDataset(FileDetectionDataset):
         xml_names, image_names = list_dir_names(annotations), list_dir_names(images)
         records: list[ImageRecord] = []
         skipped: list[tuple[str, str]] = []
-        for image_id in read_split_ids(split_file):
+        image_ids = read_split_ids(split_file)
+        if not image_ids:
+            raise DatasetLayoutError(root, f"split file {split_file} lists no image ids (split {split!r} is empty)")
+        for image_id in image_ids:
             xml_path = annotations / f"{image_id}.xml"
             if xml_path.name not in xml_names:
                 reject_sample(on_bad_sample, skipped, split_file, BadAnnotationError(

@@ -17,13 +17,18 @@ import lightning as L
 
 from frcnn.backbones import freeze_prefix, set_trainable
 from frcnn.factory import build_model
+from frcnn.lit.guards import LossGuard
 from frcnn.lit.optim import build_optimizer
+from frcnn.lit.validation import ValidationMAP
 
 STAGE_KINDS = ("rpn", "detector")
 
 
-class StageModule(L.LightningModule):
-    """One stage: which part trains (``kind``) and whether the shared conv layers are frozen."""
+class StageModule(ValidationMAP, L.LightningModule):
+    """One stage: which part trains (``kind``) and whether the shared conv layers are frozen.
+
+    Validation (when the recipe asks for it) evaluates the whole detector; the recipe enables it
+    only for the last stage, the first whose RPN and detector share their conv."""
 
     def __init__(self, kind: str, model_cfg: Mapping[str, Any], optim_cfg: Mapping[str, Any], lr_steps: list[int],
                  class_names: list[str], freeze_shared: bool = False, stage_name: str = ""):
@@ -31,7 +36,9 @@ class StageModule(L.LightningModule):
         if kind not in STAGE_KINDS:
             raise ValueError(f"stage kind={kind!r}; allowed: {STAGE_KINDS}")
         self.save_hyperparameters()
+        self.class_names = list(class_names)
         self.model = build_model(model_cfg, num_classes=len(class_names))
+        self.loss_guard = LossGuard("error", stage_name or kind)  # the recipe sets recipe.on_nonfinite_loss
         self.apply_trainable()
 
     def apply_trainable(self) -> None:
@@ -54,6 +61,8 @@ class StageModule(L.LightningModule):
             proposals = [t["proposals"] for t in targets]
             _, losses = self.model.roi_head(feature_map, proposals, image_sizes, gt_boxes, [t["labels"] for t in targets])
             total = losses["det"]
+        if not self.loss_guard.check(losses, self.global_step):
+            return None  # skipped: no optimiser step
         prefix = self.hparams.stage_name or "train"
         self.log_dict({f"{prefix}/{k}": v.detach() for k, v in losses.items()}, batch_size=len(images))
         self.log(f"{prefix}/lr", self.trainer.optimizers[0].param_groups[0]["lr"], batch_size=len(images))
