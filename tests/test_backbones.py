@@ -12,7 +12,14 @@ import torchvision
 from torch import nn
 
 from frcnn import backbones
-from frcnn.backbones import Backbone, available_backbones, build_backbone, freeze_prefix, set_trainable
+from frcnn.backbones import (
+    WEIGHTS_FROM_DETECTOR,
+    Backbone,
+    available_backbones,
+    build_backbone,
+    freeze_prefix,
+    set_trainable,
+)
 
 ALL = ["resnet50_c4", "small", "vgg16", "zf"]
 # VGG's 2x2/2 max pools floor odd sizes; the others pad every stride-2 layer: n -> ceil(n / 2).
@@ -217,6 +224,12 @@ def test_random_init_warns(caplog):
     with caplog.at_level(logging.WARNING, logger="frcnn.backbones"):
         build_backbone("small")
     assert any("random init" in r.getMessage().lower() for r in caplog.records)
+
+
+def test_backbone_for_a_saved_detector_does_not_warn_about_random_init(caplog):
+    with caplog.at_level(logging.WARNING, logger="frcnn.backbones"):
+        build_backbone("small", weights=WEIGHTS_FROM_DETECTOR)  # load_detector loads the weights next
+    assert not caplog.records
 
 
 # --- freezing -------------------------------------------------------------------------------

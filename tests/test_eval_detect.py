@@ -11,7 +11,8 @@ from omegaconf import OmegaConf
 from PIL import Image
 
 from frcnn.checkpoints import save_detector
-from frcnn.cli.detect import BadImageError, checkpoint_input_scale, detect_files, detect_image, draw_detections
+from frcnn.checkpoints import checkpoint_input_scale
+from frcnn.cli.detect import BadImageError, detect_files, detect_image, draw_detections
 from frcnn.cli.detect import main as detect_main
 from frcnn.cli.eval import evaluate_checkpoint
 from frcnn.data.synthetic import CLASS_NAMES, ShapesDataset
@@ -71,6 +72,16 @@ def test_eval_writes_metrics_table_and_pictures(run_dir, tmp_path, capsys):
     assert_png(out / "proposal_recall.png")
     printed = capsys.readouterr().out
     assert "mAP" in printed and "COCO AP" in printed and "average recall" in printed
+
+
+def test_eval_runs_at_the_checkpoints_training_scale_unless_scale_is_given(run_dir, tmp_path, caplog):
+    checkpoint = run_dir / "final" / "model.pt"  # its run trained at 256 (checked by checkpoint_input_scale)
+    common = [f"checkpoint={checkpoint}", "data.num_val=2", "batch_size=2", "proposal_recall.top_ns=[]", "coco=false"]
+    metrics = evaluate_checkpoint(compose_eval([*common, f"out_dir={tmp_path / 'a'}", "data.scales=[600]"]))
+    assert metrics["input_scale"] == [256, 1000]
+    assert "training scale 256" in caplog.text and "data.scales=[600]" in caplog.text
+    metrics = evaluate_checkpoint(compose_eval([*common, f"out_dir={tmp_path / 'b'}", "scale=192"]))
+    assert metrics["input_scale"][0] == 192
 
 
 def test_eval_refuses_a_checkpoint_with_other_classes(run_dir, tmp_path):

@@ -585,6 +585,9 @@ def _describe_formats(spec: _Spec) -> str:
     return "our Backbone.state_dict() (body.*/head.*)" + (f" or {spec.flat_format}" if spec.flat_format else "")
 
 
+WEIGHTS_FROM_DETECTOR = "<detector checkpoint>"  # weights value: the caller loads a saved detector's state dict next
+
+
 def build_backbone(
     name: str,
     weights: str | os.PathLike[str] | None = None,
@@ -597,7 +600,8 @@ def build_backbone(
     pre-training, §3.1.3); "imagenet" -> torchvision's IMAGENET1K_V1 weights (vgg16, resnet50_c4
     only; expect RGB in [0, 1] normalised by ImageNet mean/std); otherwise a local file: a
     torchvision full-model state dict (mapped by VGG16_TORCHVISION_KEYS /
-    RESNET50_TORCHVISION_PREFIXES) or a :meth:`Backbone.state_dict`.
+    RESNET50_TORCHVISION_PREFIXES) or a :meth:`Backbone.state_dict`; ``WEIGHTS_FROM_DETECTOR`` ->
+    random init without the warning (a saved detector's weights are loaded over it).
     num_hidden: width of the head's fully connected layers (default 4096 for ZF/VGG fc6/fc7,
     256 for small; fixed 2048 for resnet50_c4). dropout: p of the fc6/fc7 dropout (ZF/VGG).
     """
@@ -606,17 +610,21 @@ def build_backbone(
     spec = _SPECS[name]
     state: Mapping[str, Tensor] | None = None
     source = ""
+    from_detector = weights == WEIGHTS_FROM_DETECTOR
+    if from_detector:
+        weights = None
     if weights == "imagenet":  # fetch before building: fail fast and cheap
         state, source = _imagenet_state_dict(name, spec), f"torchvision {name} ImageNet"
     elif weights is not None:
         state, source = _read_state_dict(weights), str(weights)
     backbone = spec.build(num_hidden, dropout)
     if state is None:
-        logger.warning(
-            "backbone %r starts from RANDOM INIT (weights=None): the paper initialises the shared conv "
-            "layers from ImageNet pre-training; pass weights='imagenet' or a local state-dict path.",
-            name,
-        )
+        if not from_detector:
+            logger.warning(
+                "backbone %r starts from RANDOM INIT (weights=None): the paper initialises the shared conv "
+                "layers from ImageNet pre-training; pass weights='imagenet' or a local state-dict path.",
+                name,
+            )
         return backbone
     try:
         load_backbone_weights(backbone, state, spec.map_key, source)

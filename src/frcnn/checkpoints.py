@@ -9,6 +9,7 @@ from typing import Any
 
 import torch
 
+from frcnn.backbones import WEIGHTS_FROM_DETECTOR
 from frcnn.factory import build_model
 from frcnn.model import UnsharedFasterRCNN
 
@@ -57,7 +58,7 @@ def load_detector(path: str | Path, map_location: str = "cpu"):
     if not isinstance(payload, dict) or payload.get("format") != "frcnn-detector-v1":
         raise ValueError(f"{path} is not an frcnn detector checkpoint (missing format 'frcnn-detector-v1')")
     cfg = dict(payload["model_cfg"])
-    cfg["backbone"] = {**cfg["backbone"], "weights": None}  # weights come from the state dict
+    cfg["backbone"] = {**cfg["backbone"], "weights": WEIGHTS_FROM_DETECTOR}  # weights come from the state dict
     num_classes = len(payload["class_names"])
     if payload.get("unshared"):
         model = UnsharedFasterRCNN(build_model(cfg, num_classes), build_model(cfg, num_classes))
@@ -68,3 +69,26 @@ def load_detector(path: str | Path, map_location: str = "cpu"):
     except RuntimeError as exc:
         raise ValueError(f"{path}: weights do not fit the architecture in its model_cfg: {exc}") from exc
     return model.eval(), payload["class_names"]
+
+
+PAPER_TEST_SCALE = (600, 1000)  # shorter side, longer-side cap (§3.3)
+
+
+def checkpoint_input_scale(checkpoint: str | Path) -> tuple[int, int] | None:
+    """The (scale, max_size) a checkpoint was trained with, if recorded: the checkpoint's own
+    ``data_cfg`` entry, else its run's ``.hydra/config.yaml`` (``<run dir>/final/model.pt``)."""
+    checkpoint = Path(checkpoint)
+    try:
+        payload = torch.load(checkpoint, map_location="cpu", weights_only=False, mmap=True)
+        data_cfg = payload.get("data_cfg") if isinstance(payload, dict) else None
+    except Exception:  # not a zip checkpoint (mmap needs one): load_detector reports real problems
+        data_cfg = None
+    if not data_cfg:
+        run_config = checkpoint.resolve().parent.parent / ".hydra" / "config.yaml"
+        if run_config.is_file():
+            from omegaconf import OmegaConf
+
+            data_cfg = OmegaConf.to_container(OmegaConf.load(run_config)).get("data")
+    if data_cfg and data_cfg.get("scales") and data_cfg.get("max_size"):
+        return int(list(data_cfg["scales"])[0]), int(data_cfg["max_size"])
+    return None

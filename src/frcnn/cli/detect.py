@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from frcnn.checkpoints import load_detector
+from frcnn.checkpoints import PAPER_TEST_SCALE, checkpoint_input_scale, load_detector
 from frcnn.data.transforms import DetectionTransform
 from frcnn.drawing import draw_detections
 from frcnn.evaluation.detections_io import coco_result_records, write_coco_results
@@ -30,7 +30,6 @@ log = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")
 PIL_FORMAT_BY_EXTENSION = {".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG", ".bmp": "BMP"}
-PAPER_TEST_SCALE = (600, 1000)  # shorter side, longer-side cap (§3.3)
 class BadImageError(ValueError):
     """An input image that cannot be read; the message names the file."""
 
@@ -60,25 +59,6 @@ def read_image(path: Path) -> tuple[Image.Image, str | None]:
             return image.convert("RGB"), image.format
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
         raise BadImageError(f"{path}: cannot read the image ({exc.__class__.__name__}: {exc})") from exc
-
-
-def checkpoint_input_scale(checkpoint: Path) -> tuple[int, int] | None:
-    """The (scale, max_size) a checkpoint was trained with, if recorded: the checkpoint's own
-    ``data_cfg`` entry, else its run's ``.hydra/config.yaml`` (``<run dir>/final/model.pt``)."""
-    try:
-        payload = torch.load(checkpoint, map_location="cpu", weights_only=False, mmap=True)
-        data_cfg = payload.get("data_cfg") if isinstance(payload, dict) else None
-    except Exception:  # not a zip checkpoint (mmap needs one): load_detector reports real problems
-        data_cfg = None
-    if not data_cfg:
-        run_config = checkpoint.resolve().parent.parent / ".hydra" / "config.yaml"
-        if run_config.is_file():
-            from omegaconf import OmegaConf
-
-            data_cfg = OmegaConf.to_container(OmegaConf.load(run_config)).get("data")
-    if data_cfg and data_cfg.get("scales") and data_cfg.get("max_size"):
-        return int(list(data_cfg["scales"])[0]), int(data_cfg["max_size"])
-    return None
 
 
 # ----------------------------------------------------------------------------- detection

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader
 
-from frcnn.checkpoints import load_detector
+from frcnn.checkpoints import checkpoint_input_scale, load_detector
 from frcnn.data.build import build_dataset
 from frcnn.data.transforms import collate_detection
 from frcnn.evaluation.evaluate import evaluate_full
@@ -65,6 +65,27 @@ def build_eval_loader(data_cfg: Mapping[str, Any], split: str, batch_size: int) 
                       num_workers=int(data_cfg.get("num_workers", 0)), collate_fn=collate_detection)
 
 
+def evaluation_data_cfg(data_cfg: Mapping[str, Any], checkpoint: Path, scale: int | None) -> dict:
+    """The ``data`` node with the input scale to evaluate at: ``scale`` when given, else the scale
+    the checkpoint was trained at (evaluation at the training scale, paper §3.3), else the data
+    config's own ``scales[0]``. A data config whose scale differs from the training scale is
+    overridden with a warning: a detector scored at another scale than it learned scores low."""
+    data_cfg = dict(data_cfg)
+    recorded = checkpoint_input_scale(checkpoint)
+    if scale is not None:
+        data_cfg["scales"] = [int(scale)]
+    elif recorded is not None:
+        configured = [int(s) for s in data_cfg.get("scales") or []]
+        if configured[:1] != [recorded[0]] or int(data_cfg.get("max_size", recorded[1])) != recorded[1]:
+            log.warning("evaluating at %s's training scale %d (max %d), not data.scales=%s / data.max_size=%s; "
+                        "pass scale=<px> to choose another", checkpoint, recorded[0], recorded[1], configured,
+                        data_cfg.get("max_size"))
+        data_cfg["scales"], data_cfg["max_size"] = [recorded[0]], recorded[1]
+    else:
+        data_cfg["scales"] = [int((data_cfg.get("scales") or [600])[0])]  # multi-scale training: test at the first
+    return data_cfg
+
+
 def format_coco_line(coco: Mapping[str, float]) -> str:
     """COCO AP (%) in one line; '-' where undefined (-1)."""
     def pct(value: float) -> str:
@@ -89,17 +110,20 @@ def evaluate_checkpoint(cfg: Mapping[str, Any]) -> dict:
     recall_cfg = cfg.get("proposal_recall") or {}
 
     model, class_names = load_detector(checkpoint)
-    loader = build_eval_loader(cfg["data"], split, int(cfg.get("batch_size", 4)))
+    data_cfg = evaluation_data_cfg(cfg["data"], checkpoint, cfg.get("scale"))
+    loader = build_eval_loader(data_cfg, split, int(cfg.get("batch_size", 4)))
     check_class_names(class_names, loader.dataset.class_names, checkpoint, str(cfg["data"].get("name")))
     model.to(device)
-    log.info("evaluating %s on %s/%s (%d images)", checkpoint, cfg["data"].get("name"), split, len(loader.dataset))
+    log.info("evaluating %s on %s/%s (%d images) at scale %d", checkpoint, cfg["data"].get("name"), split,
+             len(loader.dataset), data_cfg["scales"][0])
     metrics, pr_curves = evaluate_full(
         model, loader, class_names, device,
         top_ns=list(recall_cfg.get("top_ns", PAPER_TOP_NS)),
         iou_thresholds=list(recall_cfg.get("iou_thresholds", PAPER_IOU_THRESHOLDS)),
         coco=bool(cfg.get("coco", True)),
     )
-    metrics.update({"checkpoint": str(checkpoint), "data": cfg["data"].get("name"), "split": split})
+    metrics.update({"checkpoint": str(checkpoint), "data": cfg["data"].get("name"), "split": split,
+                    "input_scale": [data_cfg["scales"][0], data_cfg.get("max_size")]})
     written = write_evaluation_report(metrics, pr_curves, out_dir)
 
     print(format_table(metrics))
