@@ -1,6 +1,7 @@
 """The fast paths (issue 6) give what the straightforward versions give, on random inputs.
 
-* ``nms_top_n`` (NMS that stops at the post-NMS N) == ``torchvision.ops.nms(...)[:N]``, exactly;
+* ``nms_top_n`` (NMS that stops at the post-NMS N) == ``torchvision.ops.nms(...)[:N]``, exactly, and
+  so do the images of a batch resolved on parallel threads;
 * the RPN proposal layer == decode every anchor, sort, cut, clip, min size, full NMS, cut;
 * the cached anchor grid == anchors placed location by location in a Python loop;
 * the channels-last shared conv == the NCHW one: features, RPN outputs, losses, detections.
@@ -18,7 +19,7 @@ from frcnn.anchors import AnchorGenerator, reference_anchors
 from frcnn.backbones import build_backbone, set_trainable
 from frcnn.boxes import decode_boxes
 from frcnn.model import FasterRCNN
-from frcnn.nms import nms_top_n
+from frcnn.nms import nms_top_n, nms_top_n_per_image
 from frcnn.roi_head import RoIHead
 from frcnn.rpn import ProposalSettings, RegionProposalNetwork
 
@@ -43,6 +44,15 @@ def test_nms_top_n_equals_full_nms_then_cut(iou_thresh, top_n, chunk_size):
         expected = nms(boxes, scores, iou_thresh)[:top_n]
         got = nms_top_n(boxes, scores, iou_thresh, top_n, chunk_size)
         assert torch.equal(got, expected), (num, trial)
+
+
+@pytest.mark.parametrize("workers", [1, 2, 4])
+def test_nms_per_image_on_threads_equals_one_image_at_a_time(workers):
+    gen = torch.Generator().manual_seed(workers)
+    candidates = [(_random_boxes(gen, num, extent=256.0), torch.rand(num, generator=gen)) for num in (2304, 0, 900, 2304, 17)]
+    got = nms_top_n_per_image(candidates, 0.7, 2000, workers=workers)
+    expected = [nms(boxes, scores, 0.7)[:2000] for boxes, scores in candidates]
+    assert len(got) == len(expected) and all(torch.equal(g, e) for g, e in zip(got, expected))
 
 
 def _reference_propose(anchors, logits, deltas, image_sizes, settings: ProposalSettings):

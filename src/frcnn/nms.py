@@ -4,9 +4,15 @@ The proposal layer keeps only the top post-NMS N boxes (300 at test time) of 600
 but ``torchvision.ops.nms`` resolves all 6000: its CPU kernel checks every pair of surviving
 boxes, O(K^2) for K candidates. Greedy NMS decides box j from the boxes kept before it only,
 so the first N kept boxes are known once N have been kept; the rest is wasted work.
+
+The CPU kernel is single-threaded and releases the GIL, so the images of a batch are resolved
+on parallel threads (:func:`nms_top_n_per_image`): in a training step of 4 images the proposal
+NMS (2304 -> 2000 boxes per image at the built-in size) was 40 % of the time on one core.
 """
 
 from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
 
 import torch
 from torch import Tensor
@@ -48,3 +54,21 @@ def nms_top_n(
         if num_kept >= top_n:
             break
     return order[torch.cat(kept_idx)[:top_n]]
+
+
+def nms_top_n_per_image(
+    candidates: list[tuple[Tensor, Tensor]], iou_thresh: float, top_n: int, workers: int | None = None
+) -> list[Tensor]:
+    """``[nms_top_n(boxes, scores, iou_thresh, top_n) for boxes, scores in candidates]``, the images
+    on up to ``workers`` threads (default: torch's intra-op thread count) when the boxes are on the
+    CPU; one thread on other devices, whose kernels are asynchronous already. Same result either way.
+    """
+    def one(image: tuple[Tensor, Tensor]) -> Tensor:
+        return nms_top_n(image[0], image[1], iou_thresh, top_n)
+
+    on_cpu = all(boxes.device.type == "cpu" for boxes, _ in candidates)
+    workers = min(len(candidates), workers or torch.get_num_threads()) if on_cpu else 1
+    if workers <= 1:
+        return [one(image) for image in candidates]
+    with ThreadPoolExecutor(max_workers=workers) as pool:  # per call: nothing survives a fork
+        return list(pool.map(one, candidates))

@@ -11,7 +11,7 @@ from torchvision.ops import clip_boxes_to_image, remove_small_boxes
 
 from frcnn.anchors import AnchorGenerator, inside_image, label_anchors
 from frcnn.boxes import decode_boxes, encode_boxes
-from frcnn.nms import nms_top_n
+from frcnn.nms import nms_top_n_per_image
 from frcnn.sampling import sample_balanced
 
 REG_NORMALIZERS = ("anchor_locations", "minibatch")
@@ -196,7 +196,8 @@ class RegionProposalNetwork(nn.Module):
         drop boxes under the minimum size, NMS at 0.7, keep the top post-NMS N.
 
         Top-k happens before decoding, so only the kept anchors are decoded; NMS stops once it
-        has kept the post-NMS N (:func:`frcnn.nms.nms_top_n`, same boxes as full NMS + cut).
+        has kept the post-NMS N (:func:`frcnn.nms.nms_top_n`, same boxes as full NMS + cut), the images
+        of the batch on parallel threads on the CPU.
         logits [B, A], deltas [B, A, 4] -> per image (boxes [<=N, 4], scores [<=N] sorted desc).
         """
         logits = logits.detach()
@@ -211,17 +212,17 @@ class RegionProposalNetwork(nn.Module):
         top_deltas = torch.gather(deltas, 1, top_idx[..., None].expand(-1, -1, 4))
         boxes = decode_boxes(top_deltas, anchors[top_idx])  # [B, K, 4]
         scores = torch.sigmoid(top_logits)
-        proposals, proposal_scores = [], []
+        candidates = []  # per image: (boxes [K_i, 4], scores [K_i]) inside the image, big enough
         for i, image_hw in enumerate(image_sizes):
             image_boxes = clip_boxes_to_image(boxes[i], image_hw)
             keep = remove_small_boxes(image_boxes, settings.min_size_px)
-            image_boxes, image_scores = image_boxes[keep], scores[i][keep]
-            if settings.use_nms:
-                keep = nms_top_n(image_boxes, image_scores, settings.nms_thresh, settings.post_nms_top_n)
-            else:  # already sorted by score (topk)
-                keep = torch.arange(min(image_scores.numel(), settings.post_nms_top_n), device=image_scores.device)
-            proposals.append(image_boxes[keep])
-            proposal_scores.append(image_scores[keep])
+            candidates.append((image_boxes[keep], scores[i][keep]))
+        if settings.use_nms:
+            keeps = nms_top_n_per_image(candidates, settings.nms_thresh, settings.post_nms_top_n)
+        else:  # already sorted by score (topk)
+            keeps = [torch.arange(min(s.numel(), settings.post_nms_top_n), device=s.device) for _, s in candidates]
+        proposals = [image_boxes[keep] for (image_boxes, _), keep in zip(candidates, keeps)]
+        proposal_scores = [image_scores[keep] for (_, image_scores), keep in zip(candidates, keeps)]
         return proposals, proposal_scores
 
     def forward(
