@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import warnings
 from collections.abc import Callable, Sequence
 
 import lightning as L
@@ -13,6 +14,9 @@ from frcnn.data.resumable import ResumeBatchSampler, StepSeededDataset
 from frcnn.data.sampler import AspectRatioBatchSampler, aspect_group_ids
 from frcnn.data.synthetic import ShapesDataset
 from frcnn.data.transforms import DetectionTransform, collate_detection
+
+# Lightning 2.x, resuming mid-epoch with a loader that has no state_dict (ours continues by step instead)
+RESUME_WARNING = r"You're resuming from a checkpoint that ended before the epoch ended"
 
 __all__ = ["DetectionDataModule", "build_shapes_datamodule"]
 
@@ -104,6 +108,8 @@ class DetectionDataModule(L.LightningDataModule):
 
     def _grouped_loader(self, dataset: Dataset, group_ids: list[int]) -> DataLoader:
         """Training loader whose batches come from an AspectRatioBatchSampler over the seeded shuffle."""
+        if self.resume_step > 0:  # this loader does resume mid-epoch: Lightning's warning that it cannot is wrong here
+            warnings.filterwarnings("ignore", message=RESUME_WARNING)
         generator = torch.Generator().manual_seed(self.seed)
         order = RandomSampler(dataset, generator=generator) if self.shuffle else SequentialSampler(dataset)
         return DataLoader(
@@ -134,6 +140,8 @@ class DetectionDataModule(L.LightningDataModule):
     def _resumable_loader(self, dataset: Dataset, group_ids: list[int] | None) -> DataLoader:
         """Single-process training loader: the seeded batches from step ``resume_step`` on, items
         reseeded per (step, index) (see :mod:`frcnn.data.resumable`)."""
+        if self.resume_step > 0:  # this loader does resume mid-epoch: Lightning's warning that it cannot is wrong here
+            warnings.filterwarnings("ignore", message=RESUME_WARNING)
         generator = torch.Generator().manual_seed(self.seed)
         order = RandomSampler(dataset, generator=generator) if self.shuffle else SequentialSampler(dataset)
         if group_ids is not None:
