@@ -13,6 +13,7 @@ from __future__ import annotations
 import difflib
 import logging
 import math
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -81,16 +82,18 @@ def _show(value: Any) -> str:
     return repr(value) if isinstance(value, str) else str(value)
 
 
-class Rule:
+class Rule(ABC):
     """One value's check; ``check`` raises ConfigError naming ``key``."""
 
     nullable: bool = False
 
-    def check(self, value: Any, key: str) -> None:  # pragma: no cover - interface
-        raise NotImplementedError
+    @abstractmethod
+    def check(self, value: Any, key: str) -> None:
+        """Raise ConfigError naming ``key`` when ``value`` breaks the rule."""
 
-    def describe(self) -> str:  # pragma: no cover - interface
-        raise NotImplementedError
+    @abstractmethod
+    def describe(self) -> str:
+        """The allowed values, for error messages and ``--help``."""
 
 
 @dataclass

@@ -185,15 +185,14 @@ def proposal_stage(cfg: Mapping[str, Any], run_dir: Path, stage_name: str, model
         except ValueError as exc:
             log.warning("%s; moved to %s.corrupt, proposing again", exc, path)
             path.replace(path.with_name(path.name + ".corrupt"))
-    if not path.exists():
-        start = time.perf_counter()
-        prop_cfg = cfg["recipe"]["proposals"]
-        settings = ProposalSettings(
-            pre_nms_top_n=int(prop_cfg["pre_nms_top_n"]), post_nms_top_n=int(prop_cfg["post_nms_top_n"]),
-            nms_thresh=float(prop_cfg["nms_thresh"]), min_size_px=float(cfg["rpn"]["min_size"]),
-        )
-        generate_proposal_file(model, dataset, settings, path, on_progress=lambda done: fault_point(stage_name, done))
-        timings[stage_name] = time.perf_counter() - start
+    start = time.perf_counter()
+    prop_cfg = cfg["recipe"]["proposals"]
+    settings = ProposalSettings(
+        pre_nms_top_n=int(prop_cfg["pre_nms_top_n"]), post_nms_top_n=int(prop_cfg["post_nms_top_n"]),
+        nms_thresh=float(prop_cfg["nms_thresh"]), min_size_px=float(cfg["rpn"]["min_size"]),
+    )
+    generate_proposal_file(model, dataset, settings, path, on_progress=lambda done: fault_point(stage_name, done))
+    timings[stage_name] = time.perf_counter() - start
     return load_proposal_file(path, len(dataset))
 
 

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader
 
-from frcnn.checkpoints import checkpoint_input_scale, load_detector
+from frcnn.checkpoints import PAPER_TEST_SCALE, checkpoint_input_scale, load_detector
 from frcnn.data.build import build_dataset
 from frcnn.data.transforms import collate_detection
 from frcnn.evaluation.evaluate import evaluate_full
@@ -82,7 +82,7 @@ def evaluation_data_cfg(data_cfg: Mapping[str, Any], checkpoint: Path, scale: in
                         data_cfg.get("max_size"))
         data_cfg["scales"], data_cfg["max_size"] = [recorded[0]], recorded[1]
     else:
-        data_cfg["scales"] = [int((data_cfg.get("scales") or [600])[0])]  # multi-scale training: test at the first
+        data_cfg["scales"] = [int((data_cfg.get("scales") or PAPER_TEST_SCALE[:1])[0])]  # multi-scale training: test at the first
     return data_cfg
 
 

@@ -8,7 +8,7 @@ from collections.abc import Callable, Sequence
 
 import lightning as L
 import torch
-from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, SequentialSampler
+from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, Sampler, SequentialSampler
 
 from frcnn.data.resumable import ResumeBatchSampler, StepSeededDataset
 from frcnn.data.sampler import AspectRatioBatchSampler, aspect_group_ids
@@ -106,12 +106,15 @@ class DetectionDataModule(L.LightningDataModule):
             drop_last=False,
         )
 
-    def _grouped_loader(self, dataset: Dataset, group_ids: list[int]) -> DataLoader:
-        """Training loader whose batches come from an AspectRatioBatchSampler over the seeded shuffle."""
-        if self.resume_step > 0:  # this loader does resume mid-epoch: Lightning's warning that it cannot is wrong here
-            warnings.filterwarnings("ignore", message=RESUME_WARNING)
+    def _seeded_order(self, dataset: Dataset) -> tuple[torch.Generator, Sampler]:
+        """The training shuffle (or sequential order) and its generator, seeded from ``seed``."""
         generator = torch.Generator().manual_seed(self.seed)
         order = RandomSampler(dataset, generator=generator) if self.shuffle else SequentialSampler(dataset)
+        return generator, order
+
+    def _grouped_loader(self, dataset: Dataset, group_ids: list[int]) -> DataLoader:
+        """Training loader whose batches come from an AspectRatioBatchSampler over the seeded shuffle."""
+        generator, order = self._seeded_order(dataset)
         return DataLoader(
             dataset,
             batch_sampler=AspectRatioBatchSampler(order, group_ids, self.batch_size, drop_last=False),
@@ -142,8 +145,7 @@ class DetectionDataModule(L.LightningDataModule):
         reseeded per (step, index) (see :mod:`frcnn.data.resumable`)."""
         if self.resume_step > 0:  # this loader does resume mid-epoch: Lightning's warning that it cannot is wrong here
             warnings.filterwarnings("ignore", message=RESUME_WARNING)
-        generator = torch.Generator().manual_seed(self.seed)
-        order = RandomSampler(dataset, generator=generator) if self.shuffle else SequentialSampler(dataset)
+        generator, order = self._seeded_order(dataset)
         if group_ids is not None:
             batches = AspectRatioBatchSampler(order, group_ids, self.batch_size, drop_last=False)
         else:

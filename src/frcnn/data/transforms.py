@@ -26,6 +26,7 @@ import torch
 from albumentations.core.transforms_interface import BaseTransformInitSchema
 from albumentations.core.type_definitions import Targets
 
+from frcnn.data.resumable import item_seed
 from frcnn.data.validation import clip_and_check_boxes
 
 __all__ = [
@@ -165,14 +166,11 @@ class DetectionTransform:
         if info is None or info.seed == self._worker_seed:
             return
         self._worker_seed = info.seed
-        entropy = [info.seed % (2**63)] + ([] if self.seed is None else [int(self.seed)])
-        self.pipeline.set_random_seed(int(np.random.SeedSequence(entropy).generate_state(1)[0]))
+        self.pipeline.set_random_seed(item_seed([info.seed] + ([] if self.seed is None else [int(self.seed)])))
 
     def reseed(self, entropy: Sequence[int]) -> None:
         """Seed the augmentation RNG from ``entropy`` (e.g. [seed, step, index]): the next item's
         random scale and flip then depend on that key alone (exact resume, see data/resumable.py)."""
-        from frcnn.data.resumable import item_seed
-
         info = torch.utils.data.get_worker_info()
         self._worker_seed = None if info is None else info.seed  # keep the per-worker reseed from overriding it
         self.pipeline.set_random_seed(item_seed(entropy))

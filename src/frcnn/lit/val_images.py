@@ -18,6 +18,16 @@ from PIL import Image
 from frcnn.drawing import draw_ground_truth_and_detections, tensor_to_pil
 
 
+def validation_picture(image: torch.Tensor, target: dict, detections: dict, class_names: list[str],
+                       score_thresh: float) -> np.ndarray:
+    """One network-input image [3, H, W] with its gt and its detections scoring >= ``score_thresh``
+    drawn: uint8 [H, W, 3]."""
+    keep = detections["scores"] >= score_thresh
+    return np.asarray(draw_ground_truth_and_detections(
+        tensor_to_pil(image), target["boxes"].cpu(), target["labels"].cpu(), detections["boxes"][keep].cpu(),
+        detections["labels"][keep].cpu(), detections["scores"][keep].cpu(), class_names))
+
+
 class ValidationPictureLogger(L.Callback):
     """Collects ``num_images`` validation images with their detections (the module's
     ``validation_step`` returns the detection dicts) and logs them as pictures.
@@ -44,12 +54,7 @@ class ValidationPictureLogger(L.Callback):
         for image, target, detections in zip(images, targets, outputs):
             if len(self._pictures) >= self.num_images:
                 break
-            keep = detections["scores"] >= self.score_thresh
-            picture = draw_ground_truth_and_detections(
-                tensor_to_pil(image), target["boxes"].cpu(), target["labels"].cpu(),
-                detections["boxes"][keep].cpu(), detections["labels"][keep].cpu(),
-                detections["scores"][keep].cpu(), self.class_names)
-            self._pictures.append(np.asarray(picture))
+            self._pictures.append(validation_picture(image, target, detections, self.class_names, self.score_thresh))
 
     def on_validation_epoch_end(self, trainer, pl_module) -> None:
         if not trainer.is_global_zero or not self._pictures:
@@ -70,10 +75,7 @@ def detection_pictures(model, dataloader, class_names: list[str], num_images: in
         for image, target, found in zip(images, targets, detections):
             if len(pictures) >= num_images:
                 break
-            keep = found["scores"] >= score_thresh
-            pictures.append(np.asarray(draw_ground_truth_and_detections(
-                tensor_to_pil(image), target["boxes"].cpu(), target["labels"].cpu(), found["boxes"][keep].cpu(),
-                found["labels"][keep].cpu(), found["scores"][keep].cpu(), class_names)))
+            pictures.append(validation_picture(image, target, found, class_names, score_thresh))
         if len(pictures) >= num_images:
             break
     model.train(was_training)
