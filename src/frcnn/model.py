@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -27,6 +28,40 @@ def batch_images(images: list[Tensor], size_divisible: int = 16) -> tuple[Tensor
     return batch, image_sizes
 
 
+def padded_size(image_hw: tuple[int, int], size_divisible: int = 16) -> tuple[int, int]:
+    """(H, W) rounded up to a multiple of the stride: the size :func:`batch_images` pads an image to alone."""
+    return tuple(int(math.ceil(side / size_divisible) * size_divisible) for side in image_hw)
+
+
+def padded_size_groups(images: Sequence[Tensor], size_divisible: int = 16) -> list[list[int]]:
+    """Indices of ``images`` grouped by the size each is zero-padded to alone, groups in order of first
+    appearance, indices ascending within a group.
+
+    Batch invariance (the paper tests one image at a time): zero padding changes the conv features
+    near the padded border, so an image batched with a larger one would get other features, proposals
+    and detections than alone. Images of one group get exactly the padding each gets alone (their
+    common padded size is a multiple of any stride that is a multiple of ``size_divisible``)."""
+    groups: dict[tuple[int, int], list[int]] = {}
+    for index, image in enumerate(images):
+        groups.setdefault(padded_size((int(image.shape[-2]), int(image.shape[-1])), size_divisible), []).append(index)
+    return list(groups.values())
+
+
+def run_by_padded_size(images: Sequence[Tensor], size_divisible: int,
+                       run: Callable[[list[Tensor]], tuple[list, ...]]) -> tuple[list, ...]:
+    """``run`` on each group of :func:`padded_size_groups`, its per-image outputs put back in input
+    order. ``run(images) -> (list with one entry per image, ...)``; returns the same tuple for all images."""
+    merged: list[list] | None = None
+    for group in padded_size_groups(images, size_divisible):
+        outputs = run([images[i] for i in group])
+        if merged is None:
+            merged = [[None] * len(images) for _ in outputs]
+        for per_image, slots in zip(outputs, merged):
+            for index, value in zip(group, per_image):
+                slots[index] = value
+    return tuple(merged) if merged is not None else ()
+
+
 class FasterRCNN(nn.Module):
     """Faster R-CNN: one network whose shared conv layers feed the RPN and the detector.
 
@@ -39,6 +74,10 @@ class FasterRCNN(nn.Module):
     the same up to float rounding. Not while a BatchNorm of the shared layers trains: PyTorch's
     channels-last BatchNorm backward sums in float32 (the NCHW one in float64), and its
     nearly cancelling sums then lose ~1% of the gradient. False gives the plain NCHW path.
+
+    Inference (``forward`` without targets, ``propose``) is batch-invariant: images are run in
+    groups of one padded size (:func:`padded_size_groups`), so an image's proposals and detections
+    do not depend on which images share its batch (bit for bit on the CPU, tests/test_batch_invariance.py).
     """
 
     def __init__(self, backbone: Backbone, rpn: RegionProposalNetwork, roi_head: RoIHead,
@@ -79,11 +118,10 @@ class FasterRCNN(nn.Module):
         detector losses are summed; proposals are treated as fixed (no gradient w.r.t. their
         coordinates). Returns a dict of losses with ``total``.
         Inference: list of {boxes [D, 4], scores [D], labels [D]} per image."""
-        feature_map, image_sizes = self.features(images)
         if targets is None:
-            proposals, _, _ = self.rpn(feature_map, image_sizes)
-            detections, _ = self.roi_head(feature_map, proposals, image_sizes)
+            (detections,) = run_by_padded_size(images, self.size_divisible, self._detect_same_size)
             return detections
+        feature_map, image_sizes = self.features(images)
         gt_boxes = [t["boxes"] for t in targets]
         gt_labels = [t["labels"] for t in targets]
         proposals, _, rpn_losses = self.rpn(feature_map, image_sizes, gt_boxes)
@@ -92,11 +130,23 @@ class FasterRCNN(nn.Module):
         losses["total"] = rpn_losses["rpn"] + det_losses["det"]
         return losses
 
-    @torch.no_grad()
-    def propose(self, images: list[Tensor]) -> tuple[list[Tensor], list[Tensor]]:
-        """RPN proposals (test settings) for a list of images."""
+    def _detect_same_size(self, images: list[Tensor]) -> tuple[list[dict[str, Tensor]]]:
+        """Detections for images of one padded size (one batch, no extra padding)."""
+        feature_map, image_sizes = self.features(images)
+        proposals, _, _ = self.rpn(feature_map, image_sizes)
+        detections, _ = self.roi_head(feature_map, proposals, image_sizes)
+        return (detections,)
+
+    def _propose_same_size(self, images: list[Tensor]) -> tuple[list[Tensor], list[Tensor]]:
         feature_map, image_sizes = self.features(images)
         proposals, scores, _ = self.rpn(feature_map, image_sizes)
+        return proposals, scores
+
+    @torch.no_grad()
+    def propose(self, images: list[Tensor]) -> tuple[list[Tensor], list[Tensor]]:
+        """RPN proposals (the test settings in eval mode) for a list of images, batch-invariant:
+        -> (boxes per image [N_i, 4], scores per image [N_i])."""
+        proposals, scores = run_by_padded_size(images, self.size_divisible, self._propose_same_size)
         return proposals, scores
 
 
@@ -121,7 +171,12 @@ class UnsharedFasterRCNN(nn.Module):
         return self.rpn_net.propose(images)
 
     def forward(self, images: list[Tensor]):
+        """Detections per image, batch-invariant like :meth:`FasterRCNN.forward`."""
+        (detections,) = run_by_padded_size(images, self.det_net.size_divisible, self._detect_same_size)
+        return detections
+
+    def _detect_same_size(self, images: list[Tensor]) -> tuple[list[dict[str, Tensor]]]:
         proposals, _ = self.rpn_net.propose(images)
         feature_map, image_sizes = self.det_net.features(images)
         detections, _ = self.det_net.roi_head(feature_map, proposals, image_sizes)
-        return detections
+        return (detections,)

@@ -36,7 +36,9 @@ def propose_images(model, dataset, indices: list[int], settings: ProposalSetting
                    ) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
     """RPN proposals for ``dataset`` items at ``indices`` with the dataset's *eval* transform
     (no flip), mapped back to original image pixels. -> {index: (boxes [N, 4], scores [N])}.
-    ``on_progress(images_done)`` is called before each batch (the fault-injection point)."""
+    ``on_progress(images_done)`` is called before each batch (the fault-injection point).
+    The result does not depend on ``batch_size``: ``model.propose`` runs images of one padded size
+    together (:func:`frcnn.model.padded_size_groups`), as if each were alone."""
     model.eval()
     rpn = model.rpn
     saved = rpn.test_proposals
@@ -63,8 +65,9 @@ def propose_images(model, dataset, indices: list[int], settings: ProposalSetting
 
 
 def generate_proposal_file(model, dataset, settings: ProposalSettings, path: str | Path, device="cpu",
-                           on_progress: Callable[[int], None] | None = None) -> Path:
-    """Propose boxes for every image of ``dataset`` and write one complete file at ``path``.
+                           on_progress: Callable[[int], None] | None = None, batch_size: int = 4) -> Path:
+    """Propose boxes for every image of ``dataset`` and write one complete file at ``path``
+    (the same file for every ``batch_size``: see :func:`propose_images`).
 
     Under torch.distributed, rank r takes images r, r + W, r + 2W, ... (no padding, nothing
     computed twice), writes a shard, and rank 0 merges the W shards into the final file.
@@ -72,7 +75,7 @@ def generate_proposal_file(model, dataset, settings: ProposalSettings, path: str
     path = Path(path)
     rank, world = _dist_info()
     indices = list(range(rank, len(dataset), world))
-    shard = propose_images(model, dataset, indices, settings, device, on_progress=on_progress)
+    shard = propose_images(model, dataset, indices, settings, device, batch_size=batch_size, on_progress=on_progress)
     if world == 1:
         _write(path, shard, len(dataset), settings)
         return path
