@@ -103,6 +103,19 @@ def test_ranked_proposals_extend_the_test_proposals_and_restore_the_settings(mod
         assert torch.equal(long[: len(short)], short)  # same ranking: top 300 is a prefix of top 2000
 
 
+def test_detect_and_rank_equals_separate_detection_and_ranking_passes(model_and_loader):
+    """Evaluation's single conv pass gives what forward + ranked_proposals give with two."""
+    model, loader = model_and_loader
+    images, _ = next(iter(loader))
+    detections, ranked = model.detect_and_rank(images, 2000)
+    with torch.no_grad():
+        separate = model(images)
+    for one_pass, two_passes in zip(detections, separate):
+        assert all(torch.equal(one_pass[k], two_passes[k]) for k in ("boxes", "scores", "labels"))
+    for one_pass, two_passes in zip(ranked, ranked_proposals(model, images, 2000)):
+        assert torch.equal(one_pass, two_passes)
+
+
 def test_proposal_recall_on_a_split_grows_with_n_and_falls_with_iou(model_and_loader, tmp_path):
     model, loader = model_and_loader
     result = proposal_recall(model, loader, top_ns=(300, 1000, 2000))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import math
 from collections.abc import Callable, Sequence
 
@@ -10,7 +12,7 @@ from torch import Tensor, nn
 
 from frcnn.backbones import Backbone, has_training_batchnorm
 from frcnn.roi_head import RoIHead
-from frcnn.rpn import RegionProposalNetwork
+from frcnn.rpn import ProposalSettings, RegionProposalNetwork
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -60,6 +62,11 @@ def run_by_padded_size(images: Sequence[Tensor], size_divisible: int,
             for index, value in zip(group, per_image):
                 slots[index] = value
     return tuple(merged) if merged is not None else ()
+
+
+def test_and_ranked(rpn: RegionProposalNetwork, num_ranked: int) -> tuple[ProposalSettings, ProposalSettings]:
+    """The RPN's test settings, and the same keeping the top ``num_ranked`` after NMS (Fig. 4)."""
+    return rpn.test_proposals, dataclasses.replace(rpn.test_proposals, post_nms_top_n=int(num_ranked))
 
 
 class FasterRCNN(nn.Module):
@@ -149,6 +156,21 @@ class FasterRCNN(nn.Module):
         proposals, scores = run_by_padded_size(images, self.size_divisible, self._propose_same_size)
         return proposals, scores
 
+    @torch.no_grad()
+    def detect_and_rank(self, images: list[Tensor], num_ranked: int) -> tuple[list[dict[str, Tensor]], list[Tensor]]:
+        """Evaluation in one pass of the shared conv layers (eval mode): the detections (test
+        settings, as ``forward``) and the RPN's top ``num_ranked`` proposals (Fig. 4's recall),
+        batch-invariant. -> (detections per image, ranked proposals per image [<= num_ranked, 4])."""
+        run = functools.partial(self._detect_and_rank_same_size, num_ranked=int(num_ranked))
+        detections, ranked = run_by_padded_size(images, self.size_divisible, run)
+        return detections, ranked
+
+    def _detect_and_rank_same_size(self, images: list[Tensor], num_ranked: int):
+        feature_map, image_sizes = self.features(images)
+        (proposals, _), (ranked, _) = self.rpn.proposals_at(feature_map, image_sizes, test_and_ranked(self.rpn, num_ranked))
+        detections, _ = self.roi_head(feature_map, proposals, image_sizes)
+        return detections, ranked
+
 
 class UnsharedFasterRCNN(nn.Module):
     """RPN and Fast R-CNN with separate backbones (paper Tables 2/3 "unshared"): the stage-1
@@ -174,6 +196,20 @@ class UnsharedFasterRCNN(nn.Module):
         """Detections per image, batch-invariant like :meth:`FasterRCNN.forward`."""
         (detections,) = run_by_padded_size(images, self.det_net.size_divisible, self._detect_same_size)
         return detections
+
+    @torch.no_grad()
+    def detect_and_rank(self, images: list[Tensor], num_ranked: int) -> tuple[list[dict[str, Tensor]], list[Tensor]]:
+        """As :meth:`FasterRCNN.detect_and_rank`: one pass of each network's conv layers."""
+        run = functools.partial(self._detect_and_rank_same_size, num_ranked=int(num_ranked))
+        detections, ranked = run_by_padded_size(images, self.det_net.size_divisible, run)
+        return detections, ranked
+
+    def _detect_and_rank_same_size(self, images: list[Tensor], num_ranked: int):
+        rpn_features, image_sizes = self.rpn_net.features(images)
+        (proposals, _), (ranked, _) = self.rpn.proposals_at(rpn_features, image_sizes, test_and_ranked(self.rpn, num_ranked))
+        feature_map, image_sizes = self.det_net.features(images)
+        detections, _ = self.det_net.roi_head(feature_map, proposals, image_sizes)
+        return detections, ranked
 
     def _detect_same_size(self, images: list[Tensor]) -> tuple[list[dict[str, Tensor]]]:
         proposals, _ = self.rpn_net.propose(images)

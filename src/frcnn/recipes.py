@@ -35,7 +35,7 @@ from frcnn.lit.callbacks import CheckpointOnSigterm, FaultPoint, StepSeed, seed_
 from frcnn.lit.guards import LossGuard
 from frcnn.lit.joint import JointModule
 from frcnn.lit.stages import StageModule
-from frcnn.lit.val_images import ValidationPictureLogger, detection_pictures
+from frcnn.lit.val_images import PictureCollector, ValidationPictureLogger
 from frcnn.model import UnsharedFasterRCNN
 from frcnn.proposals import ProposalDataset, generate_proposal_file, load_proposal_file
 from frcnn.resume import check_run_config, finished_metrics, resume_checkpoint
@@ -267,9 +267,9 @@ def finalize(cfg, run_dir: Path, model, class_names, datamodule, timings: dict[s
     save_detector(model, model_config(cfg), class_names, run_dir / "final" / "model.pt")
     start = time.perf_counter()
     device = _evaluation_device(cfg)
-    metrics, pr_curves = evaluate_full(model.to(device), datamodule.val_dataloader(), class_names, device=device)
-    pictures = detection_pictures(model, datamodule.val_dataloader(), list(class_names),
-                                  int(cfg["recipe"].get("val_pictures", 0) or 0), device)
+    pictures = PictureCollector(int(cfg["recipe"].get("val_pictures", 0) or 0), list(class_names))
+    metrics, pr_curves = evaluate_full(model.to(device), datamodule.val_dataloader(), class_names, device=device,
+                                       on_batch=pictures)  # one pass of the conv layers per val image
     model.cpu()
     timings["evaluation"] = time.perf_counter() - start
     metrics["recipe"] = cfg["recipe"]["name"]
@@ -277,7 +277,7 @@ def finalize(cfg, run_dir: Path, model, class_names, datamodule, timings: dict[s
     written = write_evaluation_report(metrics, pr_curves, run_dir)  # metrics.json, ap_table.md, PR + recall PNGs
     logger = build_logger(cfg["logger"], run_dir, run_dir.name, "final", config=dict(cfg))
     log_final_results(logger, metrics, {name: path for name, path in written.items() if name.endswith(".png")},
-                      pictures)  # W&B: run summary + images; CSV: csv/final/metrics.csv + PNGs
+                      pictures.pictures)  # W&B: run summary + images; CSV: csv/final/metrics.csv + PNGs
     finish_logger(logger)
     print(format_table(metrics))
     print(format_recall_table(metrics["proposal_recall"]))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -224,6 +225,15 @@ class RegionProposalNetwork(nn.Module):
         proposals = [image_boxes[keep] for (image_boxes, _), keep in zip(candidates, keeps)]
         proposal_scores = [image_scores[keep] for (_, image_scores), keep in zip(candidates, keeps)]
         return proposals, proposal_scores
+
+    def proposals_at(self, features: Tensor, image_sizes: list[tuple[int, int]],
+                     settings: Sequence[ProposalSettings]) -> list[tuple[list[Tensor], list[Tensor]]]:
+        """The proposal layer once per entry of ``settings`` on one pass of the RPN head (e.g. the
+        test-time 300 for the detector and the top 2000 for Fig. 4's recall, one conv pass).
+        features [B, C, H, W] -> per settings: (proposals per image [N_i, 4], their scores [N_i])."""
+        anchors = self.anchor_generator((features.shape[-2], features.shape[-1]))  # [A, 4]
+        logits, deltas = self.head(features)
+        return [self.propose(anchors, logits, deltas, image_sizes, one) for one in settings]
 
     def forward(
         self, features: Tensor, image_sizes: list[tuple[int, int]], gt_boxes: list[Tensor] | None = None,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor
@@ -12,7 +12,6 @@ from frcnn.evaluation.proposal_recall import (
     PAPER_IOU_THRESHOLDS,
     PAPER_TOP_NS,
     ProposalRecallAccumulator,
-    ranked_proposals,
     update_from_targets,
 )
 from frcnn.evaluation.voc_ap import DetectionEvaluator
@@ -58,6 +57,7 @@ def evaluate_full(
     top_ns: Sequence[int] = PAPER_TOP_NS,
     iou_thresholds: Sequence[float] = PAPER_IOU_THRESHOLDS,
     coco: bool = True,
+    on_batch: Callable[[list[Tensor], list[dict], list[dict]], None] | None = None,
 ) -> tuple[dict, dict]:
     """One pass over the split scoring detections and proposals -> (metrics, pr_curves).
 
@@ -69,6 +69,9 @@ def evaluate_full(
       (:func:`frcnn.evaluation.proposal_recall.recall_at_iou`).
 
     ``pr_curves`` is :meth:`DetectionEvaluator.pr_curves` (numpy arrays; not for JSON).
+    The shared conv layers run once per image (``model.detect_and_rank``); ``on_batch(images,
+    targets, detections)`` sees every batch (e.g. to draw the first few). The result does not
+    depend on the loader's batch size (:func:`frcnn.model.padded_size_groups`).
     """
     was_training = model.training
     model.eval()
@@ -78,13 +81,17 @@ def evaluate_full(
     try:
         for images, targets in dataloader:
             images = [img.to(device) for img in images]
-            detections = [{k: v.cpu() for k, v in d.items()} for d in model(images)]
+            if recall is not None:
+                detections, proposals = model.detect_and_rank(images, recall.top_ns[-1])
+                update_from_targets(recall, [p.cpu() for p in proposals], targets)
+            else:
+                detections = model(images)
+            detections = [{k: v.cpu() for k, v in d.items()} for d in detections]
             voc.update(detections, targets)
             if coco_evaluator is not None:
                 coco_evaluator.update(*to_original_pixels(detections, targets, images))
-            if recall is not None:
-                proposals = ranked_proposals(model, images, recall.top_ns[-1])
-                update_from_targets(recall, [p.cpu() for p in proposals], targets)
+            if on_batch is not None:
+                on_batch(images, targets, detections)
     finally:
         model.train(was_training)
     metrics = voc.compute()

@@ -63,23 +63,21 @@ class ValidationPictureLogger(L.Callback):
         self._pictures = []
 
 
-@torch.no_grad()
-def detection_pictures(model, dataloader, class_names: list[str], num_images: int, device: torch.device,
-                       score_thresh: float = 0.5) -> list[np.ndarray]:
-    """The first ``num_images`` images of ``dataloader`` with gt and the model's detections drawn."""
-    pictures: list[np.ndarray] = []
-    was_training = model.training
-    model.eval()
-    for images, targets in dataloader:
-        detections = model([image.to(device) for image in images])
+class PictureCollector:
+    """``evaluate_full``'s ``on_batch``: draws the first ``num_images`` images with their gt and
+    detections (score >= ``score_thresh``) into ``pictures``, from detections already computed."""
+
+    def __init__(self, num_images: int, class_names: list[str], score_thresh: float = 0.5):
+        self.num_images = int(num_images)
+        self.class_names = list(class_names)
+        self.score_thresh = float(score_thresh)
+        self.pictures: list[np.ndarray] = []
+
+    def __call__(self, images: list[torch.Tensor], targets: list[dict], detections: list[dict]) -> None:
         for image, target, found in zip(images, targets, detections):
-            if len(pictures) >= num_images:
-                break
-            pictures.append(validation_picture(image, target, found, class_names, score_thresh))
-        if len(pictures) >= num_images:
-            break
-    model.train(was_training)
-    return pictures
+            if len(self.pictures) >= self.num_images:
+                return
+            self.pictures.append(validation_picture(image.cpu(), target, found, self.class_names, self.score_thresh))
 
 
 def log_pictures(logger, pictures: list[np.ndarray], key: str, step: int, fallback_dir: Path | None) -> list[Path]:
