@@ -20,6 +20,7 @@ from frcnn.backbones import (
     freeze_prefix,
     set_trainable,
 )
+from frcnn.pretrained import CAFFE_BGR_MEAN, IMAGENET_MEAN, IMAGENET_STD
 
 ALL = ["resnet50_c4", "small", "vgg16", "zf"]
 # VGG's 2x2/2 max pools floor odd sizes; the others pad every stride-2 layer: n -> ceil(n / 2).
@@ -165,13 +166,51 @@ def test_own_state_dict_round_trip(small, tmp_path):
         assert all(torch.equal(loaded[k], saved[k]) for k in saved)
 
 
-def test_zf_loads_flat_layer_names(zf, tmp_path):
-    flat = {k.split(".", 1)[1]: v for k, v in zf.state_dict().items()}  # "conv1.weight", "fc6.bias", ...
+def caffe_conv_matches_ours(caffe_weight, caffe_bias, our_conv, padding: int, stride: int = 1) -> None:
+    """Our folded first conv on our input (RGB [0, 1], ImageNet mean/std) equals the Caffe conv on
+    Caffe's input (BGR 0..255 minus py-faster-rcnn's PIXEL_MEANS), away from the zero-padded border."""
+    torch.manual_seed(3)
+    rgb = torch.rand(1, 3, 40, 40)
+    ours_in = (rgb - torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)) / torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    caffe_in = 255.0 * rgb.flip(1) - torch.tensor(CAFFE_BGR_MEAN).view(1, 3, 1, 1)
+    with torch.no_grad():
+        ours = our_conv(ours_in)
+        theirs = torch.nn.functional.conv2d(caffe_in, caffe_weight, caffe_bias, stride=stride, padding=padding)
+    inner = slice(padding, -padding)  # outputs whose window never touches the padding
+    assert not torch.equal(our_conv.weight, caffe_weight)  # the file's weights were rewritten ...
+    torch.testing.assert_close(ours[..., inner, inner], theirs[..., inner, inner], rtol=1e-4, atol=1e-3)  # ... to agree
+
+
+def test_zf_loads_caffe_layer_names(zf, tmp_path):
+    """py-faster-rcnn's ZF layer names conv1..conv5, fc6, fc7 (fc8 dropped); conv1 folded to our input."""
+    flat = {k.split(".", 1)[1]: v.clone() for k, v in zf.state_dict().items()}  # "conv1.weight", "fc6.bias", ...
+    flat["conv1.bias"].normal_()
     flat["fc8.weight"] = torch.zeros(1000, 4096)  # ImageNet classifier: dropped
     torch.save(flat, tmp_path / "zf.pth")
     loaded = build_backbone("zf", weights=tmp_path / "zf.pth")
-    assert torch.equal(loaded.body.conv5.weight, zf.body.conv5.weight)
-    assert torch.equal(loaded.head.fc6.weight, zf.head.fc6.weight)
+    for layer in ("conv2", "conv3", "conv4", "conv5"):
+        assert torch.equal(getattr(loaded.body, layer).weight, flat[f"{layer}.weight"])
+    assert torch.equal(loaded.head.fc6.weight, flat["fc6.weight"]) and torch.equal(loaded.head.fc7.bias, flat["fc7.bias"])
+    caffe_conv_matches_ours(flat["conv1.weight"], flat["conv1.bias"], loaded.body.conv1, padding=3, stride=2)
+
+
+def test_vgg16_loads_caffe_layer_names(tv_vgg16, tmp_path):
+    """A caffe -> pytorch VGG-16 with Caffe names (conv1_1.weight .. fc7.bias, fc8 dropped) lands in
+    the same layers as torchvision's names; conv1_1 is folded from Caffe's BGR 0..255 input to ours."""
+    _, ref = tv_vgg16
+    caffe = {}
+    for key, value in ref.items():  # features.0.weight -> conv1_1.weight, classifier.0.bias -> fc6.bias, ...
+        module, _, leaf = key.rpartition(".")
+        target = backbones.VGG16_TORCHVISION_KEYS[module]
+        caffe[f"{target.split('.')[-1] if target else 'fc8'}.{leaf}"] = value
+    assert {"conv1_1.weight", "conv4_3.bias", "fc6.weight", "fc8.weight"} <= set(caffe)
+    torch.save(caffe, tmp_path / "vgg16_caffe.pth")
+    loaded = build_backbone("vgg16", weights=tmp_path / "vgg16_caffe.pth")
+    assert torch.equal(loaded.body.conv3_2.weight, ref["features.12.weight"])
+    assert torch.equal(loaded.body.conv5_3.bias, ref["features.28.bias"])
+    assert torch.equal(loaded.head.fc6.weight, ref["classifier.0.weight"])
+    assert torch.equal(loaded.head.fc7.weight, ref["classifier.3.weight"])
+    caffe_conv_matches_ours(caffe["conv1_1.weight"], caffe["conv1_1.bias"], loaded.body.conv1_1, padding=1)
 
 
 def test_missing_file_names_the_path(tmp_path):
@@ -208,16 +247,47 @@ def test_imagenet_without_torchvision_weights_is_a_value_error(name):
         build_backbone(name, weights="imagenet")
 
 
-def test_imagenet_download_failure_explains_the_fix(monkeypatch):
-    def offline(enum):
-        raise urllib.error.URLError("Name or service not known")
+@pytest.fixture
+def offline_hub(monkeypatch, tmp_path):
+    """An empty torch hub cache and no network: every download fails as without a connection."""
+    def offline(url, dst, *args, **kwargs):
+        raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
 
-    monkeypatch.setattr(backbones, "_fetch_torchvision_state_dict", offline)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
+    monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
+    return tmp_path / "torch_home" / "hub" / "checkpoints"
+
+
+def test_imagenet_download_failure_explains_the_fix(offline_hub):
     with pytest.raises(RuntimeError) as err:
         build_backbone("vgg16", weights="imagenet")
     msg = str(err.value)
     assert "vgg16" in msg and "VGG16_Weights.IMAGENET1K_V1" in msg
-    assert torch.hub.get_dir() in msg and "local path" in msg
+    assert str(offline_hub / "vgg16-397923af.pth") in msg and "local path" in msg
+
+
+def test_imagenet_without_network_is_a_start_up_config_error(offline_hub):
+    """What train.py checks before any data or training: one message with the file torchvision wanted
+    (its URL and the cache path it looked in) and how to pass a local state dict."""
+    from frcnn.config import ConfigError, check_backbone_weights
+
+    with pytest.raises(ConfigError) as err:
+        check_backbone_weights({"backbone": {"name": "vgg16", "weights": "imagenet"}})
+    msg = str(err.value)
+    assert "https://download.pytorch.org/models/vgg16-397923af.pth" in msg
+    assert str(offline_hub / "vgg16-397923af.pth") in msg
+    assert "backbone.weights=/path/to/vgg16-397923af.pth" in msg and "URLError" in msg
+    with pytest.raises(ConfigError, match="backbone.weights=/nope/zf.pth: no such file"):
+        check_backbone_weights({"backbone": {"name": "zf", "weights": "/nope/zf.pth"}})
+    with pytest.raises(ConfigError, match="no torchvision ImageNet weights"):
+        check_backbone_weights({"backbone": {"name": "zf", "weights": "imagenet"}})
+
+
+def test_imagenet_from_the_hub_cache_needs_no_network(offline_hub, tv_vgg16):
+    offline_hub.mkdir(parents=True)
+    (offline_hub / "vgg16-397923af.pth").symlink_to(tv_vgg16[0])  # as if downloaded earlier
+    loaded = build_backbone("vgg16", weights="imagenet")
+    assert torch.equal(loaded.body.conv2_1.weight, tv_vgg16[1]["features.5.weight"])
 
 
 def test_random_init_warns(caplog):
@@ -274,3 +344,25 @@ def test_frozen_batchnorm_keeps_running_stats_in_train_mode(small):
     body(torch.randn(2, 3, 64, 64))
     assert not all(torch.equal(a, b) for a, b in zip(before, _bn_stats(body)))
     assert all(p.requires_grad for p in body.parameters())
+
+
+def test_cli_imagenet_without_network_exits_2_before_training(tmp_path):
+    """`python train.py backbone=vgg16` (weights=imagenet) on a machine that cannot download: exit
+    status 2 with the one message, no traceback, no stage started."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO_ROOT
+
+    env = {**os.environ, "TORCH_HOME": str(tmp_path / "torch_home"), "https_proxy": "http://127.0.0.1:9",
+           "HTTPS_PROXY": "http://127.0.0.1:9", "no_proxy": "", "NO_PROXY": ""}  # port 9: connection refused
+    result = subprocess.run([sys.executable, "train.py", "backbone=vgg16", "logger=none", f"hydra.run.dir={tmp_path / 'run'}"],
+                            cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
+    cached = tmp_path / "torch_home" / "hub" / "checkpoints" / "vgg16-397923af.pth"
+    assert "Config error: backbone.weights=imagenet" in result.stderr
+    assert "https://download.pytorch.org/models/vgg16-397923af.pth" in result.stderr and str(cached) in result.stderr
+    assert "backbone.weights=/path/to/vgg16-397923af.pth" in result.stderr
+    assert not (tmp_path / "run" / "stage1_rpn").exists()

@@ -11,7 +11,9 @@ Faster R-CNN (Ren et al., 2015) splits an ImageNet classification net in two:
 
 ``build_backbone(name, weights)`` returns both halves in a :class:`Backbone`. Weights come from
 torchvision's ImageNet models ("imagenet"), from a local ``.pth`` file (a torchvision full-model
-state dict, mapped by the explicit tables below, or a state dict saved from a :class:`Backbone`
+state dict, mapped by the explicit tables below; a Caffe-converted VGG-16 / ZF with the Caffe layer
+names ``conv1_1`` .. ``fc7`` / ``conv1`` .. ``fc7``, its first conv folded to our input convention by
+:func:`frcnn.pretrained.fold_caffe_input`; or a state dict saved from a :class:`Backbone`
 with "body."/"head." keys), or nowhere (``None``: random init, with a warning -- the paper always
 starts from ImageNet pre-training, §3.1.3).
 
@@ -37,6 +39,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.ops.misc import FrozenBatchNorm2d
 
+from frcnn.pretrained import WeightsUnavailableError, ensure_torchvision_file, fold_caffe_input, unavailable_message
+
 logger = logging.getLogger(__name__)
 
 __all__ = [
@@ -44,6 +48,7 @@ __all__ = [
     "WithinChannelLRN",
     "available_backbones",
     "build_backbone",
+    "check_weights_available",
     "freeze_prefix",
     "load_backbone_weights",
     "set_trainable",
@@ -250,12 +255,21 @@ def _build_vgg16(num_hidden: int | None, dropout: float) -> Backbone:
     )
 
 
+# Caffe layer names of VGG-16 (the authors' VGG16.v2.caffemodel, and caffe -> pytorch conversions
+# that keep them: "conv1_1.weight", "fc6.weight", ...); fc8 is the ImageNet classifier, dropped.
+_VGG16_CAFFE_CONVS = tuple(f"conv{stage}_{k}" for stage, widths in _VGG16_STAGES for k in range(1, len(widths) + 1))
+
+
 def _map_vgg16_key(key: str) -> str | None:
     module, _, leaf = key.rpartition(".")  # "features.0.weight" -> ("features.0", "weight")
-    if module not in VGG16_TORCHVISION_KEYS:
-        return key  # unknown: reported as unexpected
-    target = VGG16_TORCHVISION_KEYS[module]
-    return None if target is None else f"{target}.{leaf}"
+    if module in VGG16_TORCHVISION_KEYS:
+        target = VGG16_TORCHVISION_KEYS[module]
+        return None if target is None else f"{target}.{leaf}"
+    if module in _VGG16_CAFFE_CONVS:
+        return f"body.{key}"
+    if module in ("fc6", "fc7"):
+        return f"head.{key}"
+    return None if module == "fc8" else key  # unknown: reported as unexpected
 
 
 # ----------------------------------------------------------------------------------------------
@@ -461,6 +475,9 @@ class _Spec:
     # Returns the torchvision weights enum for weights="imagenet"; None = none exists.
     imagenet: Callable[[], Any] | None = None
     flat_format: str = field(default="")
+    # First conv of the Caffe layout ("conv1_1" for VGG-16): a file with "<it>.weight" is a Caffe
+    # model (BGR 0..255 minus the mean) and its first conv is folded to our input convention.
+    caffe_first_conv: str | None = None
 
 
 def _vgg16_imagenet() -> Any:
@@ -476,8 +493,11 @@ def _resnet50_imagenet() -> Any:
 
 
 _SPECS: dict[str, _Spec] = {
-    "vgg16": _Spec(_build_vgg16, _map_vgg16_key, _vgg16_imagenet, "torchvision vgg16 (features.*/classifier.*)"),
-    "zf": _Spec(_build_zf, _map_zf_key, None, "flat ZF (conv1..conv5.*, fc6/fc7.*)"),
+    "vgg16": _Spec(_build_vgg16, _map_vgg16_key, _vgg16_imagenet,
+                   "torchvision vgg16 (features.*/classifier.*) or Caffe VGG16 (conv1_1..conv5_3.*, fc6/fc7.*)",
+                   caffe_first_conv="conv1_1"),
+    "zf": _Spec(_build_zf, _map_zf_key, None, "Caffe / py-faster-rcnn ZF (conv1..conv5.*, fc6/fc7.*)",
+                caffe_first_conv="conv1"),
     "resnet50_c4": _Spec(_build_resnet50_c4, _map_resnet50_key, _resnet50_imagenet, "torchvision resnet50"),
     "small": _Spec(_build_small, None, None),
 }
@@ -493,26 +513,55 @@ def available_backbones() -> list[str]:
 # ----------------------------------------------------------------------------------------------
 
 
-def _fetch_torchvision_state_dict(weights_enum: Any) -> dict[str, Tensor]:
-    """Download (or read from the torch hub cache) a torchvision weights file."""
-    return weights_enum.get_state_dict(progress=False, check_hash=True)
-
-
-def _imagenet_state_dict(name: str, spec: _Spec) -> dict[str, Tensor]:
+def _imagenet_enum(name: str, spec: _Spec) -> Any:
     if spec.imagenet is None:
         raise ValueError(
-            f"backbone {name!r}: no torchvision ImageNet weights exist; pass weights=<path to a local "
-            f"state dict> instead (or weights=None for random init)"
+            f"backbone {name!r}: no torchvision ImageNet weights exist; pass a local state dict instead, "
+            f"backbone.weights=/path/to/file.pth (local path; {_describe_formats(spec)}), or weights=null for "
+            "random init"
         )
-    enum = spec.imagenet()
+    return spec.imagenet()
+
+
+def check_weights_available(name: str, weights: str | os.PathLike[str] | None) -> None:
+    """Start-up check, before any training: ``weights`` of backbone ``name`` can be read here.
+
+    "imagenet": torchvision's file is in the torch hub cache or is downloaded now
+    (:class:`~frcnn.pretrained.WeightsUnavailableError` naming the URL, the cache path and
+    ``backbone.weights=/path/to/file.pth`` otherwise); a path: the file exists."""
+    if name not in _SPECS or weights is None or weights == WEIGHTS_FROM_DETECTOR:
+        return
+    if weights == "imagenet":
+        ensure_torchvision_file(name, _imagenet_enum(name, _SPECS[name]))
+    elif not Path(weights).expanduser().is_file():
+        raise FileNotFoundError(f"backbone.weights={weights}: no such file (backbone {name!r}); pass the path of a "
+                                f"local state dict ({_describe_formats(_SPECS[name])}), imagenet, or null")
+
+
+def _fetch_torchvision_state_dict(name: str, weights_enum: Any) -> Mapping[str, Tensor]:
+    """torchvision's ImageNet state dict, from the torch hub cache (downloaded first if missing)."""
+    return _read_state_dict(ensure_torchvision_file(name, weights_enum))
+
+
+def _imagenet_state_dict(name: str, spec: _Spec) -> Mapping[str, Tensor]:
+    enum = _imagenet_enum(name, spec)
     try:
-        return _fetch_torchvision_state_dict(enum)
-    except Exception as err:  # no network and no cached file, corrupt download, ...
-        raise RuntimeError(
-            f"backbone {name!r}: could not load torchvision weights {type(enum).__name__}.{enum.name} "
-            f"({enum.url}) into the torch hub cache {torch.hub.get_dir()!s}/checkpoints: {err}. "
-            f"Without network access, copy the file there or pass weights=<local path to the .pth> instead."
-        ) from err
+        return _fetch_torchvision_state_dict(name, enum)
+    except WeightsUnavailableError:
+        raise
+    except Exception as err:  # an unreadable cached file, ...
+        raise WeightsUnavailableError(unavailable_message(name, enum, f"{type(err).__name__}: {err}")) from err
+
+
+def _fold_caffe_first_conv(state: Mapping[str, Tensor], spec: _Spec) -> tuple[Mapping[str, Tensor], bool]:
+    """A Caffe-layout state dict with its first conv folded to our input convention; others unchanged.
+    -> (state, whether it was a Caffe layout)."""
+    first = spec.caffe_first_conv
+    if first is None or f"{first}.weight" not in state or f"{first}.bias" not in state:
+        return state, False
+    state = dict(state)
+    state[f"{first}.weight"], state[f"{first}.bias"] = fold_caffe_input(state[f"{first}.weight"], state[f"{first}.bias"])
+    return state, True
 
 
 def _unwrap(obj: Any, path: Path) -> Mapping[str, Tensor]:
@@ -600,7 +649,8 @@ def build_backbone(
     pre-training, §3.1.3); "imagenet" -> torchvision's IMAGENET1K_V1 weights (vgg16, resnet50_c4
     only; expect RGB in [0, 1] normalised by ImageNet mean/std); otherwise a local file: a
     torchvision full-model state dict (mapped by VGG16_TORCHVISION_KEYS /
-    RESNET50_TORCHVISION_PREFIXES) or a :meth:`Backbone.state_dict`; ``WEIGHTS_FROM_DETECTOR`` ->
+    RESNET50_TORCHVISION_PREFIXES), a Caffe-converted VGG-16 / ZF (Caffe layer names; the first
+    conv folded from Caffe's BGR 0..255 input to ours) or a :meth:`Backbone.state_dict`; ``WEIGHTS_FROM_DETECTOR`` ->
     random init without the warning (a saved detector's weights are loaded over it).
     num_hidden: width of the head's fully connected layers (default 4096 for ZF/VGG fc6/fc7,
     256 for small; fixed 2048 for resnet50_c4). dropout: p of the fc6/fc7 dropout (ZF/VGG).
@@ -626,9 +676,11 @@ def build_backbone(
                 name,
             )
         return backbone
+    state, from_caffe = _fold_caffe_first_conv(state, spec)
     try:
         load_backbone_weights(backbone, state, spec.map_key, source)
     except RuntimeError as err:
         raise RuntimeError(f"{err}. Accepted layouts for {name!r}: {_describe_formats(spec)}") from None
-    logger.info("backbone %r: loaded weights from %s", name, source)
+    logger.info("backbone %r: loaded weights from %s%s", name, source,
+                f" (Caffe layout: {spec.caffe_first_conv} folded from BGR 0..255 input to ours)" if from_caffe else "")
     return backbone

@@ -59,6 +59,20 @@ def validate_config(cfg: Mapping[str, Any]) -> None:
     _warn_unreached_lr_steps(cfg["schedule"][recipe], f"schedule.{recipe}")
 
 
+def check_backbone_weights(cfg: Mapping[str, Any]) -> None:
+    """Start-up check that ``backbone.weights`` can be had on this machine, before any training
+    (imagenet: torchvision's file in the torch hub cache, downloaded now if missing; a path: it exists).
+    Raises ConfigError with the file wanted, where it was looked for and how to pass a local file."""
+    from frcnn.backbones import check_weights_available  # lazy: torch only once the config is known good
+    from frcnn.pretrained import WeightsUnavailableError
+
+    backbone = cfg["backbone"]
+    try:
+        check_weights_available(str(backbone["name"]), backbone.get("weights"))
+    except (WeightsUnavailableError, FileNotFoundError, ValueError) as err:
+        raise ConfigError(str(err)) from None
+
+
 def _warn_unreached_lr_steps(node: Mapping[str, Any], key: str) -> None:
     """An lr step at or past max_steps never happens: legitimate for short test runs, so a warning."""
     if "max_steps" not in node:

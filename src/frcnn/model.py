@@ -11,11 +11,10 @@ import torch
 from torch import Tensor, nn
 
 from frcnn.backbones import Backbone, has_training_batchnorm
+from frcnn.pretrained import IMAGENET_MEAN, IMAGENET_STD
 from frcnn.roi_head import RoIHead
 from frcnn.rpn import ProposalSettings, RegionProposalNetwork
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 def batch_images(images: list[Tensor], size_divisible: int = 16) -> tuple[Tensor, list[tuple[int, int]]]:

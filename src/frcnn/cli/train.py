@@ -19,7 +19,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from frcnn.config import ConfigError, check_override_keys, validate_config
+from frcnn.config import ConfigError, check_backbone_weights, check_override_keys, validate_config
 
 log = logging.getLogger(__name__)
 
@@ -176,6 +176,7 @@ def train(cfg: DictConfig | Mapping[str, Any]) -> dict:
     """Validate and run one training job; returns its metrics (as written to metrics.json)."""
     plain = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
     validate_config(plain)
+    check_backbone_weights(plain)  # imagenet without network stops here, before any data or training
     run = _hydra_run()
     check_ddp_in_multirun(plain, run)
     if run.get("multirun") and plain["logger"]["name"] == "wandb":
