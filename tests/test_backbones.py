@@ -190,7 +190,8 @@ def test_zf_loads_caffe_layer_names(zf, tmp_path):
     loaded = build_backbone("zf", weights=tmp_path / "zf.pth")
     for layer in ("conv2", "conv3", "conv4", "conv5"):
         assert torch.equal(getattr(loaded.body, layer).weight, flat[f"{layer}.weight"])
-    assert torch.equal(loaded.head.fc6.weight, flat["fc6.weight"]) and torch.equal(loaded.head.fc7.bias, flat["fc7.bias"])
+    assert torch.equal(loaded.head.fc6.weight, flat["fc6.weight"])
+    assert torch.equal(loaded.head.fc7.bias, flat["fc7.bias"])
     caffe_conv_matches_ours(flat["conv1.weight"], flat["conv1.bias"], loaded.body.conv1, padding=3, stride=2)
 
 
@@ -357,8 +358,8 @@ def test_cli_imagenet_without_network_exits_2_before_training(tmp_path):
 
     env = {**os.environ, "TORCH_HOME": str(tmp_path / "torch_home"), "https_proxy": "http://127.0.0.1:9",
            "HTTPS_PROXY": "http://127.0.0.1:9", "no_proxy": "", "NO_PROXY": ""}  # port 9: connection refused
-    result = subprocess.run([sys.executable, "train.py", "backbone=vgg16", "logger=none", f"hydra.run.dir={tmp_path / 'run'}"],
-                            cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
+    command = [sys.executable, "train.py", "backbone=vgg16", "logger=none", f"hydra.run.dir={tmp_path / 'run'}"]
+    result = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 2, result.stderr[-2000:]
     assert "Traceback" not in result.stderr
     cached = tmp_path / "torch_home" / "hub" / "checkpoints" / "vgg16-397923af.pth"

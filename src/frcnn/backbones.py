@@ -560,7 +560,8 @@ def _fold_caffe_first_conv(state: Mapping[str, Tensor], spec: _Spec) -> tuple[Ma
     if first is None or f"{first}.weight" not in state or f"{first}.bias" not in state:
         return state, False
     state = dict(state)
-    state[f"{first}.weight"], state[f"{first}.bias"] = fold_caffe_input(state[f"{first}.weight"], state[f"{first}.bias"])
+    weight, bias = fold_caffe_input(state[f"{first}.weight"], state[f"{first}.bias"])
+    state[f"{first}.weight"], state[f"{first}.bias"] = weight, bias
     return state, True
 
 

@@ -16,7 +16,6 @@ from frcnn.roi_head import RoIHead
 from frcnn.rpn import ProposalSettings, RegionProposalNetwork
 
 
-
 def batch_images(images: list[Tensor], size_divisible: int = 16) -> tuple[Tensor, list[tuple[int, int]]]:
     """Zero-pad images of different sizes to one batch tensor, bottom/right, to a multiple of
     the stride. images: list of [3, H_i, W_i] -> ([B, 3, H, W], [(H_i, W_i)])."""
@@ -63,7 +62,8 @@ def run_by_padded_size(images: Sequence[Tensor], size_divisible: int,
     return tuple(merged) if merged is not None else ()
 
 
-def test_and_ranked(rpn: RegionProposalNetwork, num_ranked: int) -> tuple[ProposalSettings, ProposalSettings]:
+def evaluation_proposal_settings(rpn: RegionProposalNetwork,
+                                 num_ranked: int) -> tuple[ProposalSettings, ProposalSettings]:
     """The RPN's test settings, and the same keeping the top ``num_ranked`` after NMS (Fig. 4)."""
     return rpn.test_proposals, dataclasses.replace(rpn.test_proposals, post_nms_top_n=int(num_ranked))
 
@@ -166,7 +166,8 @@ class FasterRCNN(nn.Module):
 
     def _detect_and_rank_same_size(self, images: list[Tensor], num_ranked: int):
         feature_map, image_sizes = self.features(images)
-        (proposals, _), (ranked, _) = self.rpn.proposals_at(feature_map, image_sizes, test_and_ranked(self.rpn, num_ranked))
+        settings = evaluation_proposal_settings(self.rpn, num_ranked)
+        (proposals, _), (ranked, _) = self.rpn.proposals_at(feature_map, image_sizes, settings)
         detections, _ = self.roi_head(feature_map, proposals, image_sizes)
         return detections, ranked
 
@@ -205,7 +206,8 @@ class UnsharedFasterRCNN(nn.Module):
 
     def _detect_and_rank_same_size(self, images: list[Tensor], num_ranked: int):
         rpn_features, image_sizes = self.rpn_net.features(images)
-        (proposals, _), (ranked, _) = self.rpn.proposals_at(rpn_features, image_sizes, test_and_ranked(self.rpn, num_ranked))
+        settings = evaluation_proposal_settings(self.rpn, num_ranked)
+        (proposals, _), (ranked, _) = self.rpn.proposals_at(rpn_features, image_sizes, settings)
         feature_map, image_sizes = self.det_net.features(images)
         detections, _ = self.det_net.roi_head(feature_map, proposals, image_sizes)
         return detections, ranked

@@ -57,7 +57,8 @@ def ensure_torchvision_file(backbone: str, weights_enum: Any) -> Path:
         cached.parent.mkdir(parents=True, exist_ok=True)
         torch.hub.download_url_to_file(url, str(cached), hash_prefix=_hash_prefix(cached.name), progress=False)
     except Exception as err:  # no network, proxy refused, DNS, a corrupt download, a read-only cache...
-        raise WeightsUnavailableError(unavailable_message(backbone, weights_enum, f"{type(err).__name__}: {err}")) from err
+        reason = f"{type(err).__name__}: {err}"
+        raise WeightsUnavailableError(unavailable_message(backbone, weights_enum, reason)) from err
     return cached
 
 

@@ -137,8 +137,17 @@ def fit_stage(cfg: Mapping[str, Any], run_dir: Path, stage_name: str, module: L.
         atomic_torch_save(module.model.state_dict(), weights)
         atomic_write_text(f"{trainer.global_step}\n", stage_dir / "DONE")
     finish_logger(logger)
+    release_training_state(module)
     _barrier()
     return module
+
+
+def release_training_state(module: L.LightningModule) -> None:
+    """Free what a finished stage no longer needs: its gradients and its Trainer, which holds the
+    optimiser state (SGD momentum: another copy of every trained weight; ~0.5 GB each for VGG-16).
+    The later stages and the final detector use only the weights."""
+    module.model.zero_grad(set_to_none=True)
+    module.trainer = None
 
 
 def stopped_by_sigterm(stage_name: str, on_sigterm: CheckpointOnSigterm) -> SystemExit:
@@ -237,12 +246,14 @@ def run_alternating(cfg: Mapping[str, Any], run_dir: Path) -> dict:
     copy_weights(det1.model.backbone, rpn2.model.backbone)  # initialised from the detector...
     copy_weights(det1.model.roi_head, rpn2.model.roi_head)  # (carried along for stage 6)
     rpn2.apply_trainable()  # ...whose conv layers are now fixed
+    del rpn1, det1  # their weights live on in rpn2 (a VGG-16 copy is ~0.5 GB)
     rpn2 = fit_stage(cfg, run_dir, "stage2_rpn", rpn2, base, stages["stage2_rpn"], timings)
     proposals2 = proposal_stage(cfg, run_dir, "stage2_proposals", rpn2.model, train_set, timings)
 
     det2 = stage_module("stage2_det", "detector", True)
     det2.model.load_state_dict(rpn2.model.state_dict())  # shared conv + RPN of stage 4, head of stage 3
     det2.apply_trainable()
+    del rpn2
     det2 = fit_stage(cfg, run_dir, "stage2_det", det2, detector_data(proposals2, "stage2_det"),
                      stages["stage2_det"], timings, cfg["recipe"].get("val_every_n_epochs"))  # the whole detector
     return finalize(cfg, run_dir, det2.model, class_names, base, timings)
