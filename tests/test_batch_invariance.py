@@ -61,10 +61,9 @@ def test_evaluation_is_identical_for_batch_size_1_and_4(mixed_voc):
     cfg, model = mixed_voc
     results = {}
     for batch_size in (1, 4):
-        loader = build_eval_loader(cfg["data"], "val", batch_size)
-        with torch.no_grad():
-            detections = [d for images, _ in loader for d in model(images)]
-        metrics, _ = evaluate_full(model, loader, list(TREE_CLASSES))
+        detections = []
+        metrics, _ = evaluate_full(model, build_eval_loader(cfg["data"], "val", batch_size), list(TREE_CLASSES),
+                                   on_batch=lambda images, targets, found, out=detections: out.extend(found))
         results[batch_size] = detections, metrics
     (dets_1, metrics_1), (dets_4, metrics_4) = results[1], results[4]
     assert len(dets_1) == len(dets_4) == len(MIXED_IMAGES)
