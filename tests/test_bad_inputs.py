@@ -286,7 +286,7 @@ def test_checkpoint_of_another_architecture_is_refused_naming_the_file(tmp_path)
     with pytest.raises(ValueError, match=r"other_arch\.pt: weights do not fit the architecture in its model_cfg"):
         load_detector(tmp_path / "other_arch.pt")
     torch.save({"state_dict": {}, "global_step": 3}, tmp_path / "lightning.ckpt")  # a Lightning stage checkpoint
-    with pytest.raises(ValueError, match=r"lightning\.ckpt is not an frcnn detector checkpoint"):
+    with pytest.raises(ValueError, match=r"lightning\.ckpt: not an frcnn detector file"):
         load_detector(tmp_path / "lightning.ckpt")
 
 

@@ -40,6 +40,7 @@ from frcnn.model import UnsharedFasterRCNN
 from frcnn.proposals import ProposalDataset, generate_proposal_file, load_proposal_file
 from frcnn.resume import check_run_config, finished_metrics, resume_checkpoint
 from frcnn.rpn import ProposalSettings
+from frcnn.safe_load import read_torch_file
 from frcnn.tracking import build_logger, finish_logger, log_final_results
 
 log = logging.getLogger(__name__)
@@ -111,7 +112,7 @@ def fit_stage(cfg: Mapping[str, Any], run_dir: Path, stage_name: str, module: L.
     weights = stage_dir / "model.pt"
     if (stage_dir / "DONE").exists() and weights.exists():
         log.info("stage %s already finished; loading %s", stage_name, weights)
-        module.model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+        module.model.load_state_dict(read_torch_file(weights, "stage weights file"))
         return module
     last, resume_step = resume_checkpoint(stage_dir)  # an unreadable checkpoint is moved aside, never used
     datamodule.resume_step = resume_step
@@ -125,7 +126,10 @@ def fit_stage(cfg: Mapping[str, Any], run_dir: Path, stage_name: str, module: L.
         log.info("stage %s: resuming from %s (step %d)", stage_name, last, resume_step)
     start = time.perf_counter()
     try:
-        trainer.fit(module, datamodule=datamodule, ckpt_path=str(last) if last is not None else None)
+        # Lightning reads the run's own last.ckpt; weights_only=True keeps even that file from running code
+        # (frcnn's checkpoints hold only tensors and plain values; resume_checkpoint checked it the same way)
+        trainer.fit(module, datamodule=datamodule, ckpt_path=str(last) if last is not None else None,
+                    weights_only=True)
     except SIGTERMException:
         finish_logger(logger)
         raise stopped_by_sigterm(stage_name, on_sigterm) from None

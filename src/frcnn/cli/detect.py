@@ -122,10 +122,10 @@ def detect_files(checkpoint: str | Path, inputs: Sequence[str | Path], out_dir: 
     if torch_device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"--device {device}: CUDA is not available on this machine; use --device cpu")
     images = find_images(inputs)
+    model, class_names = load_detector(checkpoint)  # first: the restricted reader checks the file
     recorded = checkpoint_input_scale(checkpoint)
     default_scale, default_max = recorded or PAPER_TEST_SCALE
     scale, max_size = int(scale or default_scale), int(max_size or default_max)
-    model, class_names = load_detector(checkpoint)
     model.to(torch_device).eval()
     transform = DetectionTransform(scales=(scale,), max_size=max_size, train=False)
     out_dir.mkdir(parents=True, exist_ok=True)

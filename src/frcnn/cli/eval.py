@@ -9,6 +9,7 @@ proposal_recall.png.
 from __future__ import annotations
 
 import logging
+import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -16,13 +17,14 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader
 
-from frcnn.checkpoints import PAPER_TEST_SCALE, checkpoint_input_scale, load_detector
+from frcnn.checkpoints import PAPER_TEST_SCALE, DetectorFileError, checkpoint_input_scale, load_detector
 from frcnn.data.build import build_dataset
 from frcnn.data.transforms import collate_detection
 from frcnn.evaluation.evaluate import evaluate_full
 from frcnn.evaluation.proposal_recall import PAPER_IOU_THRESHOLDS, PAPER_TOP_NS, format_recall_table
 from frcnn.evaluation.report import write_evaluation_report
 from frcnn.evaluation.voc_ap import format_table
+from frcnn.safe_load import UnreadableFileError
 
 log = logging.getLogger(__name__)
 
@@ -140,4 +142,8 @@ def run(cfg) -> dict:
     from omegaconf import OmegaConf
 
     logging.getLogger("frcnn").setLevel(logging.INFO)
-    return evaluate_checkpoint(OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True))
+    try:
+        return evaluate_checkpoint(OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True))
+    except (FileNotFoundError, UnreadableFileError, DetectorFileError) as exc:  # one line, no traceback
+        print(f"error: {exc}", file=sys.stderr, flush=True)
+        raise SystemExit(2) from None

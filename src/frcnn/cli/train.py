@@ -20,6 +20,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from frcnn.config import ConfigError, check_override_keys, validate_config
+from frcnn.safe_load import UnreadableFileError
 
 log = logging.getLogger(__name__)
 
@@ -209,6 +210,9 @@ def run_job(cfg: DictConfig) -> float | None:
             if isinstance(exc, ConfigError):
                 print(f"Config error: {exc}", file=sys.stderr, flush=True)
                 raise SystemExit(2) from exc
+            if isinstance(exc, (FileNotFoundError, UnreadableFileError)):  # weights / checkpoint files: one line
+                print(f"error: {exc}", file=sys.stderr, flush=True)
+                raise SystemExit(2) from None
             raise
         job_dir = Path(OmegaConf.select(cfg, "run_dir") or ".")
         job_dir.mkdir(parents=True, exist_ok=True)
