@@ -1,0 +1,492 @@
+"""A seeded fuzzer of the data readers: one mutation of a valid VOCdevkit or COCO tree per case.
+
+The trees come from tests/data_trees.py (one VOC image and one COCO image stored as PNG, so both
+decoders are fuzzed). A case picks a mutation kind and a seed; the mutation damages one file of
+the tree (an image, an XML, the JSON, a split file); :func:`run_case` builds the data set under
+``on_bad_sample="error"``, reads every item through the training transform and classifies what
+happened; the file is restored afterwards, so one tree serves every case.
+
+The contract each case is held to (:func:`check_outcome`):
+
+* ``ok``: the data set loads and every item is finite: image float32 [3, H, W] in [0, 1], boxes
+  float32 [N, 4] with x1 < x2, y1 < y2 inside the image, labels in 1..C. Mutations marked
+  ``harmless`` (CRLF, BOM, blank lines, spaces around ids) must end here.
+* ``error``: a :class:`frcnn.data.validation.DataError` whose message names the mutated file (or,
+  for an image whose pixels disagree with its annotation, the image and the annotation) and, for a
+  field mutation, the field. The same case under ``on_bad_sample="skip"`` then loads, reads
+  every item, and counts at least one skip -- unless the error concerns the whole file (a JSON
+  that is not COCO-shaped, a split file that is unreadable), which no policy can skip.
+* ``skip``: only reached under ``skip`` (see above).
+
+Anything else -- another exception type, a non-finite tensor, a case slower than
+CASE_TIME_LIMIT_S -- is a ``crash`` and fails the test.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import random
+import re
+import time
+import xml.etree.ElementTree as ET
+from collections import Counter
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+from frcnn.data.coco import COCODataset
+from frcnn.data.transforms import DetectionTransform
+from frcnn.data.validation import DataError
+from frcnn.data.voc import VOCDataset
+from tests.data_trees import TREE_CLASSES, write_coco_tree, write_voc_tree
+
+CASE_TIME_LIMIT_S = 10.0  # a case is a few small files: anything slower is a hang
+TRANSFORM = DetectionTransform(scales=(48,), max_size=96, hflip_prob=0.5, train=True, seed=0)
+VOC_PNG_ID = "000004"  # stored as PNG, found through <filename>
+COCO_PNG_ID = 3  # e.jpg -> e.png
+
+
+# ------------------------------------------------------------------------------------------------
+# The trees
+# ------------------------------------------------------------------------------------------------
+@dataclass
+class Trees:
+    """Both trees, written once, with every file's bytes to restore after a case."""
+
+    voc_root: Path
+    coco_ann: Path
+    coco_images: Path
+    original: dict[Path, bytes] = field(default_factory=dict)
+
+    def restore(self, path: Path) -> None:
+        path.write_bytes(self.original[path])
+
+
+def write_trees(root: Path) -> Trees:
+    voc_root = write_voc_tree(root / "VOC2007")
+    jpg = voc_root / "JPEGImages" / f"{VOC_PNG_ID}.jpg"
+    Image.open(jpg).save(jpg.with_suffix(".png"))
+    jpg.unlink()
+    xml = voc_root / "Annotations" / f"{VOC_PNG_ID}.xml"
+    xml.write_text(xml.read_text().replace(f"{VOC_PNG_ID}.jpg", f"{VOC_PNG_ID}.png"))
+    coco_ann, coco_images = write_coco_tree(root / "coco")
+    data = json.loads(coco_ann.read_text())
+    entry = next(e for e in data["images"] if e["id"] == COCO_PNG_ID)
+    Image.open(coco_images / entry["file_name"]).save(coco_images / "e.png")
+    (coco_images / entry["file_name"]).unlink()
+    entry["file_name"] = "e.png"
+    coco_ann.write_text(json.dumps(data))
+    trees = Trees(voc_root, coco_ann, coco_images)
+    for path in [*root.rglob("*")]:
+        if path.is_file():
+            trees.original[path] = path.read_bytes()
+    return trees
+
+
+# ------------------------------------------------------------------------------------------------
+# Mutations: each damages one file and says what it did
+# ------------------------------------------------------------------------------------------------
+@dataclass
+class Mutation:
+    file: Path  # the damaged file (restored after the case)
+    detail: str  # what was done, for the report of a failing case
+    field: str | None = None  # the field a message must name (a regex), None for byte-level damage
+    harmless: bool = False  # the readers must load it as if nothing happened
+
+
+VALUE_KINDS = ("missing", "duplicated", "empty", "nan", "inf", "huge", "negative", "non_ascii", "wrong_type")
+XML_VALUES = {  # text put into an XML element, per value kind (missing / duplicated act on the element)
+    "empty": ["", "   "],
+    "nan": ["nan", "NaN"],
+    "inf": ["inf", "-inf", "1e400"],
+    "huge": ["1e308", "99999999999999999999", "4294967296"],
+    "negative": ["-1", "-50", "-1e9"],
+    "non_ascii": ["ø", "١٢", "12\u00a0", "\u200b5", "箱"],
+    "wrong_type": ["[1, 2]", "true", "0x10", "12px", "{}"],
+}
+JSON_VALUES: dict[str, list] = {
+    "empty": ["", [], {}],
+    "nan": [float("nan")],
+    "inf": [float("inf"), float("-inf")],
+    "huge": [1e308, 10**30, 2**63],
+    "negative": [-1, -50.5, -(10**12)],
+    "non_ascii": ["ø", "١٢", "箱子", "\u200b"],
+    "wrong_type": ["10", [1, 2], {"a": 1}, True, None, 3.5],
+}
+XML_FIELDS = ("size/width", "size/height", "filename", "object/name", "object/difficult", "object/bndbox",
+              "object/bndbox/xmin", "object/bndbox/ymin", "object/bndbox/xmax", "object/bndbox/ymax", "object")
+XML_FIELD_NAMES = {"size/width": r"width|size", "size/height": r"height|size", "object/name": r"name|class", "object/bndbox": r"bndbox|box", "object": r"object",
+                   "filename": r"filename", "object/bndbox/xmin": r"xmin|box", "object/bndbox/ymin": r"ymin|box",
+                   "object/bndbox/xmax": r"xmax|box", "object/bndbox/ymax": r"ymax|box"}
+JSON_FIELDS = ("images.id", "images.file_name", "images.width", "images.height", "annotations.id",
+               "annotations.image_id", "annotations.category_id", "annotations.bbox", "annotations.bbox[]",
+               "annotations.iscrowd", "categories.id", "categories.name", "images[]", "annotations[]",
+               "categories[]", "images", "annotations", "categories")
+
+
+def _voc_xmls(trees: Trees) -> list[Path]:
+    return sorted((trees.voc_root / "Annotations").glob("*.xml"))
+
+
+def _image_files(trees: Trees, tree: str) -> list[Path]:
+    folder = trees.voc_root / "JPEGImages" if tree == "voc" else trees.coco_images
+    return sorted(folder.iterdir())
+
+
+def image_byte_flips(rng: random.Random, trees: Trees, tree: str) -> Mutation:
+    path = rng.choice(_image_files(trees, tree))
+    data = bytearray(trees.original[path])
+    positions = [rng.randrange(len(data)) for _ in range(rng.choice((1, 2, 4, 16, 64)))]
+    for pos in positions:
+        data[pos] ^= rng.randrange(1, 256)
+    path.write_bytes(bytes(data))
+    return Mutation(path, f"{len(positions)} bytes flipped at {sorted(positions)[:6]}...")
+
+
+def image_truncation(rng: random.Random, trees: Trees, tree: str) -> Mutation:
+    path = rng.choice(_image_files(trees, tree))
+    data = trees.original[path]
+    keep = rng.choice((0, 1, 2, 8, 64, rng.randrange(len(data)), len(data) - 1, len(data) - 2))
+    path.write_bytes(data[:keep])
+    return Mutation(path, f"cut to {keep} of {len(data)} bytes")
+
+
+def _mutate_element(rng: random.Random, root: ET.Element, field_path: str, kind: str) -> str:
+    """Apply one value kind to an element of the XML tree -> what was done."""
+    parent_path, _, tag = field_path.rpartition("/")
+    parents = root.findall(parent_path) if parent_path else [root]
+    parents = [p for p in parents if p.find(tag) is not None]
+    if not parents:
+        return f"no <{field_path}> to mutate"
+    parent = rng.choice(parents)
+    element = parent.find(tag)
+    if kind == "missing":
+        parent.remove(element)
+        return f"removed <{field_path}>"
+    if kind == "duplicated":
+        twin = copy.deepcopy(element)
+        if twin.text and twin.text.strip() and not len(twin) and rng.random() < 0.5:
+            twin.text = str(rng.choice(XML_VALUES["huge"] + XML_VALUES["negative"]))  # a twin that disagrees
+        parent.insert(list(parent).index(element) + 1, twin)
+        return f"duplicated <{field_path}> as {twin.text!r}"
+    value = rng.choice(XML_VALUES[kind])
+    for child in list(element):
+        element.remove(child)
+    element.text = value
+    return f"<{field_path}> = {value!r}"
+
+
+def xml_field(kind: str) -> Callable[[random.Random, Trees], Mutation]:
+    def mutate(rng: random.Random, trees: Trees) -> Mutation:
+        path = rng.choice(_voc_xmls(trees))
+        root = ET.fromstring(trees.original[path])
+        field_path = rng.choice(XML_FIELDS)
+        detail = _mutate_element(rng, root, field_path, kind)
+        path.write_bytes(ET.tostring(root, encoding="utf-8"))
+        name = XML_FIELD_NAMES.get(field_path, field_path.rpartition("/")[2])
+        return Mutation(path, detail, field=name)
+    return mutate
+
+
+def xml_bytes(rng: random.Random, trees: Trees) -> Mutation:
+    path = rng.choice(_voc_xmls(trees))
+    data = bytearray(trees.original[path])
+    if rng.random() < 0.5:
+        for _ in range(rng.choice((1, 3, 10))):
+            data[rng.randrange(len(data))] = rng.randrange(256)
+        path.write_bytes(bytes(data))
+        return Mutation(path, "bytes overwritten")
+    keep = rng.randrange(len(data))
+    path.write_bytes(bytes(data[:keep]))
+    return Mutation(path, f"cut to {keep} bytes")
+
+
+def _json_targets(data: dict, field_path: str) -> list[tuple[object, object]]:
+    """(container, key) pairs a JSON field path names: 'images.width' -> every images[k]['width']."""
+    if field_path in ("images", "annotations", "categories"):
+        return [(data, field_path)]
+    if field_path.endswith("[]"):
+        name = field_path[:-2]
+        if name == "annotations.bbox":
+            return [(ann["bbox"], j) for ann in data["annotations"] for j in range(4)]
+        return [(data[name], k) for k in range(len(data[name]))]
+    section, key = field_path.split(".")
+    return [(entry, key) for entry in data[section] if key in entry]
+
+
+def json_field(kind: str) -> Callable[[random.Random, Trees], Mutation]:
+    def mutate(rng: random.Random, trees: Trees) -> Mutation:
+        path = trees.coco_ann
+        data = json.loads(trees.original[path])
+        field_path = rng.choice(JSON_FIELDS)
+        targets = _json_targets(data, field_path)
+        if not targets:
+            return Mutation(path, f"no {field_path} to mutate", harmless=True)
+        container, key = rng.choice(targets)
+        if kind == "missing":
+            del container[key]
+            detail = f"removed {field_path}"
+        elif kind == "duplicated":
+            if isinstance(container, list):
+                container.insert(key, copy.deepcopy(container[key]))
+                detail = f"duplicated an entry of {field_path}"
+            else:  # a key twice in one object: the JSON text holds both, the parser keeps the last
+                twin = rng.choice([container[key], *JSON_VALUES["negative"], *JSON_VALUES["huge"]])
+                text = json.dumps(data)
+                token = json.dumps(key) + ": "
+                start = text.find(token, text.find(json.dumps(container, allow_nan=True)[:20]))
+                if start < 0:
+                    start = text.find(token)
+                text = text[:start] + token + json.dumps(twin) + ", " + text[start:]
+                path.write_text(text)
+                return Mutation(path, f"{field_path} given twice (first {twin!r})", field=_json_field_regex(field_path))
+        else:
+            value = rng.choice(JSON_VALUES[kind])
+            container[key] = value
+            detail = f"{field_path} = {value!r}"
+        path.write_text(json.dumps(data))
+        return Mutation(path, detail, field=_json_field_regex(field_path))
+    return mutate
+
+
+def _json_field_regex(field_path: str) -> str:
+    section, _, key = field_path.rstrip("[]").partition(".")
+    names = {"file_name": r"file_name|image", "image_id": r"image id|image_id", "category_id": r"category",
+             "id": r"id", "bbox": r"bbox|box", "width": r"width", "height": r"height", "name": r"name|categor",
+             "iscrowd": r"iscrowd"}
+    return names.get(key, re.escape(section).rstrip("s") + r"|" + re.escape(section))
+
+
+def json_bytes(rng: random.Random, trees: Trees) -> Mutation:
+    path = trees.coco_ann
+    data = bytearray(trees.original[path])
+    if rng.random() < 0.5:
+        for _ in range(rng.choice((1, 3, 10))):
+            data[rng.randrange(len(data))] = rng.randrange(256)
+        path.write_bytes(bytes(data))
+        return Mutation(path, "bytes overwritten")
+    keep = rng.randrange(len(data))
+    path.write_bytes(bytes(data[:keep]))
+    return Mutation(path, f"cut to {keep} bytes")
+
+
+def _split_file(trees: Trees) -> Path:
+    return trees.voc_root / "ImageSets" / "Main" / "trainval.txt"
+
+
+def _rewrite_split(trees: Trees, rewrite: Callable[[list[str]], str], encoding: str = "utf-8") -> Path:
+    path = _split_file(trees)
+    ids = trees.original[path].decode().split()
+    path.write_bytes(rewrite(ids).encode(encoding))
+    return path
+
+
+def split_blank_lines(rng: random.Random, trees: Trees) -> Mutation:
+    def rewrite(ids):
+        lines = []
+        for image_id in ids:
+            lines += [""] * rng.randrange(3) + [image_id]
+        return "\n".join(lines + [""] * rng.randrange(3)) + rng.choice(("", "\n"))
+    return Mutation(_rewrite_split(trees, rewrite), "blank lines between ids", harmless=True)
+
+
+def split_spaces(rng: random.Random, trees: Trees) -> Mutation:
+    def rewrite(ids):
+        return "".join(f"{rng.choice(('', ' ', '  ', chr(9)))}{i}{rng.choice(('', ' ', chr(9), '  1', ' -1'))}\n"
+                       for i in ids)
+    return Mutation(_rewrite_split(trees, rewrite), "spaces / tabs / a class flag around ids", harmless=True)
+
+
+def split_crlf(rng: random.Random, trees: Trees) -> Mutation:
+    return Mutation(_rewrite_split(trees, lambda ids: "".join(f"{i}\r\n" for i in ids)), "CRLF line ends",
+                    harmless=True)
+
+
+def split_bom(rng: random.Random, trees: Trees) -> Mutation:
+    end = rng.choice(("\n", "\r\n"))
+    return Mutation(_rewrite_split(trees, lambda ids: "\ufeff" + "".join(f"{i}{end}" for i in ids)),
+                    "UTF-8 byte-order mark", harmless=True)
+
+
+def split_odd_ids(rng: random.Random, trees: Trees) -> Mutation:
+    odd = rng.choice(("999999", "ø", "../000001", "000001.jpg", "\x00", "000001\x0b"))
+
+    def rewrite(ids):
+        ids = list(ids)
+        ids.insert(rng.randrange(len(ids) + 1), odd)
+        return "".join(f"{i}\n" for i in ids)
+    return Mutation(_rewrite_split(trees, rewrite), f"an id {odd!r} that is no image", field=r"id|annotation")
+
+
+def split_bytes(rng: random.Random, trees: Trees) -> Mutation:
+    path = _split_file(trees)
+    data = bytearray(trees.original[path])
+    for _ in range(rng.choice((1, 2, 5))):
+        data[rng.randrange(len(data))] = rng.randrange(256)
+    path.write_bytes(bytes(data))
+    return Mutation(path, "bytes overwritten")
+
+
+def json_bom(rng: random.Random, trees: Trees) -> Mutation:
+    path = trees.coco_ann
+    text = trees.original[path].decode()
+    if rng.random() < 0.5:
+        text = json.dumps(json.loads(text), indent=1).replace("\n", "\r\n")
+    path.write_bytes(b"\xef\xbb\xbf" + text.encode())
+    return Mutation(path, "UTF-8 byte-order mark (and CRLF)", harmless=True)
+
+
+def xml_crlf_bom(rng: random.Random, trees: Trees) -> Mutation:
+    path = rng.choice(_voc_xmls(trees))
+    text = trees.original[path].decode().replace("><", ">\r\n<")
+    path.write_bytes((b"\xef\xbb\xbf" if rng.random() < 0.5 else b"") + text.encode())
+    return Mutation(path, "CRLF between elements (and a BOM)", harmless=True)
+
+
+# kind -> (tree, mutation); the kinds the report counts
+MUTATIONS: dict[str, tuple[str, Callable[[random.Random, Trees], Mutation]]] = {
+    "image.byte_flips": ("both", image_byte_flips),
+    "image.truncation": ("both", image_truncation),
+    **{f"xml.{kind}": ("voc", xml_field(kind)) for kind in VALUE_KINDS},
+    "xml.bytes": ("voc", xml_bytes),
+    "xml.crlf_bom": ("voc", xml_crlf_bom),
+    **{f"json.{kind}": ("coco", json_field(kind)) for kind in VALUE_KINDS},
+    "json.bytes": ("coco", json_bytes),
+    "json.bom": ("coco", json_bom),
+    "imagesets.blank_lines": ("voc", split_blank_lines),
+    "imagesets.spaces": ("voc", split_spaces),
+    "imagesets.crlf": ("voc", split_crlf),
+    "imagesets.bom": ("voc", split_bom),
+    "imagesets.odd_ids": ("voc", split_odd_ids),
+    "imagesets.bytes": ("voc", split_bytes),
+}
+
+
+# ------------------------------------------------------------------------------------------------
+# Running a case
+# ------------------------------------------------------------------------------------------------
+PER_IMAGE_FILES = (".jpg", ".png", ".xml")  # a problem in one of these concerns one image: "skip" drops it
+
+
+@dataclass
+class Outcome:
+    kind: str
+    seed: int
+    tree: str
+    result: str  # ok | skipped (error under "error", counted skip under "skip") | file_error | crash
+    detail: str
+    message: str = ""
+    seconds: float = 0.0
+
+
+def build_dataset(trees: Trees, tree: str, policy: str):
+    if tree == "voc":
+        return VOCDataset(trees.voc_root, "trainval", TREE_CLASSES, transform=TRANSFORM, on_bad_sample=policy)
+    return COCODataset(trees.coco_ann, trees.coco_images, class_names=TREE_CLASSES, transform=TRANSFORM,
+                       on_bad_sample=policy)
+
+
+def check_items(dataset) -> None:
+    """Read every item; AssertionError on anything non-finite or outside the image."""
+    for i in range(len(dataset)):
+        image, target = dataset[i]
+        assert image.dtype == torch.float32 and image.ndim == 3 and image.shape[0] == 3, image.shape
+        assert torch.isfinite(image).all() and image.min() >= 0 and image.max() <= 1
+        boxes, labels = target["boxes"], target["labels"]  # [N, 4], [N]
+        assert boxes.dtype == torch.float32 and torch.isfinite(boxes).all(), boxes
+        height, width = image.shape[1:]
+        if len(boxes):
+            assert (boxes[:, 2] > boxes[:, 0]).all() and (boxes[:, 3] > boxes[:, 1]).all(), boxes
+            assert boxes.min() >= 0 and (boxes[:, 2] <= width).all() and (boxes[:, 3] <= height).all(), boxes
+        assert ((labels >= 1) & (labels <= dataset.num_classes)).all(), labels
+
+
+def message_problem(message: str, mutation: Mutation) -> str | None:
+    """None when a DataError's message names the damaged file (and the field), else what is missing."""
+    if mutation.file.name not in message:
+        return f"the message does not name the damaged file {mutation.file.name}"
+    if mutation.field and not re.search(mutation.field, message, re.IGNORECASE):
+        return f"the message does not name the field ({mutation.field})"
+    return None
+
+
+@contextmanager
+def mutated(trees: Trees, kind: str, seed: int) -> Iterator[tuple[str, Mutation]]:
+    """The tree ("voc" / "coco") with case (kind, seed) applied, restored on exit."""
+    tree, mutate = MUTATIONS[kind]
+    rng = random.Random(f"{kind}:{seed}")
+    if tree == "both":
+        tree = rng.choice(("voc", "coco"))
+        mutation = mutate(rng, trees, tree)
+    else:
+        mutation = mutate(rng, trees)
+    try:
+        yield tree, mutation
+    finally:
+        trees.restore(mutation.file)
+
+
+def run_case(trees: Trees, kind: str, seed: int) -> Outcome:
+    """Mutate one file, load under "error" (and under "skip" when that raised), classify, restore."""
+    start = time.perf_counter()
+    with mutated(trees, kind, seed) as (tree, mutation):
+        outcome = Outcome(kind, seed, tree, "ok", mutation.detail)
+        outcome.result, outcome.message = _classify(trees, tree, mutation)
+    outcome.seconds = time.perf_counter() - start
+    if outcome.seconds > CASE_TIME_LIMIT_S:
+        outcome.result, outcome.message = "crash", f"took {outcome.seconds:.1f} s (a hang?) {outcome.message}"
+    return outcome
+
+
+def _classify(trees: Trees, tree: str, mutation: Mutation) -> tuple[str, str]:
+    try:
+        check_items(build_dataset(trees, tree, "error"))
+    except DataError as exc:
+        message = str(exc)
+    except Exception as exc:  # noqa: BLE001 - finding these is the fuzzer's job
+        return "crash", f"{type(exc).__name__}: {exc}"
+    else:
+        return "ok", ""
+    if mutation.harmless:
+        return "crash", f"a harmless mutation did not load: {message}"
+    problem = message_problem(message, mutation)
+    if problem:
+        return "crash", f"{problem}: {message}"
+    try:
+        dataset = build_dataset(trees, tree, "skip")
+        check_items(dataset)
+    except DataError as exc:
+        if mutation.file.suffix in PER_IMAGE_FILES:
+            return "crash", f"on_bad_sample=skip did not drop the image: {exc} (under error: {message})"
+        return "file_error", message  # the whole file is unusable: no policy can skip it
+    except Exception as exc:  # noqa: BLE001
+        return "crash", f"under on_bad_sample=skip: {type(exc).__name__}: {exc}"
+    if not dataset.skipped:
+        return "crash", f"on_bad_sample=skip loaded without counting a skip, but error raised: {message}"
+    return "skipped", message
+
+
+def run_cases(trees: Trees, cases_per_kind: int, seed: int = 0) -> list[Outcome]:
+    """``cases_per_kind`` seeded cases of every mutation kind."""
+    return [run_case(trees, kind, seed * 100_000 + k) for kind in MUTATIONS for k in range(cases_per_kind)]
+
+
+RESULTS = ("ok", "skipped", "file_error", "crash")
+
+
+def outcome_table(outcomes: list[Outcome]) -> str:
+    """Counts per mutation kind and result, as a Markdown table."""
+    counts = Counter((o.kind, o.result) for o in outcomes)
+    kinds = list(dict.fromkeys(o.kind for o in outcomes))
+    lines = ["| mutation | cases | " + " | ".join(RESULTS) + " |", "|---" * (len(RESULTS) + 2) + "|"]
+    for kind in kinds:
+        row = [counts[kind, r] for r in RESULTS]
+        lines.append(f"| {kind} | {sum(row)} | " + " | ".join(map(str, row)) + " |")
+    totals = [sum(counts[k, r] for k in kinds) for r in RESULTS]
+    lines.append(f"| **all** | {sum(totals)} | " + " | ".join(map(str, totals)) + " |")
+    return "\n".join(lines)
