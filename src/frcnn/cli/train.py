@@ -198,6 +198,9 @@ def run_job(cfg: DictConfig) -> float | None:
     Multirun: a failing job writes ``<job dir>/FAILED`` and returns None, and the sweep goes on
     (the sweep summary lists it as failed); DDPInMultirunError stops the sweep at once.
     """
+    from frcnn.cli.console import configure_console
+
+    configure_console()
     multirun = bool(_hydra_run().get("multirun"))
     try:
         metrics = train(cfg)
