@@ -120,9 +120,13 @@ JSON_VALUES: dict[str, list] = {
 }
 XML_FIELDS = ("size/width", "size/height", "filename", "object/name", "object/difficult", "object/bndbox",
               "object/bndbox/xmin", "object/bndbox/ymin", "object/bndbox/xmax", "object/bndbox/ymax", "object")
-XML_FIELD_NAMES = {"size/width": r"width|size", "size/height": r"height|size", "object/name": r"name|class", "object/bndbox": r"bndbox|box", "object": r"object",
-                   "filename": r"filename", "object/bndbox/xmin": r"xmin|box", "object/bndbox/ymin": r"ymin|box",
-                   "object/bndbox/xmax": r"xmax|box", "object/bndbox/ymax": r"ymax|box"}
+XML_FIELD_NAMES = {  # what a message about the field says: the tag, or the thing it describes (a box, a class)
+    "size/width": r"width|size", "size/height": r"height|size", "filename": r"filename", "object": r"object",
+    "object/name": r"name|class", "object/difficult": r"difficult", "object/bndbox": r"bndbox|box",
+    "object/bndbox/xmin": r"xmin|box", "object/bndbox/ymin": r"ymin|box", "object/bndbox/xmax": r"xmax|box",
+    "object/bndbox/ymax": r"ymax|box",
+}
+DUPLICATE_MARK = "\u2063duplicate\u2063"  # stands for a value while the JSON text gets a key twice
 JSON_FIELDS = ("images.id", "images.file_name", "images.width", "images.height", "annotations.id",
                "annotations.image_id", "annotations.category_id", "annotations.bbox", "annotations.bbox[]",
                "annotations.iscrowd", "categories.id", "categories.name", "images[]", "annotations[]",
@@ -188,8 +192,7 @@ def xml_field(kind: str) -> Callable[[random.Random, Trees], Mutation]:
         field_path = rng.choice(XML_FIELDS)
         detail = _mutate_element(rng, root, field_path, kind)
         path.write_bytes(ET.tostring(root, encoding="utf-8"))
-        name = XML_FIELD_NAMES.get(field_path, field_path.rpartition("/")[2])
-        return Mutation(path, detail, field=name)
+        return Mutation(path, detail, field=XML_FIELD_NAMES[field_path])
     return mutate
 
 
@@ -237,12 +240,10 @@ def json_field(kind: str) -> Callable[[random.Random, Trees], Mutation]:
                 detail = f"duplicated an entry of {field_path}"
             else:  # a key twice in one object: the JSON text holds both, the parser keeps the last
                 twin = rng.choice([container[key], *JSON_VALUES["negative"], *JSON_VALUES["huge"]])
-                text = json.dumps(data)
-                token = json.dumps(key) + ": "
-                start = text.find(token, text.find(json.dumps(container, allow_nan=True)[:20]))
-                if start < 0:
-                    start = text.find(token)
-                text = text[:start] + token + json.dumps(twin) + ", " + text[start:]
+                original, container[key] = container[key], DUPLICATE_MARK
+                pair = f"{json.dumps(key)}: "
+                text = json.dumps(data).replace(f"{pair}{json.dumps(DUPLICATE_MARK)}",
+                                                f"{pair}{json.dumps(twin)}, {pair}{json.dumps(original)}")
                 path.write_text(text)
                 return Mutation(path, f"{field_path} given twice (first {twin!r})", field=_json_field_regex(field_path))
         else:
