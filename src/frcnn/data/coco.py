@@ -58,8 +58,18 @@ def load_coco_json(ann_file: str | Path) -> dict:
 
 
 def is_coco_id(value: object) -> bool:
-    """COCO ids (image, category) are integers; a bool is not one."""
-    return isinstance(value, int) and not isinstance(value, bool)
+    """COCO ids (image, category) are integers (COCO itself) or strings (some COCO-style sets); a
+    bool, a float, a list or a mapping is not one."""
+    return isinstance(value, (int, str)) and not isinstance(value, bool)
+
+
+def _is_positive_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
+def id_order(value: int | str) -> tuple[bool, int | str]:
+    """Sort key of ids: integers ascending, then strings (a file may mix both)."""
+    return isinstance(value, str), value
 
 
 def select_categories(categories: list[dict], class_names: Sequence[str] | None, ann_file: str | Path
@@ -69,20 +79,20 @@ def select_categories(categories: list[dict], class_names: Sequence[str] | None,
     for k, category in enumerate(categories):
         if not (isinstance(category, dict) and is_coco_id(category.get("id"))
                 and isinstance(category.get("name"), str) and category["name"].strip()):
-            raise BadAnnotationError(f"{ann_file}: categories[{k}] needs an integer 'id' and a non-empty string "
-                                     f"'name', got {category!r}")
+            raise BadAnnotationError(f"{ann_file}: categories[{k}] needs an integer (or string) 'id' and a non-empty "
+                                     f"string 'name', got {category!r}")
         if category["id"] in names:
             raise BadAnnotationError(f"{ann_file}: categories[{k}]: category id {category['id']} appears twice")
         names[category["id"]] = category["name"]
     if class_names is None:
-        selected = sorted(names)
+        selected = sorted(names, key=id_order)
     else:
         by_name = {name: cat_id for cat_id, name in names.items()}
         unknown = [name for name in class_names if name not in by_name]
         if unknown:
             raise BadAnnotationError(f"data.classes names {unknown}, which are not categories of {ann_file} "
                                      f"(its categories: {sorted(by_name)})")
-        selected = sorted(by_name[name] for name in class_names)
+        selected = sorted((by_name[name] for name in class_names), key=id_order)
     if not selected:
         raise BadAnnotationError(f"{ann_file}: no categories")
     return names, {cat_id: label for label, cat_id in enumerate(selected, start=1)}
@@ -130,8 +140,9 @@ class COCODataset(FileDetectionDataset):
             where = f"{self.ann_file}: annotation id {ann_id} of image {images[image_id]['file_name']} (id {image_id})"
             category_id = ann.get("category_id")
             if not is_coco_id(category_id) or category_id not in category_names:
+                known = sorted(category_names, key=id_order)
                 bad_images.setdefault(image_id, BadAnnotationError(
-                    f"{where} has unknown category id {category_id!r} (categories: {sorted(category_names)})"))
+                    f"{where} has unknown category id {category_id!r} (categories: {known})"))
                 continue
             if category_id not in labels_by_category:
                 self.ignored_annotations += 1
@@ -157,7 +168,7 @@ class COCODataset(FileDetectionDataset):
             objects[image_id].append((box_xyxy, labels_by_category[category_id], bool(crowd)))
         image_names = list_dir_names(self.images_dir)
         records: list[ImageRecord] = []
-        for image_id in sorted(images):
+        for image_id in sorted(images, key=id_order):
             info = images[image_id]
             path = self.images_dir / info["file_name"]
             if image_id in bad_images:
@@ -176,17 +187,17 @@ class COCODataset(FileDetectionDataset):
                          skipped=skipped, description=f"COCO {self.ann_file}")
 
     def _index_images(self, entries: list, on_bad_sample: str, skipped: list) -> dict[int, dict]:
-        """{image id: image entry}; every entry needs an integer id, a file_name and positive integer
+        """{image id: image entry}; every entry needs an integer (or string) id, a file_name and positive integer
         width / height (an entry without them follows ``on_bad_sample``; an id given twice is an error)."""
         images: dict[int, dict] = {}
         for k, info in enumerate(entries):
             ok = isinstance(info, dict) and is_coco_id(info.get("id")) and isinstance(info.get("file_name"), str) \
-                and info["file_name"].strip() != "" and all(
-                    is_coco_id(info.get(key)) and info[key] > 0 for key in ("width", "height"))
+                and info["file_name"].strip() != "" and _is_positive_int(info.get("width")) \
+                and _is_positive_int(info.get("height"))
             if not ok:
                 reject_sample(on_bad_sample, skipped, self.ann_file, BadAnnotationError(
-                    f"{self.ann_file}: images[{k}] needs an integer 'id', a 'file_name' and positive integer "
-                    f"'width' / 'height', got {info!r}"))
+                    f"{self.ann_file}: images[{k}] needs an integer (or string) 'id', a 'file_name' and positive "
+                    f"integer 'width' / 'height', got {info!r}"))
                 continue
             if info["id"] in images:
                 raise BadAnnotationError(f"{self.ann_file}: images[{k}]: image id {info['id']} appears twice")
@@ -196,7 +207,7 @@ class COCODataset(FileDetectionDataset):
     def _record(self, image_id: int, info: dict, path: Path, objects: list) -> ImageRecord:
         """One image's record; boxes clipped to the image (an object outside it is an error)."""
         height, width = info["height"], info["width"]
-        boxes = np.asarray([box for box, _, _ in objects], dtype=np.float64).reshape(-1, 4)  # [N, 4], float32 once clipped
+        boxes = np.asarray([box for box, _, _ in objects], dtype=np.float64).reshape(-1, 4)  # [N, 4]; float32 clipped
         labels = np.asarray([label for _, label, _ in objects], dtype=np.int64)  # [N]
         crowd = np.asarray([is_crowd for _, _, is_crowd in objects], dtype=bool)  # [N]
         source = f"{self.ann_file} (image {info['file_name']}, id {image_id})"

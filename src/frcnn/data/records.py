@@ -196,8 +196,9 @@ class FileDetectionDataset(Dataset):
         if min(record.height, record.width) >= MIN_IMAGE_SIDE_PX:
             return True
         reject_sample(self.on_bad_sample, self.skipped, record.image_path, BadImageError(
-            f"{record.image_path}: image is {record.width}x{record.height} pixels (width x height per {record.source}); "
-            f"images need at least {MIN_IMAGE_SIDE_PX} px on each side (one cell of the stride-16 feature map)"))
+            f"{record.image_path}: image is {record.width}x{record.height} pixels (width x height per "
+            f"{record.source}); images need at least {MIN_IMAGE_SIDE_PX} px on each side (one cell of the stride-16 "
+            "feature map)"))
         return False
 
     def _verify_all_images(self) -> None:

@@ -72,7 +72,8 @@ def parse_voc_xml(xml_path: str | Path, class_index: Mapping[str, int]) -> dict:
 
     ``class_index`` maps a class name to its label 1..C. Boxes are converted by :func:`voc_box_to_xyxy`
     and clipped to the <size> of the image. Raises BadAnnotationError naming the file for: invalid XML,
-    no <size>, an object without <name> / <bndbox> / a coordinate, a non-numeric coordinate,
+    no <size> with positive integer width / height, an object without <name> / <bndbox> / a coordinate,
+    a coordinate that is not a finite number,
     xmax <= xmin or ymax <= ymin, a box outside the image, a class not in ``class_index``.
     """
     try:
@@ -175,11 +176,11 @@ class VOCDataset(FileDetectionDataset):
         image_ids = read_split_ids(split_file)
         if not image_ids:
             raise DatasetLayoutError(root, f"split file {split_file} lists no image ids (split {split!r} is empty)")
-        for line, image_id in enumerate(image_ids, start=1):
+        for position, image_id in enumerate(image_ids, start=1):
             problem = _id_problem(image_id)
             if problem:
                 reject_sample(on_bad_sample, skipped, split_file, BadAnnotationError(
-                    f"{split_file}: image id {image_id!r} (id {line} of the file) {problem}"))
+                    f"{split_file}: image id {image_id!r} (id {position} of the file) {problem}"))
                 continue
             xml_path = annotations / f"{image_id}.xml"
             if xml_path.name not in xml_names:
