@@ -478,6 +478,9 @@ def run_cases(trees: Trees, cases_per_kind: int, seed: int = 0) -> list[Outcome]
 
 
 RESULTS = ("ok", "skipped", "file_error", "crash")
+RESULT_LEGEND = ("ok: loads, every item finite | skipped: DataError naming the file and field under "
+                 "on_bad_sample=error, a counted skip under skip | file_error: DataError about the whole file "
+                 "(no policy can skip it) | crash: anything else (fails the test)")
 
 
 def outcome_table(outcomes: list[Outcome]) -> str:
@@ -490,4 +493,4 @@ def outcome_table(outcomes: list[Outcome]) -> str:
         lines.append(f"| {kind} | {sum(row)} | " + " | ".join(map(str, row)) + " |")
     totals = [sum(counts[k, r] for k in kinds) for r in RESULTS]
     lines.append(f"| **all** | {sum(totals)} | " + " | ".join(map(str, totals)) + " |")
-    return "\n".join(lines)
+    return "\n".join(lines + ["", RESULT_LEGEND])
