@@ -1,8 +1,8 @@
-"""The data readers under a seeded fuzzer (tests/fuzz_trees.py, tests/fuzz_mutations.py): 1,200 one-file mutations of a
-valid VOCdevkit and COCO tree, each ending in a load, a DataError naming the file and the field
-(counted as a skip under on_bad_sample=skip), or a file-level DataError; never another exception,
-a hang or a non-finite tensor. The outcome table prints with `pytest -s`; `python
-scripts/fuzz_report.py` runs the same fuzzer with other sizes and seeds.
+"""The data readers under a seeded fuzzer (tests/fuzz_trees.py, tests/fuzz_mutations.py): 1,200
+one-file mutations of a valid VOCdevkit and COCO tree, each ending in a load, a DataError naming
+the file and the field (counted as a skip under on_bad_sample=skip), or a file-level DataError;
+never another exception, a hang or a non-finite tensor. The outcome table prints with `pytest -s`;
+`python scripts/fuzz_report.py` runs the same fuzzer with other sizes and seeds.
 """
 
 from __future__ import annotations
