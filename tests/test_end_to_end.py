@@ -12,6 +12,7 @@ from frcnn.checkpoints import load_detector
 from frcnn.config import ConfigError, validate_config
 from frcnn.recipes import run_recipe
 from tests.conftest import REPO_ROOT
+from tests.test_console import console_problems
 
 TINY = ["recipe=joint", "data.num_train=64", "data.num_val=24", "schedule.joint.images_per_batch=4", "recipe.val_every_n_epochs=null"]
 
@@ -59,6 +60,8 @@ def test_cli_runs_with_overrides_and_writes_metrics(tmp_path):
     result = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "mAP" in result.stdout
+    assert console_problems(result.stdout, result.stderr) == []  # each line once, no foreign tips / deprecations
+    assert "[frcnn.backbones][WARNING] - backbone 'small' starts from RANDOM INIT" in result.stdout  # frcnn's kept
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert {"map_50", "map_voc07", "ap_per_class", "num_images"} <= set(metrics)
     assert (tmp_path / ".hydra" / "config.yaml").exists()

@@ -77,7 +77,7 @@ def build_trainer(cfg: Mapping[str, Any], stage_dir: Path, stage_name: str, max_
         strategy=trainer_cfg["strategy"], precision=trainer_cfg["precision"],
         max_steps=int(max_steps), max_epochs=-1,
         check_val_every_n_epoch=int(val_every_n_epochs) if val_every_n_epochs else None,
-        limit_val_batches=1.0 if val_every_n_epochs else 0,
+        limit_val_batches=None if val_every_n_epochs else 0,  # None: all batches, without Lightning's note
         log_every_n_steps=int(trainer_cfg["log_every_n_steps"]),
         enable_progress_bar=bool(trainer_cfg["enable_progress_bar"]),
         deterministic=bool(trainer_cfg.get("deterministic", False)),

@@ -141,6 +141,9 @@ def run(cfg) -> dict:
     """Hydra entry (scripts/eval.py): DictConfig -> plain dict -> :func:`evaluate_checkpoint`."""
     from omegaconf import OmegaConf
 
+    from frcnn.cli.console import configure_console
+
+    configure_console()
     logging.getLogger("frcnn").setLevel(logging.INFO)
     try:
         return evaluate_checkpoint(OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True))

@@ -62,6 +62,9 @@ def preflight(argv: Sequence[str], config_dir: str | Path, config_name: str = "t
             if text.lstrip("+").startswith(choice) and not _importable(module):
                 return (f"{text}: needs the Hydra plugin {module.split('.')[-1]!r}, which is not installed; "
                         f"install it with: pip install -e '.[{extra}]'")
+    problem = _group_choice_problem(args.overrides, Path(config_dir))
+    if problem:
+        return problem
     try:
         base, keys = _compose_for_key_check(args.overrides, Path(config_dir), config_name)
     except Exception:  # noqa: BLE001 - Hydra reports composition errors itself
@@ -70,6 +73,61 @@ def preflight(argv: Sequence[str], config_dir: str | Path, config_name: str = "t
         check_override_keys(base, keys)
     except ConfigError as exc:
         return str(exc)
+    return _composition_problem(args.overrides, Path(config_dir), config_name)
+
+
+def _plain_overrides(overrides: Sequence[str]) -> list:
+    """Parsed overrides that are not ``hydra.*`` (those are Hydra's to check)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parser = OverridesParser.create()
+    parsed = [parser.parse_override(text) for text in overrides]
+    return [override for override in parsed if not override.is_hydra_override()]
+
+
+def _group_choice_problem(overrides: Sequence[str], config_dir: Path) -> str | None:
+    """'rpn=nope: config group rpn has no option 'nope' (options: default)' for a group choice
+    that names no file of its group (Hydra's own message lists its search path instead)."""
+    try:
+        parsed = _plain_overrides(overrides)
+    except Exception:  # noqa: BLE001 - a syntax error: Hydra reports it with the grammar
+        return None
+    for override in parsed:
+        group = override.key_or_group
+        if not (config_dir / group).is_dir() or override.is_delete():
+            continue
+        values = list(override.sweep_string_iterator()) if override.is_sweep_override() else [override.value()]
+        for value in values:
+            if not isinstance(value, str) or not (config_dir / group / f"{value}.yaml").is_file():
+                options = sorted(str(p.relative_to(config_dir / group).with_suffix(""))
+                                 for p in (config_dir / group).rglob("*.yaml"))
+                return (f"{override.input_line}: config group {group} has no option {value!r} "
+                        f"(options: {', '.join(options)})")
+    return None
+
+
+def _composition_problem(overrides: Sequence[str], config_dir: Path, config_name: str) -> str | None:
+    """The first override Hydra cannot apply to the config (a mapping or a list where the config
+    holds the other kind, ...), named with Hydra's reason; None when the command line composes.
+    Sweeps (``a,b``) are left to Hydra, which composes each job itself."""
+    from hydra import compose, initialize_config_dir
+
+    parsed = _plain_overrides(overrides)
+    if any(override.is_sweep_override() for override in parsed):
+        return None
+    texts = [override.input_line for override in parsed]
+    with initialize_config_dir(version_base="1.3", config_dir=str(config_dir.resolve())):
+        try:
+            compose(config_name, overrides=texts)
+            return None
+        except Exception:  # noqa: BLE001 - find the override that breaks it, below
+            pass
+        for k, text in enumerate(texts):
+            try:
+                compose(config_name, overrides=texts[: k + 1])
+            except Exception as exc:  # noqa: BLE001 - Hydra's errors have no common base we could name
+                reason = str(exc.__cause__ or exc).strip().splitlines()[0]
+                return f"{text}: cannot be applied to the config ({reason})"
     return None
 
 
@@ -199,6 +257,9 @@ def run_job(cfg: DictConfig) -> float | None:
     Multirun: a failing job writes ``<job dir>/FAILED`` and returns None, and the sweep goes on
     (the sweep summary lists it as failed); DDPInMultirunError stops the sweep at once.
     """
+    from frcnn.cli.console import configure_console
+
+    configure_console()
     multirun = bool(_hydra_run().get("multirun"))
     try:
         metrics = train(cfg)
