@@ -5,6 +5,7 @@ test checks that frcnn refuses it with a message naming the file, and that the m
 """
 
 import builtins
+import re
 import subprocess
 import sys
 
@@ -197,3 +198,34 @@ def test_an_older_detector_file_with_omegaconf_values_is_refused_then_converted(
     assert convert_main([str(old), str(tmp_path / "new.pt"), "--trust-source"]) == 0
     model, names = load_detector(tmp_path / "new.pt")
     assert names == ["cat", "dog"] and all(torch.equal(model.state_dict()[k], v) for k, v in state.items())
+
+
+@pytest.mark.parametrize("bad", ["crafted backbone weights", "truncated image"])
+def test_train_stops_with_one_line_naming_a_bad_file_from_outside(tmp_path, capsys, bad):
+    """run_job (the train.py task): a bad weights file or data file -> exit 2, one line naming it."""
+    from tests.data_trees import TREE_CLASSES, truncate_file, write_voc_tree
+
+    from frcnn.cli.train import run_job
+
+    overrides = ["recipe=joint", "logger=none", "schedule.joint.max_steps=1", "schedule.joint.lr_steps=[1]"]
+    if bad == "crafted backbone weights":
+        overrides += ["data.num_train=2", "data.num_val=1"]
+        path = tmp_path / "weights.pth"
+        torch.save({"body.0.weight": CreatesFileWhenUnpickled(tmp_path / "PWNED")}, path)
+        overrides.append(f"backbone.weights={path}")
+        expected = rf"{path}: refused: this backbone weights file {REFUSED}"
+    else:
+        root = write_voc_tree(tmp_path / "VOC2007")
+        path = sorted((root / "JPEGImages").iterdir())[0]
+        truncate_file(path)
+        overrides += ["data=voc", f"data.root={root}", f"data.classes=[{','.join(TREE_CLASSES)}]", "data.scales=[64]",
+                      "data.verify_images=true"]
+        expected = rf"{path.name}"
+    cfg = OmegaConf.create(compose_config(overrides, tmp_path / "run"))
+    with pytest.raises(SystemExit) as stop:
+        run_job(cfg)
+    err = capsys.readouterr().err
+    lines = [line for line in err.strip().splitlines() if line.startswith("error:")]
+    assert stop.value.code == 2 and len(lines) == 1 and "Traceback" not in err
+    assert re.search(expected, lines[0]), lines[0]
+    assert not (tmp_path / "PWNED").exists()

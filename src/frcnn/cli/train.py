@@ -20,6 +20,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from frcnn.config import ConfigError, check_override_keys, validate_config
+from frcnn.data.validation import DataError
 from frcnn.safe_load import UnreadableFileError
 
 log = logging.getLogger(__name__)
@@ -253,7 +254,8 @@ def train(cfg: DictConfig | Mapping[str, Any]) -> dict:
 def run_job(cfg: DictConfig) -> float | None:
     """The Hydra task of train.py: the job's map_50 (what an Optuna sweep maximises).
 
-    Single run: a config error prints one line and exits with status 2; other errors raise.
+    Single run: a config error, or a bad file from outside (weights, checkpoint, data), prints one
+    line naming it and exits with status 2; other errors raise.
     Multirun: a failing job writes ``<job dir>/FAILED`` and returns None, and the sweep goes on
     (the sweep summary lists it as failed); DDPInMultirunError stops the sweep at once.
     """
@@ -271,7 +273,8 @@ def run_job(cfg: DictConfig) -> float | None:
             if isinstance(exc, ConfigError):
                 print(f"Config error: {exc}", file=sys.stderr, flush=True)
                 raise SystemExit(2) from exc
-            if isinstance(exc, (FileNotFoundError, UnreadableFileError)):  # weights / checkpoint files: one line
+            if isinstance(exc, (FileNotFoundError, UnreadableFileError, DataError)):
+                # a file from outside (weights, checkpoint, image, annotation) named in one line
                 print(f"error: {exc}", file=sys.stderr, flush=True)
                 raise SystemExit(2) from None
             raise
