@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from frcnn.checkpoints import atomic_write_json
+from frcnn.atomic_io import atomic_write_json
 from frcnn.config import ConfigError
 
 log = logging.getLogger(__name__)

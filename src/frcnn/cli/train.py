@@ -19,7 +19,9 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from frcnn.atomic_io import WRITE_ERROR_EXIT_STATUS, describe_write_error, is_write_error
 from frcnn.config import ConfigError, check_override_keys, validate_config
+from frcnn.run_lock import LOCKED_EXIT_STATUS, RunDirLocked
 
 log = logging.getLogger(__name__)
 
@@ -197,6 +199,9 @@ def run_job(cfg: DictConfig) -> float | None:
     Single run: a config error prints one line and exits with status 2; other errors raise.
     Multirun: a failing job writes ``<job dir>/FAILED`` and returns None, and the sweep goes on
     (the sweep summary lists it as failed); DDPInMultirunError stops the sweep at once.
+    In both, a run dir held by another process (frcnn.run_lock) prints one line naming the holder and
+    exits with status 2, and a failed write (full disk, I/O error: frcnn.atomic_io) prints one line
+    naming the file and the error and exits with status 74 (EX_IOERR), without a traceback.
     """
     multirun = bool(_hydra_run().get("multirun"))
     try:
@@ -204,7 +209,13 @@ def run_job(cfg: DictConfig) -> float | None:
     except DDPInMultirunError as exc:
         print(f"Config error: {exc}", file=sys.stderr, flush=True)
         raise SystemExit(2) from exc
+    except RunDirLocked as exc:  # another process trains there: never write into its run dir
+        print(f"Run dir locked: {exc}", file=sys.stderr, flush=True)
+        raise SystemExit(LOCKED_EXIT_STATUS) from exc
     except Exception as exc:
+        if is_write_error(exc):  # a full disk fails every later job of a sweep too: stop here
+            print(f"Write error: {describe_write_error(exc)}", file=sys.stderr, flush=True)
+            raise SystemExit(WRITE_ERROR_EXIT_STATUS) from exc
         if not multirun:
             if isinstance(exc, ConfigError):
                 print(f"Config error: {exc}", file=sys.stderr, flush=True)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from frcnn.checkpoints import atomic_write_json
+from frcnn.atomic_io import atomic_write_json, atomic_write_text
 from frcnn.evaluation.plots import plot_pr_curves, plot_proposal_recall
 from frcnn.evaluation.voc_ap import format_markdown_table
 
@@ -26,7 +26,7 @@ def write_evaluation_report(metrics: dict, pr_curves: dict, out_dir: str | Path,
         atomic_write_json(metrics, out_dir / "metrics.json")
         written["metrics.json"] = out_dir / "metrics.json"
     table = out_dir / "ap_table.md"
-    table.write_text(format_markdown_table(metrics) + "\n")
+    atomic_write_text(format_markdown_table(metrics) + "\n", table)
     written["ap_table.md"] = table
     written["pr_curves.png"] = plot_pr_curves(pr_curves, out_dir / "pr_curves.png")
     if "proposal_recall" in metrics:
