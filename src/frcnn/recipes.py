@@ -280,11 +280,12 @@ def finalize(cfg, run_dir: Path, model, class_names, datamodule, timings: dict[s
     timings["evaluation"] = time.perf_counter() - start
     metrics["recipe"] = cfg["recipe"]["name"]
     metrics["stage_seconds"] = timings
-    written = write_evaluation_report(metrics, pr_curves, run_dir)  # metrics.json, ap_table.md, PR + recall PNGs
+    written = write_evaluation_report(metrics, pr_curves, run_dir, write_metrics=False)  # ap_table.md, PR + recall PNGs
     logger = build_logger(cfg["logger"], run_dir, run_dir.name, "final", config=dict(cfg))
     log_final_results(logger, metrics, {name: path for name, path in written.items() if name.endswith(".png")},
                       pictures)  # W&B: run summary + images; CSV: csv/final/metrics.csv + PNGs
     finish_logger(logger)
+    atomic_write_json(metrics, run_dir / "metrics.json")  # last: with final/model.pt it marks the run finished
     print(format_table(metrics))
     print(format_recall_table(metrics["proposal_recall"]))
     print(f"metrics written to {run_dir / 'metrics.json'}")

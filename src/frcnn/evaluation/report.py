@@ -16,15 +16,12 @@ def write_evaluation_report(metrics: dict, pr_curves: dict, out_dir: str | Path,
     """Write the files of :data:`REPORT_FILES` for ``evaluate_full``'s (metrics, pr_curves) into ``out_dir``.
 
     ``write_metrics=False`` leaves metrics.json to the caller (e.g. a recipe that adds its own keys
-    first). proposal_recall.png is written only when ``metrics`` holds ``proposal_recall``.
+    first). metrics.json is written last: its presence says the evaluation is complete. proposal_recall.png is written only when ``metrics`` holds ``proposal_recall``.
     -> {file name: path} of what was written.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     written: dict[str, Path] = {}
-    if write_metrics:
-        atomic_write_json(metrics, out_dir / "metrics.json")
-        written["metrics.json"] = out_dir / "metrics.json"
     table = out_dir / "ap_table.md"
     atomic_write_text(format_markdown_table(metrics) + "\n", table)
     written["ap_table.md"] = table
@@ -32,4 +29,7 @@ def write_evaluation_report(metrics: dict, pr_curves: dict, out_dir: str | Path,
     if "proposal_recall" in metrics:
         recall_png = out_dir / "proposal_recall.png"
         written["proposal_recall.png"] = plot_proposal_recall(metrics["proposal_recall"], recall_png)
+    if write_metrics:  # last: a run dir with metrics.json is finished (frcnn.resume.finished_metrics)
+        atomic_write_json(metrics, out_dir / "metrics.json")
+        written["metrics.json"] = out_dir / "metrics.json"
     return written
