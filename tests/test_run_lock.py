@@ -47,6 +47,7 @@ def _kill(process, signum=signal.SIGKILL):
     process.wait(timeout=30)
 
 
+@pytest.mark.slow  # one real train.py start (refused before any training)
 def test_second_train_is_refused_naming_the_holder_and_a_sigkilled_holder_is_taken_over(tmp_path):
     run_dir = tmp_path / "run"
     first = _start_holder(run_dir)
