@@ -18,7 +18,7 @@ from PIL import Image
 from frcnn import recipes
 from frcnn.atomic_io import (WRITE_ERROR_EXIT_STATUS, WriteFailed, atomic_save_figure, atomic_torch_save,
                              atomic_write, atomic_write_bytes, atomic_write_json, atomic_write_text,
-                             describe_write_error, naming_write_errors)
+                             describe_write_error, is_write_error, naming_write_errors)
 from frcnn.evaluation.plots import _new_figure
 from frcnn.faults import WRITE_FAULT_ENV, parse_write_fault, reset_write_faults
 from frcnn.lit.checkpoint_io import AtomicCheckpointIO
@@ -112,6 +112,16 @@ def test_an_error_or_interrupt_in_the_middle_of_a_write_removes_the_tmp(tmp_path
     with pytest.raises(KeyboardInterrupt):
         atomic_write(path, half_then(KeyboardInterrupt()))
     assert path.read_bytes() == b"old" and [p.name for p in tmp_path.iterdir()] == ["model.pt"]
+
+
+def test_which_errors_are_reported_as_a_failed_write():
+    foreign = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))  # another library's writer, no path
+    assert is_write_error(foreign)
+    assert describe_write_error(foreign).startswith("cannot write a file of the run (the writer did not name it): "
+                                                    "No space left on device (ENOSPC)")
+    assert is_write_error(WriteFailed(errno.EIO, os.strerror(errno.EIO), "x"))
+    assert not is_write_error(OSError(errno.EIO, "read failed"))  # a read meets EIO too: not called a write
+    assert not is_write_error(FileNotFoundError(errno.ENOENT, "absent", "x"))
 
 
 def test_write_fault_variable_is_parsed_or_named_when_wrong():

@@ -27,9 +27,10 @@ from frcnn.faults import write_fault_point
 
 WRITE_ERROR_EXIT_STATUS = 74  # EX_IOERR of sysexits.h: "an error occurred while doing I/O on some file"
 TMP_SUFFIX = ".tmp"
-# errnos of a storage that cannot take the write (full, over quota, too big, failing, read-only):
-# from any writer, frcnn reports them in one line instead of a traceback
-DISK_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO, errno.EROFS})
+# errnos that only a write can meet (full, over quota, too big, read-only): from any writer, even one
+# that is not frcnn's, they are reported in one line. EIO is not among them (a read meets it too):
+# it is reported so when it comes from frcnn's writers, as WriteFailed.
+DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS})
 
 
 class WriteFailed(OSError):
@@ -38,8 +39,8 @@ class WriteFailed(OSError):
 
 
 def is_write_error(exc: BaseException) -> bool:
-    """A failed write of a run file: :class:`WriteFailed`, or any OSError with a disk errno."""
-    return isinstance(exc, WriteFailed) or (isinstance(exc, OSError) and exc.errno in DISK_ERRNOS)
+    """A failed write of a run file: :class:`WriteFailed`, or any OSError of :data:`DISK_FULL_ERRNOS`."""
+    return isinstance(exc, WriteFailed) or (isinstance(exc, OSError) and exc.errno in DISK_FULL_ERRNOS)
 
 
 def describe_write_error(exc: OSError) -> str:

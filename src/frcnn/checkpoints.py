@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from frcnn.atomic_io import atomic_torch_save, atomic_write_json, atomic_write_text  # noqa: F401 (the writers live there)
+from frcnn.atomic_io import atomic_torch_save, atomic_write_json, atomic_write_text  # noqa: F401 (re-exported)
 from frcnn.backbones import WEIGHTS_FROM_DETECTOR
 from frcnn.factory import build_model
 from frcnn.model import UnsharedFasterRCNN

@@ -16,7 +16,8 @@ def write_evaluation_report(metrics: dict, pr_curves: dict, out_dir: str | Path,
     """Write the files of :data:`REPORT_FILES` for ``evaluate_full``'s (metrics, pr_curves) into ``out_dir``.
 
     ``write_metrics=False`` leaves metrics.json to the caller (e.g. a recipe that adds its own keys
-    first). metrics.json is written last: its presence says the evaluation is complete. proposal_recall.png is written only when ``metrics`` holds ``proposal_recall``.
+    first). metrics.json is written last: its presence says the evaluation is complete.
+    proposal_recall.png is written only when ``metrics`` holds ``proposal_recall``.
     -> {file name: path} of what was written.
     """
     out_dir = Path(out_dir)
