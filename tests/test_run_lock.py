@@ -47,7 +47,6 @@ def _kill(process, signum=signal.SIGKILL):
     process.wait(timeout=30)
 
 
-@pytest.mark.slow  # one real train.py start (refused before any training)
 def test_second_train_is_refused_naming_the_holder_and_a_sigkilled_holder_is_taken_over(tmp_path):
     run_dir = tmp_path / "run"
     first = _start_holder(run_dir)
@@ -60,7 +59,7 @@ def test_second_train_is_refused_naming_the_holder_and_a_sigkilled_holder_is_tak
         assert len(refusal) == 1 and "Traceback" not in second.stderr
         assert f"is in use by pid {first.pid} on host {socket.gethostname()}, started 20" in refusal[0]
         assert "UTC" in refusal[0] and str(run_dir) in refusal[0]
-        assert not (run_dir / "run_config.json").exists()  # the refused process wrote nothing of frcnn's
+        assert sorted(p.name for p in run_dir.iterdir()) == [LOCK_FILE]  # refused before Hydra wrote anything
     finally:
         _kill(first)  # SIGKILL: no cleanup; the kernel drops the flock, the record stays
 
@@ -109,6 +108,20 @@ def test_only_rank_zero_takes_the_lock_and_run_recipe_releases_it(compose_cfg, t
         with pytest.raises(RuntimeError, match="stage failed"):
             recipes.run_recipe(cfg, tmp_path / "run1")
     assert json.loads(seen["record"])["pid"] == os.getpid()  # the holder's record, untouched
+
+
+def test_a_run_dir_taken_after_start_up_is_refused_by_the_task_in_one_line(compose_cfg, tmp_path, capsys):
+    from omegaconf import OmegaConf
+
+    from frcnn.cli.train import run_job
+
+    cfg = OmegaConf.create(compose_cfg(["recipe=joint", "logger=none"], tmp_path))
+    with RunDirLock(tmp_path):  # e.g. the run dir Hydra named by the time of day, taken meanwhile
+        with pytest.raises(SystemExit) as exited:
+            run_job(cfg)
+    assert exited.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"Run dir locked: run dir {tmp_path} is in use by pid {os.getpid()}")
 
 
 @pytest.fixture

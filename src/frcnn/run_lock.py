@@ -9,7 +9,9 @@ still runs, would otherwise have two processes writing the same checkpoints. The
 - inside the file, a JSON record of the holder (pid, host, start time, command), written once the
   lock is taken and emptied when it is released normally.
 
-A second process is refused at once (:class:`RunDirLocked`, exit status 2) with the holder named.
+A second process is refused at once (:class:`RunDirLocked`, exit status 2) with the holder named;
+``train.py`` looks (:meth:`RunDirLock.check_free`) before Hydra writes into a run dir given on its
+command line, and the recipe takes the lock (frcnn.recipes.run_recipe).
 A process that takes the lock and finds a record left behind knows its writer ended without
 releasing it (killed, crashed, its node lost) and says so in a log line: the lock is stale and
 taken over. The lock file itself is never deleted (deleting a lock file races with a process that
@@ -109,6 +111,22 @@ class RunDirLock:
             raise
         self._fd = fd
         return self
+
+    def check_free(self) -> None:
+        """Raise :class:`RunDirLocked` naming the holder when another process holds the lock; take
+        nothing and create nothing (a look before Hydra writes its files into the run dir)."""
+        try:
+            fd = os.open(self.path, os.O_RDWR)
+        except OSError:  # no lock file (a new run dir) or not readable: acquire() decides later
+            return
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise RunDirLocked(self._refusal(self._read(fd))) from None
+        except OSError:  # no OS locks here: acquire() falls back to the record
+            pass
+        finally:
+            os.close(fd)  # drops the lock if it was taken
 
     def release(self) -> None:
         """Empty the record and drop the lock (normal end of the run, or an error that ends it)."""

@@ -21,7 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from frcnn.atomic_io import WRITE_ERROR_EXIT_STATUS, describe_write_error, is_write_error
 from frcnn.config import ConfigError, check_override_keys, validate_config
-from frcnn.run_lock import LOCKED_EXIT_STATUS, RunDirLocked
+from frcnn.run_lock import LOCKED_EXIT_STATUS, RunDirLock, RunDirLocked
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +71,22 @@ def preflight(argv: Sequence[str], config_dir: str | Path, config_name: str = "t
         check_override_keys(base, keys)
     except ConfigError as exc:
         return str(exc)
+    return None
+
+
+def run_dir_in_use(argv: Sequence[str]) -> str | None:
+    """The refusal when the command names its run dir (``hydra.run.dir=<path>``, single run) and
+    another process holds that run dir's lock, else None. Checked before Hydra starts, because Hydra
+    writes ``.hydra/`` and ``train.log`` into the run dir before the task runs; the task itself takes
+    the lock (frcnn.recipes.run_recipe), so a run dir Hydra names by the time of day is covered there."""
+    if any(arg in ("-m", "--multirun") for arg in argv):
+        return None
+    for arg in argv:
+        if arg.startswith("hydra.run.dir=") and "${" not in arg:
+            try:
+                RunDirLock(arg.split("=", 1)[1].strip("'\"")).check_free()
+            except RunDirLocked as exc:
+                return str(exc)
     return None
 
 
