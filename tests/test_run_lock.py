@@ -75,6 +75,20 @@ def test_second_train_is_refused_naming_the_holder_and_a_sigkilled_holder_is_tak
     assert "its lock is stale" in stderr
 
 
+# a holder with a forked child (as a data loader worker is) that outlives it by 2 s
+HOLDER_WITH_CHILD = HOLDER.replace('print("locked"', 'import os\nif os.fork() == 0:\n    time.sleep(2)\n    os._exit(0)\nprint("locked"')
+
+
+def test_a_sigkilled_holder_whose_child_still_runs_is_waited_for_then_taken_over(tmp_path):
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER_WITH_CHILD, str(tmp_path)], env=_env(),
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "locked", holder.stderr.read()
+    _kill(holder)  # the child keeps the lock file open for up to 2 s more
+    lock = RunDirLock(tmp_path).acquire()
+    assert lock.took_over["pid"] == holder.pid
+    lock.release()
+
+
 def test_lock_is_released_at_the_end_and_on_errors(tmp_path):
     with RunDirLock(tmp_path) as lock:
         assert lock.held and json.loads((tmp_path / LOCK_FILE).read_text())["pid"] == os.getpid()
@@ -87,6 +101,21 @@ def test_lock_is_released_at_the_end_and_on_errors(tmp_path):
     again = RunDirLock(tmp_path).acquire()
     assert again.took_over is None  # the error released it cleanly too
     again.release()
+
+
+def test_release_is_not_kept_back_by_forked_children(tmp_path):
+    import multiprocessing
+    import time
+
+    lock = RunDirLock(tmp_path).acquire()
+    child = multiprocessing.get_context("fork").Process(target=time.sleep, args=(60,))  # a data loader worker
+    child.start()  # inherits the open lock file
+    try:
+        lock.release()
+        RunDirLock(tmp_path).acquire().release()  # free although the child still has the file open
+    finally:
+        child.kill()
+        child.join()
 
 
 def test_only_rank_zero_takes_the_lock_and_run_recipe_releases_it(compose_cfg, tmp_path, monkeypatch):

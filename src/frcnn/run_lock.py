@@ -138,7 +138,11 @@ class RunDirLock:
         except OSError as exc:  # e.g. the device failed: the next start reports a stale lock, no harm
             log.warning("run dir %s: could not clear %s (%s)", self.run_dir, self.path, exc)
         finally:
-            os.close(fd)  # the kernel drops the flock
+            try:  # explicitly: forked children (data loader workers) share the open file and would keep it
+                fcntl.flock(fd, fcntl.LOCK_UN)
+            except OSError:
+                pass
+            os.close(fd)
 
     def __enter__(self) -> RunDirLock:
         return self.acquire()
