@@ -19,12 +19,13 @@ has it open), so an empty ``.frcnn.lock`` in a finished run dir is normal.
 
 Other hosts. On NFSv4 (and Linux NFSv3 with lockd) flock is carried out as an NFS byte-range
 lock: a holder on another host is seen, and when that host is lost the server frees its lock once
-the client's lease expires (about 90 s by default), after which the next start takes it over. On a
-file system without locks (flock fails: ENOLCK / EOPNOTSUPP, e.g. NFS mounted ``nolock``), frcnn
-falls back to the record and warns that exclusion is then best effort: a live holder on this host
-(its pid runs) is refused, a dead one on this host is taken over, and a holder on another host is
-refused with the command to remove the file if that host is gone, since its liveness cannot be
-checked from here.
+the client's lease expires (about 90 s by default), after which the next start takes it over. Where
+flock fails (ENOLCK: NFSv3 without a lock daemon; ENOSYS / EOPNOTSUPP: e.g. Lustre mounted
+``noflock``), frcnn falls back to the record and warns that exclusion is then best effort: a live
+holder on this host (its pid runs) is refused, a dead one on this host is taken over, and a holder
+on another host is refused with the command to remove the file if that host is gone, since its
+liveness cannot be checked from here. Mounts that keep locks local to each client (NFS ``nolock``,
+Lustre ``localflock``) exclude processes on the same host only; frcnn cannot tell them apart.
 """
 
 from __future__ import annotations
