@@ -4,39 +4,16 @@ read back by :func:`load_detector` without unpickling anything but tensors and p
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from frcnn.atomic_io import atomic_torch_save, atomic_write_json, atomic_write_text  # noqa: F401 (re-exported)
 from frcnn.backbones import WEIGHTS_FROM_DETECTOR
 from frcnn.factory import build_model
 from frcnn.model import UnsharedFasterRCNN
 from frcnn.safe_load import UnsafeFileError, read_torch_file
-
-
-def atomic_torch_save(obj: Any, path: str | Path) -> None:
-    """Write to a temporary name then rename, so a killed writer never leaves a half file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
-def atomic_write_text(text: str, path: str | Path) -> None:
-    """Write text to a temporary name then rename (a reader sees the old file or the whole new one)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
-def atomic_write_json(obj: Any, path: str | Path) -> None:
-    atomic_write_text(json.dumps(obj, indent=2, sort_keys=True), path)
-
 
 DETECTOR_FORMAT = "frcnn-detector-v1"
 CONVERT_HINT = ("if it is a detector file written by an older frcnn and you trust its source, convert it with: "

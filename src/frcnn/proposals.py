@@ -17,7 +17,7 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import Dataset
 
-from frcnn.checkpoints import atomic_torch_save
+from frcnn.atomic_io import atomic_torch_save
 from frcnn.data.transforms import paper_scale_factor
 from frcnn.rpn import ProposalSettings
 from frcnn.safe_load import read_torch_file

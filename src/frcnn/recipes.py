@@ -5,10 +5,12 @@ Run directory layout:
     <run_dir>/<stage>/DONE                    marker: the stage finished
     <run_dir>/final/model.pt                  the unified detector
     <run_dir>/metrics.json                    final evaluation
+    <run_dir>/.frcnn.lock                     held by the process training here (frcnn.run_lock)
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import sys
@@ -23,7 +25,8 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
-from frcnn.checkpoints import atomic_torch_save, atomic_write_json, atomic_write_text, save_detector
+from frcnn.atomic_io import atomic_torch_save, atomic_write_json, atomic_write_text
+from frcnn.checkpoints import save_detector
 from frcnn.data.build import build_dataset
 from frcnn.data.datamodule import DetectionDataModule
 from frcnn.evaluation.evaluate import evaluate_full
@@ -32,6 +35,7 @@ from frcnn.evaluation.report import write_evaluation_report
 from frcnn.evaluation.voc_ap import format_table
 from frcnn.faults import fault_point
 from frcnn.lit.callbacks import CheckpointOnSigterm, FaultPoint, StepSeed, seed_stage
+from frcnn.lit.checkpoint_io import AtomicCheckpointIO
 from frcnn.lit.guards import LossGuard
 from frcnn.lit.joint import JointModule
 from frcnn.lit.stages import StageModule
@@ -40,6 +44,7 @@ from frcnn.model import UnsharedFasterRCNN
 from frcnn.proposals import ProposalDataset, generate_proposal_file, load_proposal_file
 from frcnn.resume import check_run_config, finished_metrics, resume_checkpoint
 from frcnn.rpn import ProposalSettings
+from frcnn.run_lock import RunDirLock
 from frcnn.safe_load import read_torch_file
 from frcnn.tracking import build_logger, finish_logger, log_final_results
 
@@ -84,6 +89,7 @@ def build_trainer(cfg: Mapping[str, Any], stage_dir: Path, stage_name: str, max_
         gradient_clip_val=cfg["optim"].get("gradient_clip_norm"),
         default_root_dir=str(stage_dir), logger=logger, callbacks=[checkpoint, *(extra_callbacks or [])],
         num_sanity_val_steps=0, enable_model_summary=False,
+        plugins=[AtomicCheckpointIO()],  # last.ckpt: .tmp beside it, fsync, rename; the old one survives a failed write
     )
 
 
@@ -278,11 +284,12 @@ def finalize(cfg, run_dir: Path, model, class_names, datamodule, timings: dict[s
     timings["evaluation"] = time.perf_counter() - start
     metrics["recipe"] = cfg["recipe"]["name"]
     metrics["stage_seconds"] = timings
-    written = write_evaluation_report(metrics, pr_curves, run_dir)  # metrics.json, ap_table.md, PR + recall PNGs
+    written = write_evaluation_report(metrics, pr_curves, run_dir, write_metrics=False)  # ap_table.md, PR + recall PNGs
     logger = build_logger(cfg["logger"], run_dir, run_dir.name, "final", config=dict(cfg))
     log_final_results(logger, metrics, {name: path for name, path in written.items() if name.endswith(".png")},
                       pictures)  # W&B: run summary + images; CSV: csv/final/metrics.csv + PNGs
     finish_logger(logger)
+    atomic_write_json(metrics, run_dir / "metrics.json")  # last: with final/model.pt it marks the run finished
     print(format_table(metrics))
     print(format_recall_table(metrics["proposal_recall"]))
     print(f"metrics written to {run_dir / 'metrics.json'}")
@@ -298,12 +305,14 @@ def run_recipe(cfg: Mapping[str, Any], run_dir: str | Path) -> dict:
     if name not in RECIPES:
         raise ValueError(f"recipe={name!r}; allowed: {sorted(RECIPES)}")
     run_dir = Path(run_dir)
-    if rank_zero_only.rank == 0:
-        check_run_config(cfg, run_dir)  # refuses a changed config in a used run dir
-    done = finished_metrics(run_dir)
-    if done is not None:
-        print(f"run in {run_dir} is already finished (map_50={done.get('map_50')}, metrics in "
-              f"{run_dir / 'metrics.json'}); nothing to do")
-        return done
-    L.seed_everything(int(cfg.get("seed", 0)), workers=True)
-    return RECIPES[name](cfg, run_dir)
+    # one writer per run dir: rank 0 holds the lock for the whole run (the other ranks are its children)
+    with RunDirLock(run_dir) if rank_zero_only.rank == 0 else contextlib.nullcontext():
+        if rank_zero_only.rank == 0:
+            check_run_config(cfg, run_dir)  # refuses a changed config in a used run dir
+        done = finished_metrics(run_dir)
+        if done is not None:
+            print(f"run in {run_dir} is already finished (map_50={done.get('map_50')}, metrics in "
+                  f"{run_dir / 'metrics.json'}); nothing to do")
+            return done
+        L.seed_everything(int(cfg.get("seed", 0)), workers=True)
+        return RECIPES[name](cfg, run_dir)

@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from frcnn.checkpoints import atomic_write_json
+from frcnn.atomic_io import atomic_write_json
 from frcnn.config import ConfigError
 from frcnn.safe_load import read_torch_file
 

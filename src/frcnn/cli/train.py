@@ -19,8 +19,10 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from frcnn.atomic_io import WRITE_ERROR_EXIT_STATUS, describe_write_error, is_write_error
 from frcnn.config import ConfigError, check_override_keys, validate_config
 from frcnn.data.validation import DataError
+from frcnn.run_lock import LOCKED_EXIT_STATUS, RunDirLock, RunDirLocked
 from frcnn.safe_load import UnreadableFileError
 
 log = logging.getLogger(__name__)
@@ -129,6 +131,22 @@ def _composition_problem(overrides: Sequence[str], config_dir: Path, config_name
             except Exception as exc:  # noqa: BLE001 - Hydra's errors have no common base we could name
                 reason = str(exc.__cause__ or exc).strip().splitlines()[0]
                 return f"{text}: cannot be applied to the config ({reason})"
+    return None
+
+
+def run_dir_in_use(argv: Sequence[str]) -> str | None:
+    """The refusal when the command names its run dir (``hydra.run.dir=<path>``, single run) and
+    another process holds that run dir's lock, else None. Checked before Hydra starts, because Hydra
+    writes ``.hydra/`` and ``train.log`` into the run dir before the task runs; the task itself takes
+    the lock (frcnn.recipes.run_recipe), so a run dir Hydra names by the time of day is covered there."""
+    if any(arg in ("-m", "--multirun") for arg in argv):
+        return None
+    for arg in argv:
+        if arg.startswith("hydra.run.dir=") and "${" not in arg:
+            try:
+                RunDirLock(arg.split("=", 1)[1].strip("'\"")).check_free()
+            except RunDirLocked as exc:
+                return str(exc)
     return None
 
 
@@ -258,6 +276,9 @@ def run_job(cfg: DictConfig) -> float | None:
     line naming it and exits with status 2; other errors raise.
     Multirun: a failing job writes ``<job dir>/FAILED`` and returns None, and the sweep goes on
     (the sweep summary lists it as failed); DDPInMultirunError stops the sweep at once.
+    In both, a run dir held by another process (frcnn.run_lock) prints one line naming the holder and
+    exits with status 2, and a failed write (full disk, I/O error: frcnn.atomic_io) prints one line
+    naming the file and the error and exits with status 74 (EX_IOERR), without a traceback.
     """
     from frcnn.cli.console import configure_console
 
@@ -268,7 +289,13 @@ def run_job(cfg: DictConfig) -> float | None:
     except DDPInMultirunError as exc:
         print(f"Config error: {exc}", file=sys.stderr, flush=True)
         raise SystemExit(2) from exc
+    except RunDirLocked as exc:  # another process trains there: never write into its run dir
+        print(f"Run dir locked: {exc}", file=sys.stderr, flush=True)
+        raise SystemExit(LOCKED_EXIT_STATUS) from exc
     except Exception as exc:
+        if is_write_error(exc):  # a full disk fails every later job of a sweep too: stop here
+            print(f"Write error: {describe_write_error(exc)}", file=sys.stderr, flush=True)
+            raise SystemExit(WRITE_ERROR_EXIT_STATUS) from exc
         if not multirun:
             if isinstance(exc, ConfigError):
                 print(f"Config error: {exc}", file=sys.stderr, flush=True)
