@@ -49,6 +49,8 @@ def root_stream():
 
     saved = {name: (logging.getLogger(name).handlers[:], logging.getLogger(name).propagate)
              for name in FOREIGN_LOGGERS}
+    if not logging.getLogger("lightning").handlers:  # an earlier in-process train.py job configured the console
+        logging.getLogger("lightning").addHandler(logging.StreamHandler(io.StringIO()))
     stream = io.StringIO()
     handler = logging.StreamHandler(stream)
     root = logging.getLogger()
