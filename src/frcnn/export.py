@@ -23,7 +23,10 @@ roi_pool / roi_align kernels; frcnn is not needed) and an ONNX file in onnxrunti
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -211,9 +214,21 @@ def export_metadata(model, class_names: list[str], scale: int, max_size: int, ex
     }
 
 
+@contextlib.contextmanager
+def torchscript_quietly():
+    """Recent torch warns on every torch.jit.script / save / load that TorchScript is deprecated in
+    favour of torch.export; both files are made from TorchScript here (module docstring), so the
+    warning is not repeated to every user of scripts/export.py."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r".*torch\.jit\.(script|save|load)` is deprecated",
+                                category=FutureWarning)
+        yield
+
+
 def scripted(model) -> torch.jit.ScriptModule:
     """The detector as a TorchScript module (eval mode, CPU)."""
-    return torch.jit.script(ExportableDetector(model.cpu().eval()).eval())
+    with torchscript_quietly():
+        return torch.jit.script(ExportableDetector(model.cpu().eval()).eval())
 
 
 def export_torchscript(model, class_names: list[str], scale: int, max_size: int, out: str | Path) -> Path:
@@ -221,7 +236,9 @@ def export_torchscript(model, class_names: list[str], scale: int, max_size: int,
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     metadata = export_metadata(model, class_names, scale, max_size, "torchscript")
-    torch.jit.save(scripted(model), str(out), _extra_files={METADATA_NAME: json.dumps(metadata)})
+    module = scripted(model)
+    with torchscript_quietly():
+        torch.jit.save(module, str(out), _extra_files={METADATA_NAME: json.dumps(metadata)})
     return out
 
 
@@ -234,15 +251,16 @@ def export_onnx(model, class_names: list[str], scale: int, max_size: int, out: s
 
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    height, width = example_hw or (scale, scale)
+    height, width = example_hw or (128, 160)  # any size: the graph is scripted; a small one exports faster
     example = torch.rand(3, height, width)
+    buffer = io.BytesIO()  # one write of the (VGG-16: ~550 MB) file, after the metadata is added
     torch.onnx.export(
-        scripted(model), (example,), str(out), dynamo=False, opset_version=ONNX_OPSET,
+        scripted(model), (example,), buffer, dynamo=False, opset_version=ONNX_OPSET,
         input_names=["image"], output_names=["boxes", "scores", "labels"],
         dynamic_axes={"image": {1: "height", 2: "width"}, "boxes": {0: "detections"},
                       "scores": {0: "detections"}, "labels": {0: "detections"}},
     )
-    graph = onnx.load(str(out))
+    graph = onnx.load_model_from_string(buffer.getvalue())
     for output, dims in zip(graph.graph.output, (["detections", 4], ["detections"], ["detections"])):
         shape = output.type.tensor_type.shape  # the exporter guesses ranks wrongly behind the NMS
         del shape.dim[:]
@@ -279,20 +297,24 @@ def run_exported(path: str | Path, image: Tensor) -> tuple[Tensor, Tensor, Tenso
         session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         outputs = session.run(None, {"image": image.detach().cpu().float().numpy()})
         return tuple(torch.from_numpy(value) for value in outputs)
-    module = torch.jit.load(str(path), map_location="cpu")
+    with torchscript_quietly():
+        module = torch.jit.load(str(path), map_location="cpu")
     with torch.inference_mode():
         return tuple(value.cpu() for value in module(image.detach().cpu().float()))
 
 
-def parity(model, exported: tuple[Tensor, Tensor, Tensor], image: Tensor, score_tol: float = 1e-4) -> dict[str, float | int]:
+def parity(model, exported: tuple[Tensor, Tensor, Tensor], image: Tensor, score_tol: float = 1e-4,
+           eager: dict[str, Tensor] | None = None) -> dict[str, float | int]:
     """Eager frcnn against an exported file's outputs on the same network-scale image.
 
     Each exported detection is matched to the closest (largest coordinate difference) unmatched eager
     detection of the same label whose score is within ``score_tol``: detections whose scores tie to
     float rounding may come out in either order. -> detection counts, ``matched`` (how many found a
-    partner), the largest box (px) and score differences of the matched pairs."""
-    with torch.inference_mode():
-        eager = model.cpu().eval()([image.detach().cpu().float()])[0]
+    partner), the largest box (px) and score differences of the matched pairs. ``eager``: the model's
+    output on ``image`` when the caller has it already."""
+    if eager is None:
+        with torch.inference_mode():
+            eager = model.cpu().eval()([image.detach().cpu().float()])[0]
     boxes, scores, labels = exported
     free = torch.ones(eager["scores"].numel(), dtype=torch.bool)
     matched, box_diff, score_diff = 0, 0.0, 0.0
