@@ -120,10 +120,14 @@ def test_export_command_writes_the_file_and_checks_it(model, tmp_path, capsys):
         metadata = json.loads(archive.read(name))
     assert metadata["class_names"] == list(CLASS_NAMES) and metadata["input"]["max_size"] == 1000
 
+    (tmp_path / "notes.pt").write_text("not a detector")
+
     for argv, message in (([str(tmp_path / "model.pt"), "--format", "onnx", "--out", str(tmp_path / "d.pt")],
                            "a onnx file is named *.onnx"),
                           ([str(tmp_path / "missing.pt"), "--format", "torchscript", "--out", str(tmp_path / "m.pt")],
-                           "missing.pt")):
+                           "missing.pt"),
+                          ([str(tmp_path / "notes.pt"), "--format", "torchscript", "--out", str(tmp_path / "n.pt")],
+                           "notes.pt: ")):
         with pytest.raises(SystemExit) as stop:
             export_main(argv)
         err = capsys.readouterr().err

@@ -38,6 +38,7 @@ def test_every_input_kind_gives_the_same_detections(model, tmp_path):
     from_array = detector(pixels)
     assert len(from_array) > 0 and from_array.image_size == (128, 176)
     assert from_array.class_names == [CLASS_NAMES[i - 1] for i in from_array.labels.tolist()]
+    assert not from_array.boxes.is_inference()  # ordinary tensors: a user may edit them in place
     for other in (tmp_path / "a.png", str(tmp_path / "a.png"), Image.fromarray(pixels),
                   torch.from_numpy(pixels).permute(2, 0, 1).float() / 255):
         assert same(detector(other), from_array), type(other)

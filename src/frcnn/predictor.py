@@ -173,24 +173,26 @@ class Detector:
         pixels = as_hwc_array(image)
         return network_input(pixels, self.scale, self.max_size), (int(pixels.shape[0]), int(pixels.shape[1]))
 
-    @torch.inference_mode()
     def __call__(self, images: ImageInput | Sequence[ImageInput]) -> Detections | list[Detections]:
-        """One image -> :class:`Detections`; a list -> a list of them, in the same order."""
+        """One image -> :class:`Detections`; a list -> a list of them, in the same order. The network
+        runs under ``torch.inference_mode``; the returned tensors are ordinary ones (copied out)."""
         single = not isinstance(images, (list, tuple))
         inputs = [self.network_input(image) for image in ([images] if single else images)]
-        results: list[Detections | None] = [None] * len(inputs)
+        outputs: list[dict[str, Tensor]] = [{}] * len(inputs)
         sizes = [tuple(tensor.shape[-2:]) for tensor, _ in inputs]
-        for batch in same_size_batches(sizes, self.batch_size):
-            outputs = self.model([inputs[i][0].to(self.device) for i in batch])
-            for index, output in zip(batch, outputs):
-                results[index] = self._in_original_pixels(output, sizes[index], inputs[index][1])
+        with torch.inference_mode():
+            for batch in same_size_batches(sizes, self.batch_size):
+                for index, output in zip(batch, self.model([inputs[i][0].to(self.device) for i in batch])):
+                    outputs[index] = output
+        results = [self._in_original_pixels(output, size, original_hw)
+                   for output, size, (_, original_hw) in zip(outputs, sizes, inputs)]
         return results[0] if single else results
 
     def _in_original_pixels(self, output: dict[str, Tensor], network_hw, original_hw) -> Detections:
-        boxes = to_original_pixels(output["boxes"].float().cpu(), network_hw, original_hw)
-        labels = output["labels"].cpu()
+        boxes = to_original_pixels(output["boxes"].float().cpu().clone(), network_hw, original_hw)
+        labels = output["labels"].cpu().clone()
         names = [self.class_names[label - 1] for label in labels.tolist()]
-        found = Detections(boxes, output["scores"].float().cpu(), labels, names, tuple(original_hw))
+        found = Detections(boxes, output["scores"].float().cpu().clone(), labels, names, tuple(original_hw))
         return found.above(self.score_thresh) if self.score_thresh > 0 else found
 
 
