@@ -38,6 +38,7 @@ from frcnn.data.transforms import PaperRescale, paper_scale_factor, to_float_chw
 from frcnn.data.validation import BadImageError
 
 ImageInput = Union[str, Path, Image.Image, np.ndarray, Tensor]
+IMAGES_IN_MEMORY = 32  # a long list is decoded and rescaled this many images at a time
 
 
 @dataclass(frozen=True)
@@ -177,16 +178,23 @@ class Detector:
         """One image -> :class:`Detections`; a list -> a list of them, in the same order. The network
         runs under ``torch.inference_mode``; the returned tensors are ordinary ones (copied out)."""
         single = not isinstance(images, (list, tuple))
-        inputs = [self.network_input(image) for image in ([images] if single else images)]
+        images = [images] if single else list(images)
+        results: list[Detections] = []
+        chunk = max(IMAGES_IN_MEMORY, self.batch_size)  # network-scale copies held at once
+        for start in range(0, len(images), chunk):
+            results += self._detect_chunk(images[start:start + chunk])
+        return results[0] if single else results
+
+    def _detect_chunk(self, images: Sequence[ImageInput]) -> list[Detections]:
+        inputs = [self.network_input(image) for image in images]
         outputs: list[dict[str, Tensor]] = [{}] * len(inputs)
         sizes = [tuple(tensor.shape[-2:]) for tensor, _ in inputs]
         with torch.inference_mode():
             for batch in same_size_batches(sizes, self.batch_size):
                 for index, output in zip(batch, self.model([inputs[i][0].to(self.device) for i in batch])):
                     outputs[index] = output
-        results = [self._in_original_pixels(output, size, original_hw)
-                   for output, size, (_, original_hw) in zip(outputs, sizes, inputs)]
-        return results[0] if single else results
+        return [self._in_original_pixels(output, size, original_hw)
+                for output, size, (_, original_hw) in zip(outputs, sizes, inputs)]
 
     def _in_original_pixels(self, output: dict[str, Tensor], network_hw, original_hw) -> Detections:
         boxes = to_original_pixels(output["boxes"].float().cpu().clone(), network_hw, original_hw)
