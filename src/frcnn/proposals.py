@@ -18,7 +18,7 @@ import torch.distributed as dist
 from torch.utils.data import Dataset
 
 from frcnn.checkpoints import atomic_torch_save
-from frcnn.data.transforms import paper_scale_factor
+from frcnn.data.transforms import paper_scale_factor, resize_factor
 from frcnn.rpn import ProposalSettings
 
 PROPOSAL_FORMAT = "frcnn-proposals-v1"
@@ -53,8 +53,8 @@ def propose_images(model, dataset, indices: list[int], settings: ProposalSetting
                 h, w = image.shape[:2]
                 transformed, _, _ = dataset.eval_transform(image, boxes[:0], labels[:0])
                 images.append(transformed.to(device))
-                factors.append(transformed.shape[-1] / w)
-            proposals, scores = model.propose(images)
+                factors.append(resize_factor(transformed.shape[-2:], (h, w)))
+            proposals, scores = model.propose(images, factors)  # min size in original pixels, as the authors'
             for index, boxes, image_scores, factor in zip(chunk, proposals, scores, factors):
                 out[index] = ((boxes / factor).cpu(), image_scores.cpu())
     finally:

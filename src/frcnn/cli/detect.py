@@ -22,7 +22,7 @@ import torch
 from PIL import Image
 
 from frcnn.checkpoints import PAPER_TEST_SCALE, checkpoint_input_scale, load_detector
-from frcnn.data.transforms import DetectionTransform
+from frcnn.data.transforms import DetectionTransform, resize_factor
 from frcnn.drawing import draw_detections
 from frcnn.evaluation.detections_io import coco_result_records, write_coco_results
 
@@ -74,7 +74,7 @@ def detect_image(model, image: Image.Image, transform: DetectionTransform, devic
     tensor, _, _ = transform(pixels, np.zeros((0, 4), np.float32), np.zeros(0, np.int64), source=source)
     height, width = pixels.shape[:2]
     scale_x, scale_y = width / tensor.shape[-1], height / tensor.shape[-2]
-    detections = model([tensor.to(device)])[0]
+    detections = model([tensor.to(device)], image_scales=[resize_factor(tensor.shape[-2:], (height, width))])[0]
     boxes = detections["boxes"].detach().cpu().float().reshape(-1, 4)  # [D, 4] network-input pixels
     boxes = boxes * boxes.new_tensor([scale_x, scale_y, scale_x, scale_y])
     boxes[:, 0::2] = boxes[:, 0::2].clamp(0, width)
