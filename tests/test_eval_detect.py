@@ -113,15 +113,15 @@ def test_pr_curves_come_from_the_voc_evaluator_and_are_drawn(tmp_path):
 def test_detect_maps_boxes_back_to_original_pixels():
     seen = []
 
-    def fake_model(images):  # one box in network-input pixels
-        seen.append(tuple(images[0].shape))
+    def fake_model(images, image_scales):  # one box in network-input pixels
+        seen.append((tuple(images[0].shape), image_scales))
         return [{"boxes": torch.tensor([[20.0, 40.0, 100.0, 120.0]]), "scores": torch.tensor([0.9]),
                  "labels": torch.tensor([2])}]
 
     image = Image.fromarray(np.zeros((100, 200, 3), dtype=np.uint8))  # H 100, W 200
     transform = DetectionTransform(scales=(200,), max_size=1000, train=False)  # x2 (paper rule)
     out = detect_image(fake_model, image, transform, torch.device("cpu"))
-    assert seen == [(3, 200, 400)]
+    assert seen == [((3, 200, 400), [2.0])]  # the resize factor: rpn.min_size is in original pixels
     assert out["boxes"].tolist() == [[10.0, 20.0, 50.0, 60.0]] and out["labels"].tolist() == [2]
 
 
