@@ -309,7 +309,7 @@ def test_paper_solver_gives_biases_twice_the_lr_and_the_weight_decay(compose_cfg
     assert [(g["initial_lr"], g["weight_decay"], [tuple(p.shape) for p in g["params"]]) for g in groups] == \
         [(0.001, 0.0005, [(2, 3)]), (0.002, 0.0005, [(2,)])]
     default = build_optimizer(nn.Linear(3, 2), compose_cfg([], tmp_path)["optim"], [10])["optimizer"].param_groups
-    assert [(g["initial_lr"], g["weight_decay"]) for g in default] == [(0.001, 0.0001), (0.001, 0.0)]  # cpu_shapes: as before
+    assert [(g["initial_lr"], g["weight_decay"]) for g in default] == [(0.001, 0.0001), (0.001, 0.0)]  # as before
 
 
 def test_coco_preset_runs_on_eight_gpus(compose_cfg, tmp_path):

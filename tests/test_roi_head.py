@@ -42,7 +42,8 @@ def test_rois_are_counted_per_mini_batch_and_shared_by_its_images():
     batch of one image takes all 128 from it."""
     head = make_head()  # rois_per_minibatch = 128
     gts = [torch.tensor([[10.0, 10.0, 60.0, 60.0]]), torch.tensor([[40.0, 20.0, 120.0, 90.0]])]
-    proposals = [torch.cat((gt.repeat(300, 1) + torch.randn(300, 4) * 2, (gt + 20).repeat(300, 1) + torch.randn(300, 4)))
+    proposals = [torch.cat((gt.repeat(300, 1) + torch.randn(300, 4) * 2,  # foreground
+                            (gt + 20).repeat(300, 1) + torch.randn(300, 4)))  # background: IoU .22 / .37
                  for gt in gts]
     labels = [torch.tensor([1]), torch.tensor([2])]
     rois, classes, _ = head.sample_rois(proposals, gts, labels)

@@ -65,7 +65,7 @@ def build_roi_head(roi_cfg: Mapping[str, Any], backbone, num_classes: int) -> Ro
         roi_output_size=backbone.roi_output_size,
         spatial_scale=1.0 / backbone.stride,
         pool_type=str(roi_cfg["pool_type"]),
-        rois_per_minibatch=int(rois_per_minibatch(roi_cfg)),
+        rois_per_minibatch=rois_per_minibatch(roi_cfg),
         positive_fraction=float(roi_cfg["positive_fraction"]),
         fg_iou_thresh=float(roi_cfg["fg_iou"]),
         bg_iou_hi=float(roi_cfg["bg_iou_hi"]),

@@ -97,7 +97,8 @@ class FasterRCNN(nn.Module):
         return losses
 
     @torch.no_grad()
-    def propose(self, images: list[Tensor], image_scales: list[float] | None = None) -> tuple[list[Tensor], list[Tensor]]:
+    def propose(self, images: list[Tensor],
+                image_scales: list[float] | None = None) -> tuple[list[Tensor], list[Tensor]]:
         """RPN proposals (test settings) for a list of images (``image_scales``: see :meth:`forward`)."""
         feature_map, image_sizes = self.features(images)
         proposals, scores, _ = self.rpn(feature_map, image_sizes, image_scales=image_scales)
