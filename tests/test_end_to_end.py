@@ -90,7 +90,7 @@ def test_default_config_holds_paper_values(compose_cfg, tmp_path):
     assert (rpn["fg_iou"], rpn["bg_iou"], rpn["batch_size"], rpn["positive_fraction"]) == (0.7, 0.3, 256, 0.5)
     assert rpn["train"] == {"pre_nms_top_n": 12000, "post_nms_top_n": 2000}
     assert (rpn["test"]["pre_nms_top_n"], rpn["test"]["post_nms_top_n"]) == (6000, 300)
-    assert (roi["batch_size"], roi["positive_fraction"], roi["fg_iou"]) == (128, 0.25, 0.5)
+    assert (roi["rois_per_minibatch"], roi["positive_fraction"], roi["fg_iou"]) == (512, 0.25, 0.5)  # 128 x 4 images
     assert roi["target_stds"] == [0.1, 0.1, 0.2, 0.2] and roi["nms_thresh"] == 0.3
     assert cfg["recipe"]["name"] == "alternating" and cfg["data"]["name"] == "shapes"
     # the CPU preset's deviations are exactly those docs/CPU_PRESET.md measures
@@ -99,6 +99,6 @@ def test_default_config_holds_paper_values(compose_cfg, tmp_path):
     # without the preset every group default is the paper's
     paper = compose_cfg(["~experiment"], tmp_path)
     assert paper["rpn"]["anchor_scales"] == [128, 256, 512] and paper["rpn"]["min_size"] == 16
-    assert paper["roi_head"]["bg_iou_lo"] == 0.1
+    assert paper["roi_head"]["bg_iou_lo"] == 0.1 and paper["roi_head"]["rois_per_minibatch"] == 128
     optim = paper["optim"]
     assert (optim["name"], optim["lr"], optim["momentum"], optim["weight_decay"]) == ("sgd", 0.001, 0.9, 0.0005)

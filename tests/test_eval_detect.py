@@ -117,15 +117,15 @@ def test_detect_maps_boxes_back_to_original_pixels():
             super().__init__()
             self.seen = []
 
-        def forward(self, images):
-            self.seen.append(tuple(images[0].shape))
+        def forward(self, images, image_scales=None):
+            self.seen.append((tuple(images[0].shape), image_scales))
             return [{"boxes": torch.tensor([[20.0, 40.0, 100.0, 120.0]]), "scores": torch.tensor([0.9]),
                      "labels": torch.tensor([2])}]
 
     model = OneBox()
     image = Image.fromarray(np.zeros((100, 200, 3), dtype=np.uint8))  # H 100, W 200
     out = Detector(model, CLASS_NAMES, scale=200, max_size=1000)(image)  # x2 (paper rule)
-    assert model.seen == [(3, 200, 400)]
+    assert model.seen == [((3, 200, 400), [2.0])]  # the resize factor: rpn.min_size is in original pixels
     assert out.boxes.tolist() == [[10.0, 20.0, 50.0, 60.0]] and out.labels.tolist() == [2]
     assert out.class_names == [CLASS_NAMES[1]] and out.image_size == (100, 200)
 

@@ -65,8 +65,9 @@ def export_once(model, tmp_path_factory):
 
 
 def assert_parity(model, path, images):
-    for image in images:
-        report = parity(model, run_exported(path, image), image)
+    # the first image also as if enlarged 3x: the minimum proposal size (original pixels) then drops more boxes
+    for image, image_scale in [(images[0], 3.0), *((image, 1.0) for image in images)]:
+        report = parity(model, run_exported(path, image, image_scale), image, image_scale=image_scale)
         assert report["eager"] == report["exported"] == report["matched"] > 0, (tuple(image.shape), report)
         assert report["max_box_diff_px"] <= BOX_TOLERANCE_PX and report["max_score_diff"] <= SCORE_TOLERANCE, report
 
@@ -93,7 +94,7 @@ def test_torchscript_file_runs_without_frcnn(model, export_once, val_images, tmp
         "import json, sys, torch, torchvision\n"
         "files = {'frcnn.json': ''}\n"
         f"module = torch.jit.load({str(path)!r}, _extra_files=files)\n"
-        f"boxes, scores, labels = module(torch.load({str(tmp_path / 'image.pt')!r}))\n"
+        f"boxes, scores, labels = module(torch.load({str(tmp_path / 'image.pt')!r}), torch.tensor(1.0))\n"
         "assert not any(name.startswith('frcnn') for name in sys.modules), 'frcnn was imported'\n"
         f"torch.save((boxes, scores, labels), {str(tmp_path / 'out.pt')!r})\n"
         "print(json.loads(files['frcnn.json'])['input']['scale'])\n"

@@ -134,9 +134,10 @@ class ExportableDetector(nn.Module):
         pad_w = (self.stride - width % self.stride) % self.stride
         return F.pad(normalised, [0, pad_w, 0, pad_h]).unsqueeze(0)
 
-    def proposals(self, features: Tensor, height: int, width: int) -> Tensor:
+    def proposals(self, features: Tensor, height: int, width: int, min_size: Tensor) -> Tensor:
         """RPN + proposal layer at the test settings (§3.1, §3.3): top pre-NMS N by objectness,
-        decode, clip, drop boxes under the minimum size, NMS, top post-NMS N. -> [P, 4]."""
+        decode, clip, drop boxes under ``min_size`` network-input px (the minimum size in
+        original-image px x the resize factor), NMS, top post-NMS N. -> [P, 4]."""
         logits, deltas = self.rpn_head(features)  # [1, A], [1, A, 4]
         anchors = grid_anchors(self.reference_anchors, (features.shape[-2], features.shape[-1]), self.stride)
         num_anchors = logits.shape[1]
@@ -146,7 +147,8 @@ class ExportableDetector(nn.Module):
         boxes = decode_deltas(top_deltas, anchors[top_idx], [1.0, 1.0, 1.0, 1.0], self.max_log_scale)
         boxes = clip_boxes_to_image(boxes, (height, width))
         scores = torch.sigmoid(top_logits)
-        keep = remove_small_boxes(boxes, self.min_size_px)
+        widths, heights = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
+        keep = torch.where((widths >= min_size) & (heights >= min_size))[0]  # remove_small_boxes' rule
         boxes, scores = boxes[keep], scores[keep]
         if self.use_nms:
             keep = torch.ops.torchvision.nms(boxes, scores, self.proposal_nms_thresh)[: self.post_nms_top_n]
@@ -178,12 +180,15 @@ class ExportableDetector(nn.Module):
         keep = per_class_nms(boxes, scores, labels, self.detection_nms_thresh)[: self.detections_per_image]
         return boxes[keep], scores[keep], labels[keep]
 
-    def forward(self, image: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    def forward(self, image: Tensor, image_scale: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """image: float32 [3, H, W] in [0, 1] at network scale; image_scale: float32 [] the resize
+        factor that made it (network px per original px; 1.0 for an image that was not resized):
+        the minimum proposal size is in original-image pixels (the authors' proposal layer)."""
         height, width = image.shape[-2], image.shape[-1]
         batch = self.padded_batch(image)
         rpn_features = self.rpn_body(batch)
         det_features = self.det_body(batch) if self.unshared else rpn_features
-        proposals = self.proposals(rpn_features, height, width)
+        proposals = self.proposals(rpn_features, height, width, self.min_size_px * image_scale)
         return self.detections(det_features, proposals, height, width)
 
 
@@ -206,7 +211,9 @@ def export_metadata(model, class_names: list[str], scale: int, max_size: int, ex
         "input": {"name": "image", "layout": "float32 [3, H, W], RGB in [0, 1]",
                   "resize": "before the graph: paper rule (shorter side = scale, longer side <= max_size), "
                             "area interpolation when shrinking, bilinear when enlarging",
-                  "scale": int(scale), "max_size": int(max_size)},
+                  "scale": int(scale), "max_size": int(max_size),
+                  "image_scale": "float32 [] the resize factor (network px per original px, 1.0 if not "
+                                 "resized): the minimum proposal size is in original-image pixels"},
         "outputs": {"boxes": "float32 [D, 4] x1 y1 x2 y2 in input pixels", "scores": "float32 [D]",
                     "labels": "int64 [D] in 1..C: class_names[label - 1]"},
     }
@@ -253,8 +260,8 @@ def export_onnx(model, class_names: list[str], scale: int, max_size: int, out: s
     example = torch.rand(3, height, width)
     buffer = io.BytesIO()  # one write of the (VGG-16: ~550 MB) file, after the metadata is added
     torch.onnx.export(
-        scripted(model), (example,), buffer, dynamo=False, opset_version=ONNX_OPSET,
-        input_names=["image"], output_names=["boxes", "scores", "labels"],
+        scripted(model), (example, torch.tensor(1.0)), buffer, dynamo=False, opset_version=ONNX_OPSET,
+        input_names=["image", "image_scale"], output_names=["boxes", "scores", "labels"],
         dynamic_axes={"image": {1: "height", 2: "width"}, "boxes": {0: "detections"},
                       "scores": {0: "detections"}, "labels": {0: "detections"}},
     )
@@ -285,24 +292,26 @@ def export_detector(model, class_names: list[str], scale: int, max_size: int, ex
 
 
 # ----------------------------------------------------------------------------- running and checking a file
-def run_exported(path: str | Path, image: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+def run_exported(path: str | Path, image: Tensor, image_scale: float = 1.0) -> tuple[Tensor, Tensor, Tensor]:
     """Run an exported file (by its suffix: .onnx in onnxruntime, else TorchScript) on one network-scale
-    image [3, H, W] -> (boxes [D, 4], scores [D], labels [D]) as CPU tensors."""
+    image [3, H, W] made by resizing with ``image_scale`` -> (boxes [D, 4], scores [D], labels [D]) as
+    CPU tensors."""
+    scale = torch.tensor(float(image_scale), dtype=torch.float32)
     path = Path(path)
     if path.suffix == ".onnx":
         import onnxruntime
 
         session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-        outputs = session.run(None, {"image": image.detach().cpu().float().numpy()})
+        outputs = session.run(None, {"image": image.detach().cpu().float().numpy(), "image_scale": scale.numpy()})
         return tuple(torch.from_numpy(value) for value in outputs)
     with torchscript_quietly():
         module = torch.jit.load(str(path), map_location="cpu")
     with torch.inference_mode():
-        return tuple(value.cpu() for value in module(image.detach().cpu().float()))
+        return tuple(value.cpu() for value in module(image.detach().cpu().float(), scale))
 
 
 def parity(model, exported: tuple[Tensor, Tensor, Tensor], image: Tensor, score_tol: float = 1e-4,
-           eager: dict[str, Tensor] | None = None) -> dict[str, float | int]:
+           eager: dict[str, Tensor] | None = None, image_scale: float = 1.0) -> dict[str, float | int]:
     """Eager frcnn against an exported file's outputs on the same network-scale image.
 
     Each exported detection is matched to the closest (largest coordinate difference) unmatched eager
@@ -312,7 +321,7 @@ def parity(model, exported: tuple[Tensor, Tensor, Tensor], image: Tensor, score_
     output on ``image`` when the caller has it already."""
     if eager is None:
         with torch.inference_mode():
-            eager = model.cpu().eval()([image.detach().cpu().float()])[0]
+            eager = model.cpu().eval()([image.detach().cpu().float()], image_scales=[image_scale])[0]
     boxes, scores, labels = exported
     free = torch.ones(eager["scores"].numel(), dtype=torch.bool)
     matched, box_diff, score_diff = 0, 0.0, 0.0

@@ -74,29 +74,34 @@ class FasterRCNN(nn.Module):
             batch = batch.contiguous(memory_format=torch.channels_last)
         return self.backbone(batch), image_sizes
 
-    def forward(self, images: list[Tensor], targets: list[dict[str, Tensor]] | None = None):
+    def forward(self, images: list[Tensor], targets: list[dict[str, Tensor]] | None = None,
+                image_scales: list[float] | None = None):
         """Training (targets given): approximate joint training (§3.2 ii): the RPN and
         detector losses are summed; proposals are treated as fixed (no gradient w.r.t. their
         coordinates). Returns a dict of losses with ``total``.
-        Inference: list of {boxes [D, 4], scores [D], labels [D]} per image."""
+        Inference: list of {boxes [D, 4], scores [D], labels [D]} per image.
+
+        ``image_scales``: each image's resize factor (network-input px per original px), for the
+        proposal layer's minimum size in original pixels; None: 1 (images not rescaled)."""
         feature_map, image_sizes = self.features(images)
         if targets is None:
-            proposals, _, _ = self.rpn(feature_map, image_sizes)
+            proposals, _, _ = self.rpn(feature_map, image_sizes, image_scales=image_scales)
             detections, _ = self.roi_head(feature_map, proposals, image_sizes)
             return detections
         gt_boxes = [t["boxes"] for t in targets]
         gt_labels = [t["labels"] for t in targets]
-        proposals, _, rpn_losses = self.rpn(feature_map, image_sizes, gt_boxes)
+        proposals, _, rpn_losses = self.rpn(feature_map, image_sizes, gt_boxes, image_scales=image_scales)
         _, det_losses = self.roi_head(feature_map, proposals, image_sizes, gt_boxes, gt_labels)
         losses = {**rpn_losses, **det_losses}
         losses["total"] = rpn_losses["rpn"] + det_losses["det"]
         return losses
 
     @torch.no_grad()
-    def propose(self, images: list[Tensor]) -> tuple[list[Tensor], list[Tensor]]:
-        """RPN proposals (test settings) for a list of images."""
+    def propose(self, images: list[Tensor],
+                image_scales: list[float] | None = None) -> tuple[list[Tensor], list[Tensor]]:
+        """RPN proposals (test settings) for a list of images (``image_scales``: see :meth:`forward`)."""
         feature_map, image_sizes = self.features(images)
-        proposals, scores, _ = self.rpn(feature_map, image_sizes)
+        proposals, scores, _ = self.rpn(feature_map, image_sizes, image_scales=image_scales)
         return proposals, scores
 
 
@@ -117,11 +122,11 @@ class UnsharedFasterRCNN(nn.Module):
     def rpn(self) -> RegionProposalNetwork:
         return self.rpn_net.rpn
 
-    def propose(self, images: list[Tensor]):
-        return self.rpn_net.propose(images)
+    def propose(self, images: list[Tensor], image_scales: list[float] | None = None):
+        return self.rpn_net.propose(images, image_scales)
 
-    def forward(self, images: list[Tensor]):
-        proposals, _ = self.rpn_net.propose(images)
+    def forward(self, images: list[Tensor], image_scales: list[float] | None = None):
+        proposals, _ = self.rpn_net.propose(images, image_scales)
         feature_map, image_sizes = self.det_net.features(images)
         detections, _ = self.det_net.roi_head(feature_map, proposals, image_sizes)
         return detections

@@ -34,7 +34,7 @@ from PIL import Image
 from torch import Tensor
 
 from frcnn.checkpoints import PAPER_TEST_SCALE, checkpoint_input_scale, load_detector
-from frcnn.data.transforms import PaperRescale, paper_scale_factor, to_float_chw_tensor
+from frcnn.data.transforms import PaperRescale, paper_scale_factor, resize_factor, to_float_chw_tensor
 from frcnn.data.validation import BadImageError
 
 ImageInput = Union[str, Path, Image.Image, np.ndarray, Tensor]
@@ -191,7 +191,10 @@ class Detector:
         sizes = [tuple(tensor.shape[-2:]) for tensor, _ in inputs]
         with torch.inference_mode():
             for batch in same_size_batches(sizes, self.batch_size):
-                for index, output in zip(batch, self.model([inputs[i][0].to(self.device) for i in batch])):
+                batch_images = [inputs[i][0].to(self.device) for i in batch]
+                # rpn.min_size is in original-image pixels (§3.3 / the authors' proposal layer): pass the factors
+                factors = [resize_factor(sizes[i], inputs[i][1]) for i in batch]
+                for index, output in zip(batch, self.model(batch_images, image_scales=factors)):
                     outputs[index] = output
         return [self._in_original_pixels(output, size, original_hw)
                 for output, size, (_, original_hw) in zip(outputs, sizes, inputs)]

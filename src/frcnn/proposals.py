@@ -18,7 +18,7 @@ import torch.distributed as dist
 from torch.utils.data import Dataset
 
 from frcnn.atomic_io import atomic_torch_save
-from frcnn.data.transforms import paper_scale_factor
+from frcnn.data.transforms import resize_factor
 from frcnn.rpn import ProposalSettings
 from frcnn.safe_load import read_torch_file
 
@@ -54,8 +54,8 @@ def propose_images(model, dataset, indices: list[int], settings: ProposalSetting
                 h, w = image.shape[:2]
                 transformed, _, _ = dataset.eval_transform(image, boxes[:0], labels[:0])
                 images.append(transformed.to(device))
-                factors.append(transformed.shape[-1] / w)
-            proposals, scores = model.propose(images)
+                factors.append(resize_factor(transformed.shape[-2:], (h, w)))
+            proposals, scores = model.propose(images, factors)  # min size in original pixels, as the authors'
             for index, boxes, image_scores, factor in zip(chunk, proposals, scores, factors):
                 out[index] = ((boxes / factor).cpu(), image_scores.cpu())
     finally:

@@ -251,7 +251,7 @@ def run_alternating(cfg: Mapping[str, Any], run_dir: Path) -> dict:
     proposals2 = proposal_stage(cfg, run_dir, "stage2_proposals", rpn2.model, train_set, timings)
 
     det2 = stage_module("stage2_det", "detector", True)
-    det2.model.load_state_dict(rpn2.model.state_dict())  # shared conv + RPN of stage 4, head of stage 3
+    start_last_detector(det2.model, rpn2.model, bool(cfg["recipe"].get("reinit_det_outputs", False)))
     det2.apply_trainable()
     det2 = fit_stage(cfg, run_dir, "stage2_det", det2, detector_data(proposals2, "stage2_det"),
                      stages["stage2_det"], timings, cfg["recipe"].get("val_every_n_epochs"))  # the whole detector
@@ -260,6 +260,29 @@ def run_alternating(cfg: Mapping[str, Any], run_dir: Path) -> dict:
 
 def copy_weights(source: torch.nn.Module, target: torch.nn.Module) -> None:
     target.load_state_dict(source.state_dict())
+
+
+DETECTOR_OUTPUT_LAYERS = "roi_head.predictor."  # cls_score, bbox_pred
+
+
+def start_last_detector(detector: torch.nn.Module, stage4: torch.nn.Module, reinit_outputs: bool) -> None:
+    """The start of the last Fast R-CNN step (stage2_det): shared conv + RPN of step 4 and the
+    fc layers of step 3 (carried through step 4).
+
+    ``reinit_outputs`` (``recipe.reinit_det_outputs``): the output layers (cls_score, bbox_pred)
+    keep ``detector``'s fresh init, N(0, 0.01) / N(0, 0.001), as in the authors' code: their
+    step-4 net holds fc6/fc7 only as dummy layers that carry the weights along (py-faster-rcnn
+    models/*/faster_rcnn_alt_opt/stage2_rpn_train.pt), so stage2_fast_rcnn_train.pt starts its
+    output layers from their fillers. False: step 3's output layers are carried over as well.
+    """
+    state = stage4.state_dict()
+    if not reinit_outputs:
+        detector.load_state_dict(state)
+        return
+    carried = {key: value for key, value in state.items() if not key.startswith(DETECTOR_OUTPUT_LAYERS)}
+    missing, unexpected = detector.load_state_dict(carried, strict=False)
+    if unexpected or any(not key.startswith(DETECTOR_OUTPUT_LAYERS) for key in missing):
+        raise RuntimeError(f"stage2_det start: unexpected keys {unexpected}, missing {missing}")
 
 
 def _evaluation_device(cfg: Mapping[str, Any]) -> torch.device:

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from frcnn.data.transforms import image_scales
 from frcnn.evaluation.coco_map import CocoEvaluator
 from frcnn.evaluation.proposal_recall import (
     PAPER_IOU_THRESHOLDS,
@@ -78,12 +79,13 @@ def evaluate_full(
     try:
         for images, targets in dataloader:
             images = [img.to(device) for img in images]
-            detections = [{k: v.cpu() for k, v in d.items()} for d in model(images)]
+            scales = image_scales(images, targets)  # the proposal layer's minimum size is in original pixels
+            detections = [{k: v.cpu() for k, v in d.items()} for d in model(images, image_scales=scales)]
             voc.update(detections, targets)
             if coco_evaluator is not None:
                 coco_evaluator.update(*to_original_pixels(detections, targets, images))
             if recall is not None:
-                proposals = ranked_proposals(model, images, recall.top_ns[-1])
+                proposals = ranked_proposals(model, images, recall.top_ns[-1], scales)
                 update_from_targets(recall, [p.cpu() for p in proposals], targets)
     finally:
         model.train(was_training)

@@ -17,6 +17,7 @@ import torch
 from PIL import Image
 
 from frcnn.atomic_io import atomic_write_bytes
+from frcnn.data.transforms import image_scales
 from frcnn.drawing import draw_ground_truth_and_detections, tensor_to_pil
 
 
@@ -73,7 +74,7 @@ def detection_pictures(model, dataloader, class_names: list[str], num_images: in
     was_training = model.training
     model.eval()
     for images, targets in dataloader:
-        detections = model([image.to(device) for image in images])
+        detections = model([image.to(device) for image in images], image_scales=image_scales(images, targets))
         for image, target, found in zip(images, targets, detections):
             if len(pictures) >= num_images:
                 break
