@@ -18,11 +18,15 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
-    from frcnn.cli.train import failed_jobs, preflight
+    from frcnn.cli.train import LOCKED_EXIT_STATUS, failed_jobs, preflight, run_dir_in_use
 
     problem = preflight(sys.argv[1:], CONFIG_DIR)
     if problem:
         print(f"Config error: {problem}", file=sys.stderr)
         sys.exit(2)
+    holder = run_dir_in_use(sys.argv[1:])  # before Hydra writes into that run dir
+    if holder:
+        print(f"Run dir locked: {holder}", file=sys.stderr)
+        sys.exit(LOCKED_EXIT_STATUS)
     main()
     sys.exit(1 if failed_jobs() else 0)

@@ -124,9 +124,11 @@ def build_frcnn(size: str) -> FasterRCNN:
         train_proposals=ProposalSettings(12000, 2000, 0.7, TORCHVISION_MIN_PROPOSAL_SIZE),
         test_proposals=ProposalSettings(6000, 300, 0.7, TORCHVISION_MIN_PROPOSAL_SIZE),
     )
+    # 128 RoIs per image, as torchvision's box_batch_size_per_image (frcnn counts them per mini-batch)
     roi_head = RoIHead(backbone.head, backbone.representation_size, spec["num_classes"], roi_output_size=7,
-                       spatial_scale=1 / 16, pool_type="max", batch_size_per_image=128, positive_fraction=0.25,
-                       bg_iou_lo=0.0, score_thresh=0.05, nms_thresh=0.3, detections_per_image=100)
+                       spatial_scale=1 / 16, pool_type="max", rois_per_minibatch=128 * spec["train_batch"],
+                       positive_fraction=0.25, bg_iou_lo=0.0, score_thresh=0.05, nms_thresh=0.3,
+                       detections_per_image=100)
     model = FasterRCNN(backbone, rpn, roi_head, channels_last=not BASELINE)
     if BASELINE:
         frcnn.rpn.nms_top_n = _full_nms_then_cut

@@ -13,7 +13,7 @@ from frcnn.proposals import load_proposal_file
 STEPS = [f"schedule.alternating.{s}.{k}" for s in ("stage1_rpn", "stage1_det", "stage2_rpn", "stage2_det")
          for k in ("max_steps=4", "lr_steps=[3]", "images_per_batch=2")]
 TINY = ["recipe=alternating", "logger=none", "data.num_train=6", "data.num_val=4", "recipe.checkpoint_every_n_steps=2",
-        "recipe.proposals.post_nms_top_n=50"] + STEPS
+        "recipe.proposals.post_nms_top_n=50", "recipe.reinit_det_outputs=true"] + STEPS
 
 
 def weights(path):
@@ -72,6 +72,30 @@ def test_proposal_files_one_sorted_entry_per_image_inside_image(finished_run):
             assert 0 < boxes.shape[0] <= 50
             assert (boxes[:, :2] >= 0).all() and (boxes[:, 2:] <= 256).all()  # shapes images are 256 x 256
             assert (scores[:-1] >= scores[1:]).all()
+
+
+@pytest.mark.parametrize("reinit_outputs", [True, False])
+def test_last_detector_step_starts_from_stage4_with_fresh_or_carried_output_layers(compose_cfg, tmp_path,
+                                                                                   reinit_outputs):
+    """recipe.reinit_det_outputs: stage2_det keeps its fresh cls_score / bbox_pred (the authors' code) and
+    takes everything else (conv, RPN, fc layers) from stage 4; false: everything from stage 4."""
+    from frcnn.factory import build_model
+
+    model_cfg = recipes.model_config(compose_cfg(TINY, tmp_path))
+    torch.manual_seed(1)
+    stage4_model = build_model(model_cfg, num_classes=5)
+    stage4 = {k: v.clone() for k, v in stage4_model.state_dict().items()}
+    torch.manual_seed(2)
+    detector = build_model(model_cfg, num_classes=5)
+    fresh = {k: v.clone() for k, v in detector.state_dict().items()}
+    recipes.start_last_detector(detector, stage4_model, reinit_outputs)
+    outputs = part(fresh, "roi_head.predictor.")
+    assert set(outputs) == {f"roi_head.predictor.{layer}.{p}" for layer in ("cls_score", "bbox_pred")
+                            for p in ("weight", "bias")}
+    for key, value in detector.state_dict().items():
+        expected = fresh[key] if reinit_outputs and key in outputs else stage4[key]
+        assert torch.equal(value, expected), key
+    assert not same(part(stage4, "roi_head.predictor."), outputs)  # the two starts do differ
 
 
 def test_frozen_parts_get_no_gradient_and_bn_stats_stay(compose_cfg, tmp_path):

@@ -219,6 +219,18 @@ def test_coco_category_id_gap_gets_contiguous_labels(tmp_path):
     assert record.labels.tolist() == [1, 2]  # category ids 2 and 5 -> labels 1 and 2
 
 
+def test_coco_string_image_ids_load_after_the_integer_ones(tmp_path):
+    data = coco_json()  # COCO-style sets sometimes use string ids; a file may mix them
+    renamed = {12: "img_12", 3: "img_03"}
+    for entry in data["images"] + data["annotations"]:
+        key = "id" if "file_name" in entry else "image_id"
+        entry[key] = renamed.get(entry[key], entry[key])
+    ann, images = write_coco_tree(tmp_path / "coco", data=data)
+    dataset = COCODataset(ann, images)
+    assert [r.name for r in dataset.records] == ["10", "11", "13", "img_03", "img_12"]
+    assert dataset.records[-1].labels.tolist() == [1, 2]  # image 12's boxes followed its new id
+
+
 # ------------------------------------------------------------------------------------------------
 # COCO, splits, checkpoints, config values
 # ------------------------------------------------------------------------------------------------
@@ -286,7 +298,7 @@ def test_checkpoint_of_another_architecture_is_refused_naming_the_file(tmp_path)
     with pytest.raises(ValueError, match=r"other_arch\.pt: weights do not fit the architecture in its model_cfg"):
         load_detector(tmp_path / "other_arch.pt")
     torch.save({"state_dict": {}, "global_step": 3}, tmp_path / "lightning.ckpt")  # a Lightning stage checkpoint
-    with pytest.raises(ValueError, match=r"lightning\.ckpt is not an frcnn detector checkpoint"):
+    with pytest.raises(ValueError, match=r"lightning\.ckpt: not an frcnn detector file"):
         load_detector(tmp_path / "lightning.ckpt")
 
 

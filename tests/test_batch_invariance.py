@@ -53,7 +53,7 @@ def test_mixed_sizes_would_be_padded_differently_in_one_batch(mixed_voc):
     assert len(padded_size_groups(images)) >= 3
     with torch.no_grad():
         alone = [model([image])[0] for image in images]
-        padded_together = model._detect_same_size(images)[0]  # one zero-padded batch of mixed sizes
+        padded_together = model._detect_same_size(images, None)[0]  # one zero-padded batch of mixed sizes
     assert any(not torch.equal(a["scores"], b["scores"]) for a, b in zip(alone, padded_together))
 
 

@@ -59,6 +59,8 @@ def run_cli(*args, timeout=120):
     ("trainer.strategy=horovod", r"trainer\.strategy='horovod' is not allowed; allowed: .*ddp"),
     ("trainer.devices=0", r"trainer\.devices: expected"),
     ("trainer.strategy=ddp_spawn", r"trainer\.strategy=ddp_spawn is not supported: .*use trainer\.strategy=ddp"),
+    ("roi_head.rois_per_minibatch=510", r"roi_head\.rois_per_minibatch \(510\) must be a multiple of "
+                                        r"schedule\.alternating\.stage1_det\.images_per_batch \(4\)"),
     ("seed=-3", r"seed=-3 is out of range"),
 ])
 def test_bad_values_stop_naming_the_key_and_the_allowed_values(compose_cfg, tmp_path, override, expected):
@@ -73,6 +75,8 @@ def test_bad_values_stop_naming_the_key_and_the_allowed_values(compose_cfg, tmp_
     ("+rpn.test.post_nms=100", r"rpn\.test\.post_nms: unknown key; did you mean rpn\.test\.post_nms_top_n\?"),
     ("+learning_rate=0.1", r"learning_rate: unknown key \(keys of the top level: .*optim"),
     ("~rpn.min_size", r"rpn\.min_size: missing; expected a number >= 0"),
+    ("+roi_head.batch_size=128", r"roi_head\.batch_size: renamed to roi_head\.rois_per_minibatch, the RoIs of a whole "
+                                 r"mini-batch \(not per image\)"),
 ])
 def test_unknown_and_missing_keys_are_refused(compose_cfg, tmp_path, override, expected):
     with pytest.raises(ConfigError, match=expected):
@@ -97,6 +101,7 @@ def test_every_shipped_combination_validates(compose_cfg, tmp_path):
     (["-m", "rpn.lamda=1,10"], "rpn.lamda: unknown key; did you mean rpn.lambda?"),
     (["data.root=/x"], "data.root: unknown key"),  # shapes has no root ...
     (["rpn.test.ranking.x=1"], "rpn.test.ranking is a value"),
+    (["roi_head.batch_size=64"], "roi_head.batch_size: renamed to roi_head.rois_per_minibatch"),
 ])
 def test_preflight_names_unknown_command_line_keys(argv, expected):
     message = preflight(argv, CONF)
@@ -178,19 +183,24 @@ VOC_STAGES = {"stage1_rpn": (80000, [60000], 1), "stage1_det": (40000, [30000], 
 VOC0712_STAGES = {"stage1_rpn": (80000, [60000], 1), "stage1_det": (60000, [30000], 2),
                   "stage2_rpn": (80000, [60000], 1), "stage2_det": (60000, [30000], 2)}
 COCO_JOINT = (320000, [240000], 2)
+PAPER_RPN_LOSS = (10.0, 1.0, "anchor_locations")  # eq. 1: λ = 10, Fast R-CNN's smooth-L1 (β = 1), N_reg ~ 2400 locations
+PYRELEASE_RPN_LOSS = (1.0, 1 / 9, "minibatch")  # py-faster-rcnn: loss_weight 1, σ = 3, 1 / 256 sampled anchors
 PRESETS = {
-    # name: (data, backbone, recipe, unshared, stages or joint lengths, lr, anchor scales, bg_iou_lo, paper numbers)
-    "voc07_zf_alt": ("voc", "zf", "alternating", False, VOC_STAGES, 0.001, [128, 256, 512], 0.1,
+    # name: (data, backbone, recipe, unshared, stages or joint lengths, lr, anchor scales, bg_iou_lo, rpn loss
+    #        (λ, smooth-L1 β, N_reg), paper numbers)
+    "voc07_zf_alt": ("voc", "zf", "alternating", False, VOC_STAGES, 0.001, [128, 256, 512], 0.1, PAPER_RPN_LOSS,
                      {"table": "Table 2", "map_voc07": 59.9}),
-    "voc07_vgg16_alt": ("voc", "vgg16", "alternating", False, VOC_STAGES, 0.001, [128, 256, 512], 0.1,
+    "voc07_vgg16_alt": ("voc", "vgg16", "alternating", False, VOC_STAGES, 0.001, [128, 256, 512], 0.1, PAPER_RPN_LOSS,
                         {"table": "Table 3", "map_voc07": 69.9}),
+    "voc07_vgg16_alt_pyrelease": ("voc", "vgg16", "alternating", False, VOC_STAGES, 0.001, [128, 256, 512], 0.0,
+                                  PYRELEASE_RPN_LOSS, {"table": "Table 3", "map_voc07": 69.9}),
     "voc07_vgg16_unshared": ("voc", "vgg16", "alternating", True, VOC_STAGES, 0.001, [128, 256, 512], 0.1,
-                             {"table": "Table 3", "map_voc07": 68.5}),
+                             PAPER_RPN_LOSS, {"table": "Table 3", "map_voc07": 68.5}),
     "voc07_vgg16_joint": ("voc", "vgg16", "joint", None, (70000, [50000], 1), 0.001, [128, 256, 512], 0.1,
-                          {"table": None, "map_voc07": None}),
+                          PAPER_RPN_LOSS, {"table": None, "map_voc07": None}),
     "voc0712_vgg16_alt": ("voc0712", "vgg16", "alternating", False, VOC0712_STAGES, 0.001, [128, 256, 512], 0.1,
-                          {"table": "Table 3", "map_voc07": 73.2}),
-    "coco_vgg16_joint": ("coco", "vgg16", "joint", None, COCO_JOINT, 0.003, [64, 128, 256, 512], 0.0,
+                          PAPER_RPN_LOSS, {"table": "Table 3", "map_voc07": 73.2}),
+    "coco_vgg16_joint": ("coco", "vgg16", "joint", None, COCO_JOINT, 0.003, [64, 128, 256, 512], 0.0, PAPER_RPN_LOSS,
                          {"table": "Table 11 (TPAMI)", "map_coco_50": 41.5, "map_coco": 21.2}),
 }
 
@@ -202,9 +212,16 @@ def compose_preset(compose_cfg, tmp_path, name, data):
     return compose_cfg(overrides, tmp_path)
 
 
+def detector_images_per_batch(cfg) -> list[int]:
+    """N of every mini-batch that samples RoIs: the joint step's, or the alternating recipe's detector steps'."""
+    schedule = cfg["schedule"][cfg["recipe"]["name"]]
+    return [schedule["images_per_batch"]] if "images_per_batch" in schedule else \
+        [schedule[name]["images_per_batch"] for name in ("stage1_det", "stage2_det")]
+
+
 @pytest.mark.parametrize("name", sorted(PRESETS))
 def test_paper_preset_holds_the_papers_values(compose_cfg, tmp_path, name):
-    data, backbone, recipe, unshared, lengths, lr, scales, bg_lo, paper = PRESETS[name]
+    data, backbone, recipe, unshared, lengths, lr, scales, bg_lo, rpn_loss, paper = PRESETS[name]
     cfg = compose_preset(compose_cfg, tmp_path, name, data)
     validate_config(cfg)
     if (CONF / "data" / f"{data}.yaml").exists():
@@ -212,16 +229,26 @@ def test_paper_preset_holds_the_papers_values(compose_cfg, tmp_path, name):
     assert (cfg["data"]["scales"], cfg["data"]["max_size"], cfg["data"]["hflip_prob"]) == ([600], 1000, 0.5)
     assert cfg["backbone"]["name"] == backbone and cfg["recipe"]["name"] == recipe
     rpn, roi, optim = cfg["rpn"], cfg["roi_head"], cfg["optim"]
-    # §3.1.1 / §3.3 anchors, eq. 1 λ, §3.1.2 IoU labels, §3.1.3 256 anchors 1:1, §3.3 NMS 0.7, 300 test proposals
-    assert rpn["anchor_scales"] == scales and rpn["anchor_ratios"] == [0.5, 1.0, 2.0] and rpn["lambda"] == 10
+    # §3.1.1 / §3.3 anchors, §3.1.2 IoU labels, §3.1.3 256 anchors 1:1, §3.3 NMS 0.7, 300 test proposals
+    assert rpn["anchor_scales"] == scales and rpn["anchor_ratios"] == [0.5, 1.0, 2.0]
+    assert (rpn["lambda"], rpn["smooth_l1_beta"], rpn["reg_normalizer"]) == pytest.approx(rpn_loss)  # eq. 1
     assert (rpn["fg_iou"], rpn["bg_iou"], rpn["batch_size"], rpn["positive_fraction"]) == (0.7, 0.3, 256, 0.5)
     assert rpn["nms_thresh"] == 0.7 and rpn["ignore_cross_boundary"] is True and rpn["test"]["post_nms_top_n"] == 300
-    # Fast R-CNN RoI sampling: 128 per image, 25% foreground >= 0.5, background [bg_lo, 0.5)
-    assert (roi["batch_size"], roi["positive_fraction"], roi["fg_iou"], roi["bg_iou_hi"], roi["bg_iou_lo"]) == \
+    assert (rpn["train"]["pre_nms_top_n"], rpn["train"]["post_nms_top_n"], rpn["test"]["pre_nms_top_n"]) == \
+        (12000, 2000, 6000)
+    assert rpn["min_size"] == 16  # px of the original image (the proposal layer multiplies by the resize factor)
+    # Fast R-CNN RoI sampling: 128 per mini-batch (64 from each of 2 images; 128 from the one image of a
+    # joint step), 25% foreground >= 0.5, background [bg_lo, 0.5)
+    assert (roi["rois_per_minibatch"], roi["positive_fraction"], roi["fg_iou"], roi["bg_iou_hi"], roi["bg_iou_lo"]) == \
         (128, 0.25, 0.5, 0.5, bg_lo)
-    # §3.1.3: SGD, momentum 0.9, weight decay 0.0005, lr / 10 at the step
+    assert {roi["rois_per_minibatch"] // n for n in detector_images_per_batch(cfg)} == \
+        ({128} if recipe == "joint" and data != "coco" else {64})
+    assert roi["target_stds"] == [0.1, 0.1, 0.2, 0.2] and roi["pool_type"] == "max"
+    # §3.1.3: SGD, momentum 0.9, weight decay 0.0005, lr / 10 at the step; the Caffe solvers: biases at
+    # 2x lr, weight decay kept (decay_mult 1)
     assert (optim["name"], optim["lr"], optim["momentum"], optim["weight_decay"], optim["lr_gamma"]) == \
         ("sgd", lr, 0.9, 0.0005, 0.1)
+    assert (optim["bias_lr_factor"], optim["bias_weight_decay"], optim["warmup_steps"]) == (2.0, 0.0005, 0)
     schedule = cfg["schedule"][recipe]
     if recipe == "joint":
         assert (schedule["max_steps"], schedule["lr_steps"], schedule["images_per_batch"]) == lengths
@@ -230,8 +257,59 @@ def test_paper_preset_holds_the_papers_values(compose_cfg, tmp_path, name):
         assert {k: (v["max_steps"], v["lr_steps"], v["images_per_batch"]) for k, v in schedule.items()} == lengths
         # §3.1.3: RPN at lr 0.001 for 60k mini-batches then 0.0001 for 20k
         assert schedule["stage1_rpn"]["max_steps"] - schedule["stage1_rpn"]["lr_steps"][0] == 20000
+        # the authors' code: the last Fast R-CNN step starts cls_score / bbox_pred afresh (unshared stops before it)
+        assert cfg["recipe"]["reinit_det_outputs"] is (not unshared)
+        assert cfg["recipe"]["proposals"] == {"pre_nms_top_n": -1, "post_nms_top_n": 2000, "nms_thresh": 0.7}
     for key, value in paper.items():
         assert cfg["paper_result"][key] == value, key
+
+
+def test_pyrelease_preset_differs_from_the_paper_preset_only_where_the_release_does(compose_cfg, tmp_path):
+    paper = compose_preset(compose_cfg, tmp_path, "voc07_vgg16_alt", "voc")
+    release = compose_preset(compose_cfg, tmp_path, "voc07_vgg16_alt_pyrelease", "voc")
+
+    def leaves(node, prefix=""):
+        if not isinstance(node, dict):
+            return {prefix[:-1]: node}
+        return {k: v for name, child in node.items() for k, v in leaves(child, f"{prefix}{name}.").items()}
+
+    paper_leaves, release_leaves = leaves(paper), leaves(release)
+    differing = {k for k in paper_leaves.keys() | release_leaves.keys()
+                 if paper_leaves.get(k) != release_leaves.get(k) and not k.startswith("paper_result")}
+    assert differing == {"rpn.smooth_l1_beta", "rpn.lambda", "rpn.reg_normalizer", "roi_head.bg_iou_lo"}
+
+
+def test_paper_presets_state_only_what_differs_from_their_groups(compose_cfg, tmp_path):
+    """Each value a preset file sets differs from what its groups (or the preset it extends) give."""
+    for path in sorted((CONF / "experiment" / "paper").glob("*.yaml")):
+        preset = yaml.safe_load(path.read_text())
+        base = ["~experiment"]
+        for entry in preset.get("defaults", []):
+            if isinstance(entry, dict):  # {"override /data": "voc"}
+                (key, choice), = entry.items()
+                base.append(f"{key.split('/')[-1]}={choice}")
+            elif entry.startswith("/experiment/"):
+                base = [f"experiment={entry[len('/experiment/'):]}"]
+        groups = compose_cfg(base, tmp_path)
+        for group, values in preset.items():
+            if group in ("defaults", "hydra", "paper_result", "paper_table"):
+                continue
+            for key, value in values.items():
+                assert groups[group][key] != value, f"{path.name}: {group}.{key}={value} is the groups' value already"
+
+
+def test_paper_solver_gives_biases_twice_the_lr_and_the_weight_decay(compose_cfg, tmp_path):
+    """The authors' Caffe nets: param { lr_mult: 1 } param { lr_mult: 2 }, decay_mult unset (1)."""
+    from torch import nn
+
+    from frcnn.lit.optim import build_optimizer
+
+    cfg = compose_preset(compose_cfg, tmp_path, "voc07_vgg16_alt", "voc")
+    groups = build_optimizer(nn.Linear(3, 2), cfg["optim"], [10])["optimizer"].param_groups
+    assert [(g["initial_lr"], g["weight_decay"], [tuple(p.shape) for p in g["params"]]) for g in groups] == \
+        [(0.001, 0.0005, [(2, 3)]), (0.002, 0.0005, [(2,)])]
+    default = build_optimizer(nn.Linear(3, 2), compose_cfg([], tmp_path)["optim"], [10])["optimizer"].param_groups
+    assert [(g["initial_lr"], g["weight_decay"]) for g in default] == [(0.001, 0.0001), (0.001, 0.0)]  # as before
 
 
 def test_coco_preset_runs_on_eight_gpus(compose_cfg, tmp_path):

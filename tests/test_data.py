@@ -232,3 +232,14 @@ def test_generation_is_fast():
     per_image_ms = (time.perf_counter() - start) / len(ds) * 1e3
     assert per_image_ms < 25  # target is < 5 ms; loose bound for busy CI machines
     assert math.isfinite(per_image_ms)
+
+
+def test_resize_factor_reads_the_paper_rescale_back_from_the_sizes():
+    from frcnn.data.transforms import image_scales, paper_scale_factor, resize_factor, scaled_size_hw
+
+    for orig_hw in [(375, 500), (500, 375), (500, 1500), (333, 499)]:
+        factor = paper_scale_factor(*orig_hw, 600, 1000)
+        assert abs(resize_factor(scaled_size_hw(*orig_hw, factor), orig_hw) - factor) < 1e-3
+    assert resize_factor((600, 800), (375, 500)) == 1.6
+    images = [torch.zeros(3, 600, 800), torch.zeros(3, 256, 256)]
+    assert image_scales(images, [{"orig_size": (375, 500)}, {}]) == [1.6, 1.0]

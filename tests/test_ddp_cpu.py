@@ -45,6 +45,7 @@ def test_ddp_on_two_cpu_processes_writes_each_output_once(tmp_path, recipe):
     assert {"map_50", "map_voc07", "ap_per_class", "num_images"} <= set(metrics) and metrics["num_images"] == 4
     assert metrics["recipe"] == recipe and set(stage_steps) <= set(metrics["stage_seconds"])
     assert not list(tmp_path.glob("**/*.tmp"))
+    assert (tmp_path / ".frcnn.lock").read_text() == ""  # rank 0 held the run-dir lock (rank 1 did not try), released
     # checkpoints: the unified detector and every stage's resumable state
     assert (tmp_path / "final" / "model.pt").exists()
     for stage, steps in stage_steps.items():

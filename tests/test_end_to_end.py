@@ -12,6 +12,7 @@ from frcnn.checkpoints import load_detector
 from frcnn.config import ConfigError, validate_config
 from frcnn.recipes import run_recipe
 from tests.conftest import REPO_ROOT
+from tests.test_console import console_problems
 
 TINY = ["recipe=joint", "data.num_train=64", "data.num_val=24", "schedule.joint.images_per_batch=4", "recipe.val_every_n_epochs=null"]
 
@@ -59,6 +60,8 @@ def test_cli_runs_with_overrides_and_writes_metrics(tmp_path):
     result = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "mAP" in result.stdout
+    assert console_problems(result.stdout, result.stderr) == []  # each line once, no foreign tips / deprecations
+    assert "[frcnn.backbones][WARNING] - backbone 'small' starts from RANDOM INIT" in result.stdout  # frcnn's kept
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert {"map_50", "map_voc07", "ap_per_class", "num_images"} <= set(metrics)
     assert (tmp_path / ".hydra" / "config.yaml").exists()
@@ -87,7 +90,7 @@ def test_default_config_holds_paper_values(compose_cfg, tmp_path):
     assert (rpn["fg_iou"], rpn["bg_iou"], rpn["batch_size"], rpn["positive_fraction"]) == (0.7, 0.3, 256, 0.5)
     assert rpn["train"] == {"pre_nms_top_n": 12000, "post_nms_top_n": 2000}
     assert (rpn["test"]["pre_nms_top_n"], rpn["test"]["post_nms_top_n"]) == (6000, 300)
-    assert (roi["batch_size"], roi["positive_fraction"], roi["fg_iou"]) == (128, 0.25, 0.5)
+    assert (roi["rois_per_minibatch"], roi["positive_fraction"], roi["fg_iou"]) == (512, 0.25, 0.5)  # 128 x 4 images
     assert roi["target_stds"] == [0.1, 0.1, 0.2, 0.2] and roi["nms_thresh"] == 0.3
     assert cfg["recipe"]["name"] == "alternating" and cfg["data"]["name"] == "shapes"
     # the CPU preset's deviations are exactly those docs/CPU_PRESET.md measures
@@ -96,6 +99,6 @@ def test_default_config_holds_paper_values(compose_cfg, tmp_path):
     # without the preset every group default is the paper's
     paper = compose_cfg(["~experiment"], tmp_path)
     assert paper["rpn"]["anchor_scales"] == [128, 256, 512] and paper["rpn"]["min_size"] == 16
-    assert paper["roi_head"]["bg_iou_lo"] == 0.1
+    assert paper["roi_head"]["bg_iou_lo"] == 0.1 and paper["roi_head"]["rois_per_minibatch"] == 128
     optim = paper["optim"]
     assert (optim["name"], optim["lr"], optim["momentum"], optim["weight_decay"]) == ("sgd", 0.001, 0.9, 0.0005)

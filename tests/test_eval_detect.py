@@ -12,11 +12,10 @@ from PIL import Image
 
 from frcnn.checkpoints import save_detector
 from frcnn.checkpoints import checkpoint_input_scale
-from frcnn.cli.detect import BadImageError, detect_files, detect_image, draw_detections
+from frcnn.cli.detect import BadImageError, detect_files, draw_detections
 from frcnn.cli.detect import main as detect_main
 from frcnn.cli.eval import evaluate_checkpoint
 from frcnn.data.synthetic import CLASS_NAMES, ShapesDataset
-from frcnn.data.transforms import DetectionTransform
 from frcnn.evaluation.detections_io import check_coco_results, coco_result_records
 from frcnn.evaluation.plots import plot_pr_curves
 from frcnn.evaluation.voc_ap import DetectionEvaluator
@@ -111,18 +110,24 @@ def test_pr_curves_come_from_the_voc_evaluator_and_are_drawn(tmp_path):
 
 # ----------------------------------------------------------------------------- detect
 def test_detect_maps_boxes_back_to_original_pixels():
-    seen = []
+    from frcnn.predictor import Detector
 
-    def fake_model(images):  # one box in network-input pixels
-        seen.append(tuple(images[0].shape))
-        return [{"boxes": torch.tensor([[20.0, 40.0, 100.0, 120.0]]), "scores": torch.tensor([0.9]),
-                 "labels": torch.tensor([2])}]
+    class OneBox(torch.nn.Module):  # one box in network-input pixels
+        def __init__(self):
+            super().__init__()
+            self.seen = []
 
+        def forward(self, images, image_scales=None):
+            self.seen.append((tuple(images[0].shape), image_scales))
+            return [{"boxes": torch.tensor([[20.0, 40.0, 100.0, 120.0]]), "scores": torch.tensor([0.9]),
+                     "labels": torch.tensor([2])}]
+
+    model = OneBox()
     image = Image.fromarray(np.zeros((100, 200, 3), dtype=np.uint8))  # H 100, W 200
-    transform = DetectionTransform(scales=(200,), max_size=1000, train=False)  # x2 (paper rule)
-    out = detect_image(fake_model, image, transform, torch.device("cpu"))
-    assert seen == [(3, 200, 400)]
-    assert out["boxes"].tolist() == [[10.0, 20.0, 50.0, 60.0]] and out["labels"].tolist() == [2]
+    out = Detector(model, CLASS_NAMES, scale=200, max_size=1000)(image)  # x2 (paper rule)
+    assert model.seen == [((3, 200, 400), [2.0])]  # the resize factor: rpn.min_size is in original pixels
+    assert out.boxes.tolist() == [[10.0, 20.0, 50.0, 60.0]] and out.labels.tolist() == [2]
+    assert out.class_names == [CLASS_NAMES[1]] and out.image_size == (100, 200)
 
 
 def test_draw_detections_draws_the_box_and_keeps_the_size():

@@ -93,7 +93,7 @@ def test_half_written_proposal_file_is_refused_naming_it(tmp_path):
     torch.save({"format": "frcnn-proposals-v1", "num_images": 1, "boxes": [torch.zeros(2, 4)],
                 "scores": [torch.zeros(2)], "post_nms_top_n": 2}, path)
     path.write_bytes(path.read_bytes()[:100])
-    with pytest.raises(ValueError, match=r"proposals\.pt is not a readable proposal file"):
+    with pytest.raises(ValueError, match=r"proposals\.pt: not a readable proposal file"):
         load_proposal_file(path, 1)
 
 

@@ -37,6 +37,23 @@ def test_sampling_at_most_128_rois_quarter_foreground_gt_added():
     assert labels.tolist() == [3] and torch.allclose(targets, torch.zeros(1, 4), atol=1e-6)
 
 
+def test_rois_are_counted_per_mini_batch_and_shared_by_its_images():
+    """Fast R-CNN §2.3: R = 128 RoIs per mini-batch of N = 2 images, 64 (16 fg) from each; a
+    batch of one image takes all 128 from it."""
+    head = make_head()  # rois_per_minibatch = 128
+    gts = [torch.tensor([[10.0, 10.0, 60.0, 60.0]]), torch.tensor([[40.0, 20.0, 120.0, 90.0]])]
+    proposals = [torch.cat((gt.repeat(300, 1) + torch.randn(300, 4) * 2,  # foreground
+                            (gt + 20).repeat(300, 1) + torch.randn(300, 4)))  # background: IoU .22 / .37
+                 for gt in gts]
+    labels = [torch.tensor([1]), torch.tensor([2])]
+    rois, classes, _ = head.sample_rois(proposals, gts, labels)
+    assert [r.shape[0] for r in rois] == [64, 64] and classes.numel() == 128
+    assert (classes[:64] > 0).sum() == 16 and (classes[64:] > 0).sum() == 16
+    rois, classes, _ = head.sample_rois(proposals[:1], gts[:1], labels[:1])
+    assert rois[0].shape[0] == 128 and (classes > 0).sum() == 32
+    assert make_head(rois_per_minibatch=512).rois_per_image(4) == 128  # experiment=cpu_shapes
+
+
 def test_targets_are_normalised_by_stds():
     head = make_head()
     gt = torch.tensor([[0.0, 0.0, 20.0, 20.0]])

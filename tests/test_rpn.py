@@ -136,3 +136,21 @@ def test_table2_ablation_random_ranking_ignores_cls_scores():
     torch.manual_seed(0)
     shuffled, _, _ = _ablation_rpn(ranking="random")(features, [(128, 128)])
     assert not torch.equal(ranked[0], shuffled[0])
+
+
+def test_minimum_proposal_size_is_in_original_image_pixels():
+    """The authors' proposal layer drops boxes under min_size x im_scale: 16 px of the original image
+    is 25.6 px on a VOC image scaled 1.6x to 600 px."""
+    rpn = make_rpn()
+    anchors = torch.tensor([[0.0, 0.0, 20.0, 20.0], [40.0, 0.0, 70.0, 30.0], [0.0, 50.0, 40.0, 90.0]])  # 20, 30, 40 px
+    logits = torch.tensor([[3.0, 2.0, 1.0]]).repeat(2, 1)  # [B=2, A=3]
+    deltas = torch.zeros(2, 3, 4)  # proposals = anchors
+    settings = ProposalSettings(pre_nms_top_n=-1, post_nms_top_n=10, nms_thresh=0.7, min_size_px=16)
+    sides = lambda boxes: (boxes[:, 2] - boxes[:, 0]).tolist()  # noqa: E731
+    proposals, _ = rpn.propose(anchors, logits, deltas, [(100, 100)] * 2, settings, image_scales=[1.0, 1.6])
+    assert sides(proposals[0]) == [20.0, 30.0, 40.0]  # not rescaled: 16 px
+    assert sides(proposals[1]) == [30.0, 40.0]  # scaled 1.6x: 25.6 px on the network input
+    unscaled, _ = rpn.propose(anchors, logits, deltas, [(100, 100)] * 2, settings)
+    assert [sides(p) for p in unscaled] == [[20.0, 30.0, 40.0]] * 2  # None: factor 1
+    shrunk, _ = rpn.propose(anchors, logits, deltas, [(100, 100)] * 2, settings, image_scales=[0.5, 2.5])
+    assert [sides(p) for p in shrunk] == [[20.0, 30.0, 40.0], [40.0]]  # 8 px; 40 px

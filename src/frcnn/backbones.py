@@ -40,6 +40,7 @@ from torch import Tensor, nn
 from torchvision.ops.misc import FrozenBatchNorm2d
 
 from frcnn.pretrained import WeightsUnavailableError, ensure_torchvision_file, fold_caffe_input, unavailable_message
+from frcnn.safe_load import read_torch_file
 
 logger = logging.getLogger(__name__)
 
@@ -579,11 +580,9 @@ def _read_state_dict(path: str | os.PathLike[str]) -> Mapping[str, Tensor]:
     path = Path(path).expanduser()
     if not path.is_file():
         raise FileNotFoundError(f"backbone weights file not found: {path}")
-    try:  # memory-map zip-format files: no second in-RAM copy of a 0.5 GB VGG file
-        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except RuntimeError:  # legacy (pre-1.6, non-zip) format, e.g. older torchvision .pth files
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    return _unwrap(obj, path)
+    # restricted reader, memory-mapped (no second in-RAM copy of a 0.5 GB VGG file); legacy
+    # (pre-1.6, non-zip) files such as older torchvision .pth files fall back to a plain read
+    return _unwrap(read_torch_file(path, "backbone weights file", mmap=True), path)
 
 
 def _to_backbone_keys(state: Mapping[str, Tensor], map_key: Callable[[str], str | None] | None) -> dict[str, Tensor]:

@@ -57,6 +57,23 @@ def validate_config(cfg: Mapping[str, Any]) -> None:
         raise ConfigError(f"recipe={recipe!r} has no stage lengths: schedule.{recipe} is missing "
                           f"(schedule has: {', '.join(cfg['schedule']) or 'nothing'})")
     _warn_unreached_lr_steps(cfg["schedule"][recipe], f"schedule.{recipe}")
+    _check_rois_share_out(roi["rois_per_minibatch"], cfg["schedule"][recipe], f"schedule.{recipe}")
+
+
+DETECTOR_STAGES = ("stage1_det", "stage2_det")  # the alternating recipe's stages that sample RoIs
+
+
+def _check_rois_share_out(rois_per_minibatch: int, schedule: Mapping[str, Any], key: str) -> None:
+    """Fast R-CNN §2.3: the R RoIs of a mini-batch come R / N from each of its N images, so N must
+    divide R (the authors' code asserts the same)."""
+    stages = {key: schedule} if "images_per_batch" in schedule else {
+        f"{key}.{name}": schedule[name] for name in DETECTOR_STAGES if name in schedule}
+    for stage_key, stage in stages.items():
+        images = stage["images_per_batch"]
+        if rois_per_minibatch % images:
+            raise ConfigError(f"roi_head.rois_per_minibatch ({rois_per_minibatch}) must be a multiple of "
+                              f"{stage_key}.images_per_batch ({images}): each image of a mini-batch gives "
+                              f"rois_per_minibatch / images_per_batch RoIs (paper: 128 per 2 images = 64 each)")
 
 
 def check_backbone_weights(cfg: Mapping[str, Any]) -> None:
@@ -302,8 +319,17 @@ class Variant(Rule):
         self.variants[value["name"]].check(value, key)
 
 
+RENAMED_KEYS = {  # old key -> what to write now
+    "roi_head.batch_size": "roi_head.rois_per_minibatch, the RoIs of a whole mini-batch (not per image): "
+                           "128 per image at images_per_batch=2 is roi_head.rois_per_minibatch=256",
+}
+
+
 def unknown_key_message(full_key: str, known: Sequence[str], prefix: str = "") -> str:
-    """'rpn.lamda: unknown key; did you mean rpn.lambda?' with the keys that do exist."""
+    """'rpn.lamda: unknown key; did you mean rpn.lambda?' with the keys that do exist
+    ('... renamed to ...' for a key of an earlier version)."""
+    if full_key in RENAMED_KEYS:
+        return f"{full_key}: renamed to {RENAMED_KEYS[full_key]}"
     name = full_key[len(prefix):]
     near = difflib.get_close_matches(name, list(known), n=1, cutoff=0.6)
     guess = f"; did you mean {prefix}{near[0]}?" if near else ""

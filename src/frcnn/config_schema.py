@@ -144,7 +144,7 @@ RPN = Node(
 ROI_HEAD = Node(
     {
         "pool_type": Choice(_pool_types),
-        "batch_size": COUNT,
+        "rois_per_minibatch": COUNT,  # Fast R-CNN's R, shared by the N images of a mini-batch (paper: 128, N = 2)
         "positive_fraction": Number(0.0, 1.0, low_open=True),
         "fg_iou": IOU,
         "bg_iou_hi": IOU,
@@ -200,9 +200,10 @@ RECIPE = Variant(
             {
                 **_RECIPE_COMMON,
                 "unshared": Bool(),
+                "reinit_det_outputs": Bool(),  # stage2_det: cls_score / bbox_pred from a fresh init (authors' code)
                 "proposals": Node({"pre_nms_top_n": TOP_N, "post_nms_top_n": COUNT, "nms_thresh": IOU}),
             },
-            optional=frozenset({"unshared", "val_every_n_epochs", "val_pictures"}),
+            optional=frozenset({"unshared", "reinit_det_outputs", "val_every_n_epochs", "val_pictures"}),
         ),
     },
     group="recipe",

@@ -49,6 +49,14 @@ def build_rpn(rpn_cfg: Mapping[str, Any], in_channels: int, stride: int) -> Regi
     )
 
 
+def rois_per_minibatch(roi_cfg: Mapping[str, Any]) -> int:
+    """roi_head.rois_per_minibatch; a detector file written before that key existed holds
+    roi_head.batch_size (RoIs per image) instead, read as is: only training samples RoIs."""
+    if "rois_per_minibatch" in roi_cfg:
+        return int(roi_cfg["rois_per_minibatch"])
+    return int(roi_cfg["batch_size"])
+
+
 def build_roi_head(roi_cfg: Mapping[str, Any], backbone, num_classes: int) -> RoIHead:
     return RoIHead(
         head=backbone.head,
@@ -57,7 +65,7 @@ def build_roi_head(roi_cfg: Mapping[str, Any], backbone, num_classes: int) -> Ro
         roi_output_size=backbone.roi_output_size,
         spatial_scale=1.0 / backbone.stride,
         pool_type=str(roi_cfg["pool_type"]),
-        batch_size_per_image=int(roi_cfg["batch_size"]),
+        rois_per_minibatch=rois_per_minibatch(roi_cfg),
         positive_fraction=float(roi_cfg["positive_fraction"]),
         fg_iou_thresh=float(roi_cfg["fg_iou"]),
         bg_iou_hi=float(roi_cfg["bg_iou_hi"]),

@@ -47,13 +47,15 @@ def padded_size_groups(images: Sequence[Tensor], size_divisible: int = 16) -> li
     return list(groups.values())
 
 
-def run_by_padded_size(images: Sequence[Tensor], size_divisible: int,
-                       run: Callable[[list[Tensor]], tuple[list, ...]]) -> tuple[list, ...]:
-    """``run`` on each group of :func:`padded_size_groups`, its per-image outputs put back in input
-    order. ``run(images) -> (list with one entry per image, ...)``; returns the same tuple for all images."""
+def run_by_padded_size(images: Sequence[Tensor], size_divisible: int, run: Callable[..., tuple[list, ...]],
+                       image_scales: Sequence[float] | None = None) -> tuple[list, ...]:
+    """``run(group images, their image_scales or None)`` on each group of :func:`padded_size_groups`,
+    its per-image outputs put back in input order. ``run`` returns (list with one entry per image, ...);
+    the result is the same tuple for all images."""
     merged: list[list] | None = None
     for group in padded_size_groups(images, size_divisible):
-        outputs = run([images[i] for i in group])
+        scales = None if image_scales is None else [image_scales[i] for i in group]
+        outputs = run([images[i] for i in group], scales)
         if merged is None:
             merged = [[None] * len(images) for _ in outputs]
         for per_image, slots in zip(outputs, merged):
@@ -119,55 +121,61 @@ class FasterRCNN(nn.Module):
             batch = batch.contiguous(memory_format=torch.channels_last)
         return self.backbone(batch), image_sizes
 
-    def forward(self, images: list[Tensor], targets: list[dict[str, Tensor]] | None = None):
+    def forward(self, images: list[Tensor], targets: list[dict[str, Tensor]] | None = None,
+                image_scales: list[float] | None = None):
         """Training (targets given): approximate joint training (§3.2 ii): the RPN and
         detector losses are summed; proposals are treated as fixed (no gradient w.r.t. their
         coordinates). Returns a dict of losses with ``total``.
-        Inference: list of {boxes [D, 4], scores [D], labels [D]} per image."""
+        Inference: list of {boxes [D, 4], scores [D], labels [D]} per image, batch-invariant.
+
+        ``image_scales``: each image's resize factor (network-input px per original px), for the
+        proposal layer's minimum size in original pixels; None: 1 (images not rescaled)."""
         if targets is None:
-            (detections,) = run_by_padded_size(images, self.size_divisible, self._detect_same_size)
+            (detections,) = run_by_padded_size(images, self.size_divisible, self._detect_same_size, image_scales)
             return detections
         feature_map, image_sizes = self.features(images)
         gt_boxes = [t["boxes"] for t in targets]
         gt_labels = [t["labels"] for t in targets]
-        proposals, _, rpn_losses = self.rpn(feature_map, image_sizes, gt_boxes)
+        proposals, _, rpn_losses = self.rpn(feature_map, image_sizes, gt_boxes, image_scales=image_scales)
         _, det_losses = self.roi_head(feature_map, proposals, image_sizes, gt_boxes, gt_labels)
         losses = {**rpn_losses, **det_losses}
         losses["total"] = rpn_losses["rpn"] + det_losses["det"]
         return losses
 
-    def _detect_same_size(self, images: list[Tensor]) -> tuple[list[dict[str, Tensor]]]:
+    def _detect_same_size(self, images: list[Tensor], image_scales) -> tuple[list[dict[str, Tensor]]]:
         """Detections for images of one padded size (one batch, no extra padding)."""
         feature_map, image_sizes = self.features(images)
-        proposals, _, _ = self.rpn(feature_map, image_sizes)
+        proposals, _, _ = self.rpn(feature_map, image_sizes, image_scales=image_scales)
         detections, _ = self.roi_head(feature_map, proposals, image_sizes)
         return (detections,)
 
-    def _propose_same_size(self, images: list[Tensor]) -> tuple[list[Tensor], list[Tensor]]:
+    def _propose_same_size(self, images: list[Tensor], image_scales) -> tuple[list[Tensor], list[Tensor]]:
         feature_map, image_sizes = self.features(images)
-        proposals, scores, _ = self.rpn(feature_map, image_sizes)
+        proposals, scores, _ = self.rpn(feature_map, image_sizes, image_scales=image_scales)
         return proposals, scores
 
     @torch.no_grad()
-    def propose(self, images: list[Tensor]) -> tuple[list[Tensor], list[Tensor]]:
-        """RPN proposals (the test settings in eval mode) for a list of images, batch-invariant:
-        -> (boxes per image [N_i, 4], scores per image [N_i])."""
-        proposals, scores = run_by_padded_size(images, self.size_divisible, self._propose_same_size)
+    def propose(self, images: list[Tensor],
+                image_scales: list[float] | None = None) -> tuple[list[Tensor], list[Tensor]]:
+        """RPN proposals (the test settings in eval mode) for a list of images, batch-invariant
+        (``image_scales``: see :meth:`forward`) -> (boxes per image [N_i, 4], scores per image [N_i])."""
+        proposals, scores = run_by_padded_size(images, self.size_divisible, self._propose_same_size, image_scales)
         return proposals, scores
 
     @torch.no_grad()
-    def detect_and_rank(self, images: list[Tensor], num_ranked: int) -> tuple[list[dict[str, Tensor]], list[Tensor]]:
+    def detect_and_rank(self, images: list[Tensor], num_ranked: int,
+                        image_scales: list[float] | None = None) -> tuple[list[dict[str, Tensor]], list[Tensor]]:
         """Evaluation in one pass of the shared conv layers (eval mode): the detections (test
         settings, as ``forward``) and the RPN's top ``num_ranked`` proposals (Fig. 4's recall),
         batch-invariant. -> (detections per image, ranked proposals per image [<= num_ranked, 4])."""
         run = functools.partial(self._detect_and_rank_same_size, num_ranked=int(num_ranked))
-        detections, ranked = run_by_padded_size(images, self.size_divisible, run)
+        detections, ranked = run_by_padded_size(images, self.size_divisible, run, image_scales)
         return detections, ranked
 
-    def _detect_and_rank_same_size(self, images: list[Tensor], num_ranked: int):
+    def _detect_and_rank_same_size(self, images: list[Tensor], image_scales, num_ranked: int):
         feature_map, image_sizes = self.features(images)
         settings = evaluation_proposal_settings(self.rpn, num_ranked)
-        (proposals, _), (ranked, _) = self.rpn.proposals_at(feature_map, image_sizes, settings)
+        (proposals, _), (ranked, _) = self.rpn.proposals_at(feature_map, image_sizes, settings, image_scales)
         detections, _ = self.roi_head(feature_map, proposals, image_sizes)
         return detections, ranked
 
@@ -189,31 +197,32 @@ class UnsharedFasterRCNN(nn.Module):
     def rpn(self) -> RegionProposalNetwork:
         return self.rpn_net.rpn
 
-    def propose(self, images: list[Tensor]):
-        return self.rpn_net.propose(images)
+    def propose(self, images: list[Tensor], image_scales: list[float] | None = None):
+        return self.rpn_net.propose(images, image_scales)
 
-    def forward(self, images: list[Tensor]):
+    def forward(self, images: list[Tensor], image_scales: list[float] | None = None):
         """Detections per image, batch-invariant like :meth:`FasterRCNN.forward`."""
-        (detections,) = run_by_padded_size(images, self.det_net.size_divisible, self._detect_same_size)
+        (detections,) = run_by_padded_size(images, self.det_net.size_divisible, self._detect_same_size, image_scales)
         return detections
 
     @torch.no_grad()
-    def detect_and_rank(self, images: list[Tensor], num_ranked: int) -> tuple[list[dict[str, Tensor]], list[Tensor]]:
+    def detect_and_rank(self, images: list[Tensor], num_ranked: int,
+                        image_scales: list[float] | None = None) -> tuple[list[dict[str, Tensor]], list[Tensor]]:
         """As :meth:`FasterRCNN.detect_and_rank`: one pass of each network's conv layers."""
         run = functools.partial(self._detect_and_rank_same_size, num_ranked=int(num_ranked))
-        detections, ranked = run_by_padded_size(images, self.det_net.size_divisible, run)
+        detections, ranked = run_by_padded_size(images, self.det_net.size_divisible, run, image_scales)
         return detections, ranked
 
-    def _detect_and_rank_same_size(self, images: list[Tensor], num_ranked: int):
+    def _detect_and_rank_same_size(self, images: list[Tensor], image_scales, num_ranked: int):
         rpn_features, image_sizes = self.rpn_net.features(images)
         settings = evaluation_proposal_settings(self.rpn, num_ranked)
-        (proposals, _), (ranked, _) = self.rpn.proposals_at(rpn_features, image_sizes, settings)
+        (proposals, _), (ranked, _) = self.rpn.proposals_at(rpn_features, image_sizes, settings, image_scales)
         feature_map, image_sizes = self.det_net.features(images)
         detections, _ = self.det_net.roi_head(feature_map, proposals, image_sizes)
         return detections, ranked
 
-    def _detect_same_size(self, images: list[Tensor]) -> tuple[list[dict[str, Tensor]]]:
-        proposals, _ = self.rpn_net.propose(images)
+    def _detect_same_size(self, images: list[Tensor], image_scales) -> tuple[list[dict[str, Tensor]]]:
+        proposals, _ = self.rpn_net.propose(images, image_scales)
         feature_map, image_sizes = self.det_net.features(images)
         detections, _ = self.det_net.roi_head(feature_map, proposals, image_sizes)
         return (detections,)

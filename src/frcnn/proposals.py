@@ -17,9 +17,10 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import Dataset
 
-from frcnn.checkpoints import atomic_torch_save
-from frcnn.data.transforms import paper_scale_factor
+from frcnn.atomic_io import atomic_torch_save
+from frcnn.data.transforms import resize_factor
 from frcnn.rpn import ProposalSettings
+from frcnn.safe_load import read_torch_file
 
 PROPOSAL_FORMAT = "frcnn-proposals-v1"
 
@@ -55,8 +56,8 @@ def propose_images(model, dataset, indices: list[int], settings: ProposalSetting
                 h, w = image.shape[:2]
                 transformed, _, _ = dataset.eval_transform(image, boxes[:0], labels[:0])
                 images.append(transformed.to(device))
-                factors.append(transformed.shape[-1] / w)
-            proposals, scores = model.propose(images)
+                factors.append(resize_factor(transformed.shape[-2:], (h, w)))
+            proposals, scores = model.propose(images, factors)  # min size in original pixels, as the authors'
             for index, boxes, image_scores, factor in zip(chunk, proposals, scores, factors):
                 out[index] = ((boxes / factor).cpu(), image_scores.cpu())
     finally:
@@ -86,7 +87,7 @@ def generate_proposal_file(model, dataset, settings: ProposalSettings, path: str
         merged = {}
         for r in range(world):
             part = path.with_name(f"{path.stem}.rank{r}.pt")
-            merged.update(torch.load(part, weights_only=False))
+            merged.update(read_torch_file(part, "proposal shard"))
         _write(path, merged, len(dataset), settings)
         for r in range(world):
             path.with_name(f"{path.stem}.rank{r}.pt").unlink(missing_ok=True)
@@ -112,13 +113,12 @@ def load_proposal_file(path: str | Path, num_images: int) -> dict:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no proposal file at {path}")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as exc:
-        raise ValueError(f"{path} is not a readable proposal file ({exc.__class__.__name__}: {exc})") from exc
+    payload = read_torch_file(path, "proposal file")  # tensors and plain values only, never code
     if not isinstance(payload, dict) or payload.get("format") != PROPOSAL_FORMAT:
         raise ValueError(f"{path} is not an frcnn proposal file (format {PROPOSAL_FORMAT!r} expected)")
-    if payload["num_images"] != num_images or len(payload["boxes"]) != num_images:
+    if not isinstance(payload.get("boxes"), list) or not all(isinstance(b, torch.Tensor) for b in payload["boxes"]):
+        raise ValueError(f"{path}: its 'boxes' entry is not a list of tensors")
+    if payload.get("num_images") != num_images or len(payload["boxes"]) != num_images:
         raise ValueError(f"{path} holds proposals for {len(payload['boxes'])} images, the dataset has {num_images}")
     for i, boxes in enumerate(payload["boxes"]):
         if boxes.ndim != 2 or boxes.shape[-1] != 4:

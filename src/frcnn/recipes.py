@@ -5,10 +5,12 @@ Run directory layout:
     <run_dir>/<stage>/DONE                    marker: the stage finished
     <run_dir>/final/model.pt                  the unified detector
     <run_dir>/metrics.json                    final evaluation
+    <run_dir>/.frcnn.lock                     held by the process training here (frcnn.run_lock)
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import sys
@@ -23,7 +25,8 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
-from frcnn.checkpoints import atomic_torch_save, atomic_write_json, atomic_write_text, save_detector
+from frcnn.atomic_io import atomic_torch_save, atomic_write_json, atomic_write_text
+from frcnn.checkpoints import save_detector
 from frcnn.data.build import build_dataset
 from frcnn.data.datamodule import DetectionDataModule
 from frcnn.evaluation.evaluate import evaluate_full
@@ -32,6 +35,7 @@ from frcnn.evaluation.report import write_evaluation_report
 from frcnn.evaluation.voc_ap import format_table
 from frcnn.faults import fault_point
 from frcnn.lit.callbacks import CheckpointOnSigterm, FaultPoint, StepSeed, seed_stage
+from frcnn.lit.checkpoint_io import AtomicCheckpointIO
 from frcnn.lit.guards import LossGuard
 from frcnn.lit.joint import JointModule
 from frcnn.lit.stages import StageModule
@@ -40,6 +44,8 @@ from frcnn.model import UnsharedFasterRCNN
 from frcnn.proposals import ProposalDataset, generate_proposal_file, load_proposal_file
 from frcnn.resume import check_run_config, finished_metrics, resume_checkpoint
 from frcnn.rpn import ProposalSettings
+from frcnn.run_lock import RunDirLock
+from frcnn.safe_load import read_torch_file
 from frcnn.tracking import build_logger, finish_logger, log_final_results
 
 log = logging.getLogger(__name__)
@@ -76,13 +82,14 @@ def build_trainer(cfg: Mapping[str, Any], stage_dir: Path, stage_name: str, max_
         strategy=trainer_cfg["strategy"], precision=trainer_cfg["precision"],
         max_steps=int(max_steps), max_epochs=-1,
         check_val_every_n_epoch=int(val_every_n_epochs) if val_every_n_epochs else None,
-        limit_val_batches=1.0 if val_every_n_epochs else 0,
+        limit_val_batches=None if val_every_n_epochs else 0,  # None: all batches, without Lightning's note
         log_every_n_steps=int(trainer_cfg["log_every_n_steps"]),
         enable_progress_bar=bool(trainer_cfg["enable_progress_bar"]),
         deterministic=bool(trainer_cfg.get("deterministic", False)),
         gradient_clip_val=cfg["optim"].get("gradient_clip_norm"),
         default_root_dir=str(stage_dir), logger=logger, callbacks=[checkpoint, *(extra_callbacks or [])],
         num_sanity_val_steps=0, enable_model_summary=False,
+        plugins=[AtomicCheckpointIO()],  # last.ckpt: .tmp beside it, fsync, rename; the old one survives a failed write
     )
 
 
@@ -111,7 +118,7 @@ def fit_stage(cfg: Mapping[str, Any], run_dir: Path, stage_name: str, module: L.
     weights = stage_dir / "model.pt"
     if (stage_dir / "DONE").exists() and weights.exists():
         log.info("stage %s already finished; loading %s", stage_name, weights)
-        module.model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+        module.model.load_state_dict(read_torch_file(weights, "stage weights file"))
         return module
     last, resume_step = resume_checkpoint(stage_dir)  # an unreadable checkpoint is moved aside, never used
     datamodule.resume_step = resume_step
@@ -125,7 +132,10 @@ def fit_stage(cfg: Mapping[str, Any], run_dir: Path, stage_name: str, module: L.
         log.info("stage %s: resuming from %s (step %d)", stage_name, last, resume_step)
     start = time.perf_counter()
     try:
-        trainer.fit(module, datamodule=datamodule, ckpt_path=str(last) if last is not None else None)
+        # Lightning reads the run's own last.ckpt; weights_only=True keeps even that file from running code
+        # (frcnn's checkpoints hold only tensors and plain values; resume_checkpoint checked it the same way)
+        trainer.fit(module, datamodule=datamodule, ckpt_path=str(last) if last is not None else None,
+                    weights_only=True)
     except SIGTERMException:
         finish_logger(logger)
         raise stopped_by_sigterm(stage_name, on_sigterm) from None
@@ -251,7 +261,7 @@ def run_alternating(cfg: Mapping[str, Any], run_dir: Path) -> dict:
     proposals2 = proposal_stage(cfg, run_dir, "stage2_proposals", rpn2.model, train_set, timings)
 
     det2 = stage_module("stage2_det", "detector", True)
-    det2.model.load_state_dict(rpn2.model.state_dict())  # shared conv + RPN of stage 4, head of stage 3
+    start_last_detector(det2.model, rpn2.model, bool(cfg["recipe"].get("reinit_det_outputs", False)))
     det2.apply_trainable()
     del rpn2
     det2 = fit_stage(cfg, run_dir, "stage2_det", det2, detector_data(proposals2, "stage2_det"),
@@ -261,6 +271,29 @@ def run_alternating(cfg: Mapping[str, Any], run_dir: Path) -> dict:
 
 def copy_weights(source: torch.nn.Module, target: torch.nn.Module) -> None:
     target.load_state_dict(source.state_dict())
+
+
+DETECTOR_OUTPUT_LAYERS = "roi_head.predictor."  # cls_score, bbox_pred
+
+
+def start_last_detector(detector: torch.nn.Module, stage4: torch.nn.Module, reinit_outputs: bool) -> None:
+    """The start of the last Fast R-CNN step (stage2_det): shared conv + RPN of step 4 and the
+    fc layers of step 3 (carried through step 4).
+
+    ``reinit_outputs`` (``recipe.reinit_det_outputs``): the output layers (cls_score, bbox_pred)
+    keep ``detector``'s fresh init, N(0, 0.01) / N(0, 0.001), as in the authors' code: their
+    step-4 net holds fc6/fc7 only as dummy layers that carry the weights along (py-faster-rcnn
+    models/*/faster_rcnn_alt_opt/stage2_rpn_train.pt), so stage2_fast_rcnn_train.pt starts its
+    output layers from their fillers. False: step 3's output layers are carried over as well.
+    """
+    state = stage4.state_dict()
+    if not reinit_outputs:
+        detector.load_state_dict(state)
+        return
+    carried = {key: value for key, value in state.items() if not key.startswith(DETECTOR_OUTPUT_LAYERS)}
+    missing, unexpected = detector.load_state_dict(carried, strict=False)
+    if unexpected or any(not key.startswith(DETECTOR_OUTPUT_LAYERS) for key in missing):
+        raise RuntimeError(f"stage2_det start: unexpected keys {unexpected}, missing {missing}")
 
 
 def _evaluation_device(cfg: Mapping[str, Any]) -> torch.device:
@@ -285,11 +318,12 @@ def finalize(cfg, run_dir: Path, model, class_names, datamodule, timings: dict[s
     timings["evaluation"] = time.perf_counter() - start
     metrics["recipe"] = cfg["recipe"]["name"]
     metrics["stage_seconds"] = timings
-    written = write_evaluation_report(metrics, pr_curves, run_dir)  # metrics.json, ap_table.md, PR + recall PNGs
+    written = write_evaluation_report(metrics, pr_curves, run_dir, write_metrics=False)  # ap_table.md, PR + recall PNGs
     logger = build_logger(cfg["logger"], run_dir, run_dir.name, "final", config=dict(cfg))
     log_final_results(logger, metrics, {name: path for name, path in written.items() if name.endswith(".png")},
                       pictures.pictures)  # W&B: run summary + images; CSV: csv/final/metrics.csv + PNGs
     finish_logger(logger)
+    atomic_write_json(metrics, run_dir / "metrics.json")  # last: with final/model.pt it marks the run finished
     print(format_table(metrics))
     print(format_recall_table(metrics["proposal_recall"]))
     print(f"metrics written to {run_dir / 'metrics.json'}")
@@ -305,12 +339,14 @@ def run_recipe(cfg: Mapping[str, Any], run_dir: str | Path) -> dict:
     if name not in RECIPES:
         raise ValueError(f"recipe={name!r}; allowed: {sorted(RECIPES)}")
     run_dir = Path(run_dir)
-    if rank_zero_only.rank == 0:
-        check_run_config(cfg, run_dir)  # refuses a changed config in a used run dir
-    done = finished_metrics(run_dir)
-    if done is not None:
-        print(f"run in {run_dir} is already finished (map_50={done.get('map_50')}, metrics in "
-              f"{run_dir / 'metrics.json'}); nothing to do")
-        return done
-    L.seed_everything(int(cfg.get("seed", 0)), workers=True)
-    return RECIPES[name](cfg, run_dir)
+    # one writer per run dir: rank 0 holds the lock for the whole run (the other ranks are its children)
+    with RunDirLock(run_dir) if rank_zero_only.rank == 0 else contextlib.nullcontext():
+        if rank_zero_only.rank == 0:
+            check_run_config(cfg, run_dir)  # refuses a changed config in a used run dir
+        done = finished_metrics(run_dir)
+        if done is not None:
+            print(f"run in {run_dir} is already finished (map_50={done.get('map_50')}, metrics in "
+                  f"{run_dir / 'metrics.json'}); nothing to do")
+            return done
+        L.seed_everything(int(cfg.get("seed", 0)), workers=True)
+        return RECIPES[name](cfg, run_dir)

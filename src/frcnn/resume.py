@@ -17,10 +17,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from frcnn.checkpoints import atomic_write_json
+from frcnn.atomic_io import atomic_write_json
 from frcnn.config import ConfigError
+from frcnn.safe_load import read_torch_file
 
 log = logging.getLogger(__name__)
 
@@ -96,10 +95,9 @@ def finished_metrics(run_dir: str | Path) -> dict | None:
 def _readable_step(path: Path) -> int | None:
     """global_step of a Lightning checkpoint, or None (file moved aside) when it cannot be loaded."""
     try:
-        try:
-            payload = torch.load(path, map_location="cpu", weights_only=False, mmap=True)  # tensors not read
-        except RuntimeError:  # not a zip-format file: mmap cannot map it, a plain load can tell
-            payload = torch.load(path, map_location="cpu", weights_only=False)
+        # restricted reader (tensors and plain values; tensors mapped, not read): a checkpoint holding
+        # pickled objects is refused like a damaged one, and Lightning then resumes with weights_only=True
+        payload = read_torch_file(path, "checkpoint", mmap=True)
         step = int(payload["global_step"])
         if "state_dict" not in payload or "optimizer_states" not in payload:
             raise KeyError("state_dict / optimizer_states")

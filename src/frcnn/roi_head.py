@@ -62,7 +62,7 @@ class RoIHead(nn.Module):
         roi_output_size: int = 7,
         spatial_scale: float = 1.0 / 16,
         pool_type: str = "max",
-        batch_size_per_image: int = 128,
+        rois_per_minibatch: int = 128,
         positive_fraction: float = 0.25,
         fg_iou_thresh: float = 0.5,
         bg_iou_hi: float = 0.5,
@@ -82,6 +82,8 @@ class RoIHead(nn.Module):
                 f"need 0 <= roi_head.bg_iou_lo ({bg_iou_lo}) <= roi_head.bg_iou_hi ({bg_iou_hi}) "
                 f"<= roi_head.fg_iou ({fg_iou_thresh}) <= 1"
             )
+        if rois_per_minibatch < 1:
+            raise ValueError(f"roi_head.rois_per_minibatch must be >= 1, got {rois_per_minibatch}")
         if len(target_stds) != 4 or min(target_stds) <= 0:
             raise ValueError(f"roi_head.target_stds must be 4 positive numbers, got {list(target_stds)}")
         self.head = head
@@ -90,7 +92,7 @@ class RoIHead(nn.Module):
         self.roi_output_size = roi_output_size
         self.spatial_scale = spatial_scale
         self.pool_type = pool_type
-        self.batch_size_per_image = batch_size_per_image
+        self.rois_per_minibatch = rois_per_minibatch
         self.positive_fraction = positive_fraction
         self.fg_iou_thresh = fg_iou_thresh
         self.bg_iou_hi = bg_iou_hi
@@ -108,14 +110,21 @@ class RoIHead(nn.Module):
             return roi_pool(features, rois, self.roi_output_size, self.spatial_scale)
         return roi_align(features, rois, self.roi_output_size, self.spatial_scale, sampling_ratio=2, aligned=True)
 
+    def rois_per_image(self, num_images: int) -> int:
+        """Fast R-CNN §2.3: R = 128 RoIs per mini-batch of N = 2 images, i.e. R / N = 64 from each
+        image (the authors' code: ``BATCH_SIZE / num_images``). A batch with fewer images (the last,
+        smaller batch of an epoch) takes more from each, so every step sees R RoIs."""
+        return max(1, self.rois_per_minibatch // max(num_images, 1))
+
     def sample_rois(
         self, proposals: list[Tensor], gt_boxes: list[Tensor], gt_labels: list[Tensor]
     ) -> tuple[list[Tensor], Tensor, Tensor]:
-        """Mini-batch of 128 RoIs per image, 25% foreground (Fast R-CNN §2.3); ground-truth
-        boxes join the proposals (as in the paper's reference code).
+        """Mini-batch of R RoIs, R / N from each of the N images, 25% foreground (Fast R-CNN
+        §2.3); ground-truth boxes join the proposals (as in the paper's reference code).
 
         Returns (rois per image, class labels [R_total], regression targets [R_total, 4]).
         """
+        per_image = self.rois_per_image(len(proposals))
         rois, labels, targets = [], [], []
         for props, boxes, classes in zip(proposals, gt_boxes, gt_labels):
             if self.add_gt_to_proposals and boxes.numel():
@@ -123,7 +132,7 @@ class RoIHead(nn.Module):
             sample_labels, class_labels, matched = label_rois(
                 props, boxes, classes, self.fg_iou_thresh, self.bg_iou_hi, self.bg_iou_lo
             )
-            pos, neg = sample_balanced(sample_labels, self.batch_size_per_image, self.positive_fraction)
+            pos, neg = sample_balanced(sample_labels, per_image, self.positive_fraction)
             keep = torch.cat((pos, neg))
             image_rois = props[keep]
             rois.append(image_rois)

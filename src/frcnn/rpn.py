@@ -55,7 +55,7 @@ class ProposalSettings:
     pre_nms_top_n: int  # <= 0: no pre-NMS cut
     post_nms_top_n: int
     nms_thresh: float = 0.7
-    min_size_px: float = 16.0
+    min_size_px: float = 16.0  # in original-image pixels: x the image's resize factor on the network input
     # test-time ablations of the paper's Table 2 (all off by default)
     ranking: str = "cls"  # "cls": by objectness | "random": cls scores not used, random order
     use_regression: bool = True  # False: the anchors themselves are the proposals
@@ -191,10 +191,17 @@ class RegionProposalNetwork(nn.Module):
 
     # -- proposal layer ---------------------------------------------------------------
     def propose(
-        self, anchors: Tensor, logits: Tensor, deltas: Tensor, image_sizes: list[tuple[int, int]], settings: ProposalSettings
+        self, anchors: Tensor, logits: Tensor, deltas: Tensor, image_sizes: list[tuple[int, int]], settings: ProposalSettings,
+        image_scales: list[float] | None = None,
     ) -> tuple[list[Tensor], list[Tensor]]:
         """Proposal layer (§3.1, §3.3): top pre-NMS N by score, decode, clip to the image,
         drop boxes under the minimum size, NMS at 0.7, keep the top post-NMS N.
+
+        The minimum size is in *original-image* pixels, as in the authors' proposal layer
+        (``min_size * im_scale``): a box of image i is dropped when its width or height on the
+        network input is under ``settings.min_size_px * image_scales[i]`` (16 px of a VOC image
+        scaled 1.6x to 600 px is 25.6 px). ``image_scales``: network-input px per original px,
+        one per image (None: 1, images not rescaled).
 
         Top-k happens before decoding, so only the kept anchors are decoded; NMS stops once it
         has kept the post-NMS N (:func:`frcnn.nms.nms_top_n`, same boxes as full NMS + cut), the images
@@ -214,9 +221,12 @@ class RegionProposalNetwork(nn.Module):
         boxes = decode_boxes(top_deltas, anchors[top_idx])  # [B, K, 4]
         scores = torch.sigmoid(top_logits)
         candidates = []  # per image: (boxes [K_i, 4], scores [K_i]) inside the image, big enough
-        for i, image_hw in enumerate(image_sizes):
+        scales = [1.0] * len(image_sizes) if image_scales is None else [float(f) for f in image_scales]
+        if len(scales) != len(image_sizes):
+            raise ValueError(f"image_scales holds {len(scales)} factors for a batch of {len(image_sizes)} images")
+        for i, (image_hw, scale) in enumerate(zip(image_sizes, scales)):
             image_boxes = clip_boxes_to_image(boxes[i], image_hw)
-            keep = remove_small_boxes(image_boxes, settings.min_size_px)
+            keep = remove_small_boxes(image_boxes, settings.min_size_px * scale)
             candidates.append((image_boxes[keep], scores[i][keep]))
         if settings.use_nms:
             keeps = nms_top_n_per_image(candidates, settings.nms_thresh, settings.post_nms_top_n)
@@ -226,30 +236,31 @@ class RegionProposalNetwork(nn.Module):
         proposal_scores = [image_scores[keep] for (_, image_scores), keep in zip(candidates, keeps)]
         return proposals, proposal_scores
 
-    def proposals_at(self, features: Tensor, image_sizes: list[tuple[int, int]],
-                     settings: Sequence[ProposalSettings]) -> list[tuple[list[Tensor], list[Tensor]]]:
+    def proposals_at(self, features: Tensor, image_sizes: list[tuple[int, int]], settings: Sequence[ProposalSettings],
+                     image_scales: list[float] | None = None) -> list[tuple[list[Tensor], list[Tensor]]]:
         """The proposal layer once per entry of ``settings`` on one pass of the RPN head (e.g. the
         test-time 300 for the detector and the top 2000 for Fig. 4's recall, one conv pass).
+        ``image_scales``: see :meth:`propose`.
         features [B, C, H, W] -> per settings: (proposals per image [N_i, 4], their scores [N_i])."""
         anchors = self.anchor_generator((features.shape[-2], features.shape[-1]))  # [A, 4]
         logits, deltas = self.head(features)
-        return [self.propose(anchors, logits, deltas, image_sizes, one) for one in settings]
+        return [self.propose(anchors, logits, deltas, image_sizes, one, image_scales) for one in settings]
 
     def forward(
         self, features: Tensor, image_sizes: list[tuple[int, int]], gt_boxes: list[Tensor] | None = None,
-        with_proposals: bool = True,
+        with_proposals: bool = True, image_scales: list[float] | None = None,
     ) -> tuple[list[Tensor], list[Tensor], dict[str, Tensor]]:
         """features [B, C, H, W] -> (proposals, their scores, losses (empty unless gt_boxes)).
 
         ``with_proposals=False`` skips the proposal layer (an RPN-only training step needs
-        only the loss)."""
+        only the loss). ``image_scales``: each image's resize factor (see :meth:`propose`)."""
         feature_hw = (features.shape[-2], features.shape[-1])
         anchors = self.anchor_generator(feature_hw)  # [A, 4]
         logits, deltas = self.head(features)
         settings = self.train_proposals if self.training else self.test_proposals
         proposals, scores = [], []
         if with_proposals:
-            proposals, scores = self.propose(anchors, logits, deltas, image_sizes, settings)
+            proposals, scores = self.propose(anchors, logits, deltas, image_sizes, settings, image_scales)
         losses = {}
         if gt_boxes is not None:
             losses = self.loss(logits, deltas, anchors, gt_boxes, image_sizes, feature_hw)

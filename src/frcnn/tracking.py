@@ -94,6 +94,11 @@ def build_logger(logger_cfg: Mapping[str, Any], save_dir: str | Path, run_name: 
         if resume_step > 0 and rank_zero_only.rank == 0:  # other ranks' experiment is a stub
             kept = read_csv_rows_before(Path(logger.log_dir) / "metrics.csv", resume_step)
             logger.experiment.metrics.extend(kept)  # the writer (created here) deleted the file; its next save rewrites them
+        if rank_zero_only.rank == 0:  # (after the read above: creating the writer deletes metrics.csv)
+            from frcnn.atomic_io import naming_write_errors
+
+            writer = logger.experiment
+            writer.save = naming_write_errors(writer.save, writer.metrics_file_path)  # a failed append names the file
         return logger
     if name == "tensorboard":
         from lightning.pytorch.loggers import TensorBoardLogger

@@ -17,22 +17,18 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
-import torch
 from PIL import Image
 
-from frcnn.checkpoints import PAPER_TEST_SCALE, checkpoint_input_scale, load_detector
-from frcnn.data.transforms import DetectionTransform
+from frcnn.data.validation import BadImageError
 from frcnn.drawing import draw_detections
 from frcnn.evaluation.detections_io import coco_result_records, write_coco_results
+from frcnn.predictor import Detector, read_image
 
 log = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")
 PIL_FORMAT_BY_EXTENSION = {".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG", ".bmp": "BMP"}
-class BadImageError(ValueError):
-    """An input image that cannot be read; the message names the file."""
-
+IMAGES_PER_CHUNK = 16  # images decoded and detected together (the Detector batches same-size ones)
 
 # ----------------------------------------------------------------------------- inputs
 def find_images(inputs: Sequence[str | Path]) -> list[Path]:
@@ -51,44 +47,7 @@ def find_images(inputs: Sequence[str | Path]) -> list[Path]:
     return found
 
 
-def read_image(path: Path) -> tuple[Image.Image, str | None]:
-    """Decode a file completely -> (RGB image, PIL format name); BadImageError naming the file."""
-    try:
-        with Image.open(path) as image:
-            image.load()  # Image.open is lazy: decode now so a truncated file fails here
-            return image.convert("RGB"), image.format
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
-        raise BadImageError(f"{path}: cannot read the image ({exc.__class__.__name__}: {exc})") from exc
-
-
-# ----------------------------------------------------------------------------- detection
-@torch.no_grad()
-def detect_image(model, image: Image.Image, transform: DetectionTransform, device: torch.device,
-                 source: str = "<image>") -> dict[str, torch.Tensor]:
-    """One RGB image -> {boxes [D, 4] in original pixels, scores [D], labels [D]} (CPU tensors).
-
-    The image is rescaled by ``transform`` (the paper's test rule); boxes are divided by the
-    per-axis factors actually applied (output size / input size) and clipped to the image.
-    """
-    pixels = np.asarray(image, dtype=np.uint8)  # [H, W, 3]
-    tensor, _, _ = transform(pixels, np.zeros((0, 4), np.float32), np.zeros(0, np.int64), source=source)
-    height, width = pixels.shape[:2]
-    scale_x, scale_y = width / tensor.shape[-1], height / tensor.shape[-2]
-    detections = model([tensor.to(device)])[0]
-    boxes = detections["boxes"].detach().cpu().float().reshape(-1, 4)  # [D, 4] network-input pixels
-    boxes = boxes * boxes.new_tensor([scale_x, scale_y, scale_x, scale_y])
-    boxes[:, 0::2] = boxes[:, 0::2].clamp(0, width)
-    boxes[:, 1::2] = boxes[:, 1::2].clamp(0, height)
-    return {"boxes": boxes, "scores": detections["scores"].detach().cpu(),
-            "labels": detections["labels"].detach().cpu()}
-
-
-def keep_confident(detections: dict[str, torch.Tensor], score_thresh: float) -> dict[str, torch.Tensor]:
-    """Detections with score >= score_thresh."""
-    keep = detections["scores"] >= score_thresh
-    return {key: value[keep] for key, value in detections.items()}
-
-
+# ----------------------------------------------------------------------------- output
 def save_like_input(image: Image.Image, source: Path, out_path: Path, pil_format: str | None) -> None:
     """Save in the input's format (by extension, else the decoded format, else PNG)."""
     fmt = PIL_FORMAT_BY_EXTENSION.get(source.suffix.lower()) or pil_format or "PNG"
@@ -106,51 +65,55 @@ def _unique_name(name: str, used: set[str]) -> str:
     return candidate
 
 
-def detect_files(checkpoint: str | Path, inputs: Sequence[str | Path], out_dir: str | Path, score_thresh: float = 0.5,
-                 scale: int | None = None, max_size: int | None = None, device: str = "cpu",
-                 skip_bad: bool = False) -> dict:
-    """Detect, draw and write (module docstring). ``scale`` / ``max_size`` default to the checkpoint's
-    training values when recorded, else the paper's 600 / 1000.
-
-    -> {"images": processed count, "detections": written count, "skipped": [files], "results": path,
-    "scale": (scale, max_size)}.
-    """
-    checkpoint, out_dir = Path(checkpoint), Path(out_dir)
-    if not 0.0 <= score_thresh <= 1.0:
-        raise ValueError(f"--score-thresh must be in [0, 1], got {score_thresh}")
-    torch_device = torch.device(device)
-    if torch_device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {device}: CUDA is not available on this machine; use --device cpu")
-    images = find_images(inputs)
-    recorded = checkpoint_input_scale(checkpoint)
-    default_scale, default_max = recorded or PAPER_TEST_SCALE
-    scale, max_size = int(scale or default_scale), int(max_size or default_max)
-    model, class_names = load_detector(checkpoint)
-    model.to(torch_device).eval()
-    transform = DetectionTransform(scales=(scale,), max_size=max_size, train=False)
-    out_dir.mkdir(parents=True, exist_ok=True)
-
-    records, image_entries, skipped, used_names = [], [], [], set()
-    for path in images:
+def read_images(paths: Sequence[Path], skip_bad: bool, skipped: list[str]) -> list[tuple[Path, Image.Image, str | None]]:
+    """Decode each file -> (path, RGB image, PIL format); an unreadable one raises BadImageError,
+    or with ``skip_bad`` is warned about and appended to ``skipped``."""
+    decoded = []
+    for path in paths:
         try:
-            image, pil_format = read_image(path)
+            decoded.append((path, *read_image(path)))
         except BadImageError as exc:
             if not skip_bad:
                 raise
             log.warning("skipping %s", exc)
             skipped.append(str(path))
-            continue
-        detections = keep_confident(detect_image(model, image, transform, torch_device, str(path)), score_thresh)
-        out_name = _unique_name(path.name, used_names)
-        drawn = draw_detections(image, detections["boxes"], detections["labels"], detections["scores"], class_names)
-        save_like_input(drawn, path, out_dir / out_name, pil_format)
-        image_id = len(image_entries)
-        image_entries.append({"id": image_id, "file_name": out_name, "width": image.width, "height": image.height})
-        records += coco_result_records(image_id, out_name, detections["boxes"], detections["scores"],
-                                       detections["labels"])
-    results_path, _ = write_coco_results(records, class_names, image_entries, out_dir)
+    return decoded
+
+
+def detect_files(checkpoint: str | Path, inputs: Sequence[str | Path], out_dir: str | Path, score_thresh: float = 0.5,
+                 scale: int | None = None, max_size: int | None = None, device: str = "cpu",
+                 skip_bad: bool = False) -> dict:
+    """Detect, draw and write (module docstring) with :class:`frcnn.Detector`. ``scale`` / ``max_size``
+    default to the checkpoint's training values when recorded, else the paper's 600 / 1000.
+
+    -> {"images": processed count, "detections": written count, "skipped": [files], "results": path,
+    "scale": (scale, max_size)}.
+    """
+    out_dir = Path(out_dir)
+    if not 0.0 <= score_thresh <= 1.0:
+        raise ValueError(f"--score-thresh must be in [0, 1], got {score_thresh}")
+    images = find_images(inputs)
+    # first: the restricted reader checks the file
+    detector = Detector.from_checkpoint(checkpoint, device, scale, max_size, score_thresh=score_thresh)
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    records, image_entries, skipped, used_names = [], [], [], set()
+    for start in range(0, len(images), IMAGES_PER_CHUNK):
+        decoded = read_images(images[start:start + IMAGES_PER_CHUNK], skip_bad, skipped)
+        found = detector([image for _, image, _ in decoded]) if decoded else []
+        for (path, image, pil_format), detections in zip(decoded, found):
+            out_name = _unique_name(path.name, used_names)
+            drawn = draw_detections(image, detections.boxes, detections.labels, detections.scores,
+                                    detector.class_names)
+            save_like_input(drawn, path, out_dir / out_name, pil_format)
+            image_id = len(image_entries)
+            image_entries.append({"id": image_id, "file_name": out_name, "width": image.width,
+                                  "height": image.height})
+            records += coco_result_records(image_id, out_name, detections.boxes, detections.scores,
+                                           detections.labels)
+    results_path, _ = write_coco_results(records, detector.class_names, image_entries, out_dir)
     return {"images": len(image_entries), "detections": len(records), "skipped": skipped,
-            "results": str(results_path), "scale": (scale, max_size)}
+            "results": str(results_path), "scale": (detector.scale, detector.max_size)}
 
 
 # ----------------------------------------------------------------------------- command line

@@ -9,6 +9,7 @@ proposal_recall.png.
 from __future__ import annotations
 
 import logging
+import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -16,13 +17,15 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader
 
-from frcnn.checkpoints import PAPER_TEST_SCALE, checkpoint_input_scale, load_detector
+from frcnn.checkpoints import PAPER_TEST_SCALE, DetectorFileError, checkpoint_input_scale
 from frcnn.data.build import build_dataset
 from frcnn.data.transforms import collate_detection
 from frcnn.evaluation.evaluate import evaluate_full
 from frcnn.evaluation.proposal_recall import PAPER_IOU_THRESHOLDS, PAPER_TOP_NS, format_recall_table
 from frcnn.evaluation.report import write_evaluation_report
 from frcnn.evaluation.voc_ap import format_table
+from frcnn.predictor import Detector
+from frcnn.safe_load import UnreadableFileError
 
 log = logging.getLogger(__name__)
 
@@ -109,11 +112,11 @@ def evaluate_checkpoint(cfg: Mapping[str, Any]) -> dict:
     device = resolve_device(str(cfg.get("device", "cpu")))
     recall_cfg = cfg.get("proposal_recall") or {}
 
-    model, class_names = load_detector(checkpoint)
+    detector = Detector.from_checkpoint(checkpoint, device)  # the restricted reader; the model in eval mode on device
+    model, class_names = detector.model, detector.class_names
     data_cfg = evaluation_data_cfg(cfg["data"], checkpoint, cfg.get("scale"))
     loader = build_eval_loader(data_cfg, split, int(cfg.get("batch_size", 4)))
     check_class_names(class_names, loader.dataset.class_names, checkpoint, str(cfg["data"].get("name")))
-    model.to(device)
     log.info("evaluating %s on %s/%s (%d images) at scale %d", checkpoint, cfg["data"].get("name"), split,
              len(loader.dataset), data_cfg["scales"][0])
     metrics, pr_curves = evaluate_full(
@@ -139,5 +142,12 @@ def run(cfg) -> dict:
     """Hydra entry (scripts/eval.py): DictConfig -> plain dict -> :func:`evaluate_checkpoint`."""
     from omegaconf import OmegaConf
 
+    from frcnn.cli.console import configure_console
+
+    configure_console()
     logging.getLogger("frcnn").setLevel(logging.INFO)
-    return evaluate_checkpoint(OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True))
+    try:
+        return evaluate_checkpoint(OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True))
+    except (FileNotFoundError, UnreadableFileError, DetectorFileError) as exc:  # one line, no traceback
+        print(f"error: {exc}", file=sys.stderr, flush=True)
+        raise SystemExit(2) from None

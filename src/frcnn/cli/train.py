@@ -19,7 +19,11 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from frcnn.atomic_io import WRITE_ERROR_EXIT_STATUS, describe_write_error, is_write_error
 from frcnn.config import ConfigError, check_backbone_weights, check_override_keys, validate_config
+from frcnn.data.validation import DataError
+from frcnn.run_lock import LOCKED_EXIT_STATUS, RunDirLock, RunDirLocked
+from frcnn.safe_load import UnreadableFileError
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +65,9 @@ def preflight(argv: Sequence[str], config_dir: str | Path, config_name: str = "t
             if text.lstrip("+").startswith(choice) and not _importable(module):
                 return (f"{text}: needs the Hydra plugin {module.split('.')[-1]!r}, which is not installed; "
                         f"install it with: pip install -e '.[{extra}]'")
+    problem = _group_choice_problem(args.overrides, Path(config_dir))
+    if problem:
+        return problem
     try:
         base, keys = _compose_for_key_check(args.overrides, Path(config_dir), config_name)
     except Exception:  # noqa: BLE001 - Hydra reports composition errors itself
@@ -69,6 +76,77 @@ def preflight(argv: Sequence[str], config_dir: str | Path, config_name: str = "t
         check_override_keys(base, keys)
     except ConfigError as exc:
         return str(exc)
+    return _composition_problem(args.overrides, Path(config_dir), config_name)
+
+
+def _plain_overrides(overrides: Sequence[str]) -> list:
+    """Parsed overrides that are not ``hydra.*`` (those are Hydra's to check)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parser = OverridesParser.create()
+    parsed = [parser.parse_override(text) for text in overrides]
+    return [override for override in parsed if not override.is_hydra_override()]
+
+
+def _group_choice_problem(overrides: Sequence[str], config_dir: Path) -> str | None:
+    """'rpn=nope: config group rpn has no option 'nope' (options: default)' for a group choice
+    that names no file of its group (Hydra's own message lists its search path instead)."""
+    try:
+        parsed = _plain_overrides(overrides)
+    except Exception:  # noqa: BLE001 - a syntax error: Hydra reports it with the grammar
+        return None
+    for override in parsed:
+        group = override.key_or_group
+        if not (config_dir / group).is_dir() or override.is_delete():
+            continue
+        values = list(override.sweep_string_iterator()) if override.is_sweep_override() else [override.value()]
+        for value in values:
+            if not isinstance(value, str) or not (config_dir / group / f"{value}.yaml").is_file():
+                options = sorted(str(p.relative_to(config_dir / group).with_suffix(""))
+                                 for p in (config_dir / group).rglob("*.yaml"))
+                return (f"{override.input_line}: config group {group} has no option {value!r} "
+                        f"(options: {', '.join(options)})")
+    return None
+
+
+def _composition_problem(overrides: Sequence[str], config_dir: Path, config_name: str) -> str | None:
+    """The first override Hydra cannot apply to the config (a mapping or a list where the config
+    holds the other kind, ...), named with Hydra's reason; None when the command line composes.
+    Sweeps (``a,b``) are left to Hydra, which composes each job itself."""
+    from hydra import compose, initialize_config_dir
+
+    parsed = _plain_overrides(overrides)
+    if any(override.is_sweep_override() for override in parsed):
+        return None
+    texts = [override.input_line for override in parsed]
+    with initialize_config_dir(version_base="1.3", config_dir=str(config_dir.resolve())):
+        try:
+            compose(config_name, overrides=texts)
+            return None
+        except Exception:  # noqa: BLE001 - find the override that breaks it, below
+            pass
+        for k, text in enumerate(texts):
+            try:
+                compose(config_name, overrides=texts[: k + 1])
+            except Exception as exc:  # noqa: BLE001 - Hydra's errors have no common base we could name
+                reason = str(exc.__cause__ or exc).strip().splitlines()[0]
+                return f"{text}: cannot be applied to the config ({reason})"
+    return None
+
+
+def run_dir_in_use(argv: Sequence[str]) -> str | None:
+    """The refusal when the command names its run dir (``hydra.run.dir=<path>``, single run) and
+    another process holds that run dir's lock, else None. Checked before Hydra starts, because Hydra
+    writes ``.hydra/`` and ``train.log`` into the run dir before the task runs; the task itself takes
+    the lock (frcnn.recipes.run_recipe), so a run dir Hydra names by the time of day is covered there."""
+    if any(arg in ("-m", "--multirun") for arg in argv):
+        return None
+    for arg in argv:
+        if arg.startswith("hydra.run.dir=") and "${" not in arg:
+            try:
+                RunDirLock(arg.split("=", 1)[1].strip("'\"")).check_free()
+            except RunDirLocked as exc:
+                return str(exc)
     return None
 
 
@@ -195,21 +273,38 @@ def train(cfg: DictConfig | Mapping[str, Any]) -> dict:
 def run_job(cfg: DictConfig) -> float | None:
     """The Hydra task of train.py: the job's map_50 (what an Optuna sweep maximises).
 
-    Single run: a config error prints one line and exits with status 2; other errors raise.
+    Single run: a config error, or a bad file from outside (weights, checkpoint, data), prints one
+    line naming it and exits with status 2; other errors raise.
     Multirun: a failing job writes ``<job dir>/FAILED`` and returns None, and the sweep goes on
     (the sweep summary lists it as failed); DDPInMultirunError stops the sweep at once.
+    In both, a run dir held by another process (frcnn.run_lock) prints one line naming the holder and
+    exits with status 2, and a failed write (full disk, I/O error: frcnn.atomic_io) prints one line
+    naming the file and the error and exits with status 74 (EX_IOERR), without a traceback.
     """
+    from frcnn.cli.console import configure_console
+
+    configure_console()
     multirun = bool(_hydra_run().get("multirun"))
     try:
         metrics = train(cfg)
     except DDPInMultirunError as exc:
         print(f"Config error: {exc}", file=sys.stderr, flush=True)
         raise SystemExit(2) from exc
+    except RunDirLocked as exc:  # another process trains there: never write into its run dir
+        print(f"Run dir locked: {exc}", file=sys.stderr, flush=True)
+        raise SystemExit(LOCKED_EXIT_STATUS) from exc
     except Exception as exc:
+        if is_write_error(exc):  # a full disk fails every later job of a sweep too: stop here
+            print(f"Write error: {describe_write_error(exc)}", file=sys.stderr, flush=True)
+            raise SystemExit(WRITE_ERROR_EXIT_STATUS) from exc
         if not multirun:
             if isinstance(exc, ConfigError):
                 print(f"Config error: {exc}", file=sys.stderr, flush=True)
                 raise SystemExit(2) from exc
+            if isinstance(exc, (FileNotFoundError, UnreadableFileError, DataError)):
+                # a file from outside (weights, checkpoint, image, annotation) named in one line
+                print(f"error: {exc}", file=sys.stderr, flush=True)
+                raise SystemExit(2) from None
             raise
         job_dir = Path(OmegaConf.select(cfg, "run_dir") or ".")
         job_dir.mkdir(parents=True, exist_ok=True)

@@ -44,7 +44,7 @@ def load_coco_json(ann_file: str | Path) -> dict:
         raise DatasetLayoutError(ann_file, "no such annotation file (expected a COCO instances JSON, e.g. "
                                            "<root>/annotations/instances_train2017.json)")
     try:
-        with open(ann_file) as f:
+        with open(ann_file, encoding="utf-8-sig") as f:  # a byte-order mark is harmless
             data = json.load(f)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise BadAnnotationError(f"{ann_file}: not valid JSON ({exc})") from exc
@@ -57,25 +57,42 @@ def load_coco_json(ann_file: str | Path) -> dict:
     return data
 
 
+def is_coco_id(value: object) -> bool:
+    """COCO ids (image, category) are integers (COCO itself) or strings (some COCO-style sets); a
+    bool, a float, a list or a mapping is not one."""
+    return isinstance(value, (int, str)) and not isinstance(value, bool)
+
+
+def _is_positive_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
+def id_order(value: int | str) -> tuple[bool, int | str]:
+    """Sort key of ids: integers ascending, then strings (a file may mix both)."""
+    return isinstance(value, str), value
+
+
 def select_categories(categories: list[dict], class_names: Sequence[str] | None, ann_file: str | Path
                       ) -> tuple[dict[int, str], dict[int, int]]:
     """-> ({category id: name} of all categories, {selected category id: label 1..C} in ascending id order)."""
     names: dict[int, str] = {}
     for k, category in enumerate(categories):
-        if not isinstance(category, dict) or "id" not in category or "name" not in category:
-            raise BadAnnotationError(f"{ann_file}: categories[{k}] needs 'id' and 'name', got {category!r}")
+        if not (isinstance(category, dict) and is_coco_id(category.get("id"))
+                and isinstance(category.get("name"), str) and category["name"].strip()):
+            raise BadAnnotationError(f"{ann_file}: categories[{k}] needs an integer (or string) 'id' and a non-empty "
+                                     f"string 'name', got {category!r}")
         if category["id"] in names:
-            raise BadAnnotationError(f"{ann_file}: category id {category['id']} appears twice")
-        names[category["id"]] = str(category["name"])
+            raise BadAnnotationError(f"{ann_file}: categories[{k}]: category id {category['id']} appears twice")
+        names[category["id"]] = category["name"]
     if class_names is None:
-        selected = sorted(names)
+        selected = sorted(names, key=id_order)
     else:
         by_name = {name: cat_id for cat_id, name in names.items()}
         unknown = [name for name in class_names if name not in by_name]
         if unknown:
-            raise ValueError(f"data.classes names {unknown}, which are not categories of {ann_file} "
-                             f"(its categories: {sorted(by_name)})")
-        selected = sorted(by_name[name] for name in class_names)
+            raise BadAnnotationError(f"data.classes names {unknown}, which are not categories of {ann_file} "
+                                     f"(its categories: {sorted(by_name)})")
+        selected = sorted((by_name[name] for name in class_names), key=id_order)
     if not selected:
         raise BadAnnotationError(f"{ann_file}: no categories")
     return names, {cat_id: label for label, cat_id in enumerate(selected, start=1)}
@@ -107,20 +124,25 @@ class COCODataset(FileDetectionDataset):
         self.category_ids = tuple(labels_by_category)  # category id of label k is category_ids[k - 1]
         self.ignored_annotations = 0  # annotations of categories not selected
         skipped: list[tuple[str, str]] = []
-        images = self._index_images(data["images"])
+        images = self._index_images(data["images"], on_bad_sample, skipped)
         objects: dict[int, list] = {image_id: [] for image_id in images}  # image id -> [(box, label, crowd)]
         bad_images: dict[int, Exception] = {}
         for k, ann in enumerate(data["annotations"]):
+            if not isinstance(ann, dict):
+                reject_sample(on_bad_sample, skipped, self.ann_file, BadAnnotationError(
+                    f"{self.ann_file}: annotations[{k}] is {ann!r}, not an object with image_id, category_id, bbox"))
+                continue
             ann_id, image_id = ann.get("id", f"#{k}"), ann.get("image_id")
-            if image_id not in images:
+            if not is_coco_id(image_id) or image_id not in images:
                 reject_sample(on_bad_sample, skipped, self.ann_file, BadAnnotationError(
                     f"{self.ann_file}: annotation id {ann_id} points at unknown image id {image_id!r}"))
                 continue
             where = f"{self.ann_file}: annotation id {ann_id} of image {images[image_id]['file_name']} (id {image_id})"
             category_id = ann.get("category_id")
-            if category_id not in category_names:
+            if not is_coco_id(category_id) or category_id not in category_names:
+                known = sorted(category_names, key=id_order)
                 bad_images.setdefault(image_id, BadAnnotationError(
-                    f"{where} has unknown category id {category_id!r} (categories: {sorted(category_names)})"))
+                    f"{where} has unknown category id {category_id!r} (categories: {known})"))
                 continue
             if category_id not in labels_by_category:
                 self.ignored_annotations += 1
@@ -134,11 +156,19 @@ class COCODataset(FileDetectionDataset):
                 bad_images.setdefault(image_id, BadAnnotationError(
                     f"{where}: bbox [x, y, w, h] = {list(bbox)} has w <= 0 or h <= 0 (xmax <= xmin or ymax <= ymin)"))
                 continue
-            objects[image_id].append((coco_box_to_xyxy(bbox), labels_by_category[category_id],
-                                      bool(ann.get("iscrowd", 0))))
+            box_xyxy = coco_box_to_xyxy(bbox)
+            if not all(math.isfinite(v) for v in box_xyxy):
+                bad_images.setdefault(image_id, BadAnnotationError(
+                    f"{where}: bbox [x, y, w, h] = {list(bbox)} overflows (x + w or y + h is not finite)"))
+                continue
+            crowd = ann.get("iscrowd", 0)
+            if crowd not in (0, 1):
+                bad_images.setdefault(image_id, BadAnnotationError(f"{where}: iscrowd is {crowd!r}, expected 0 or 1"))
+                continue
+            objects[image_id].append((box_xyxy, labels_by_category[category_id], bool(crowd)))
         image_names = list_dir_names(self.images_dir)
         records: list[ImageRecord] = []
-        for image_id in sorted(images):
+        for image_id in sorted(images, key=id_order):
             info = images[image_id]
             path = self.images_dir / info["file_name"]
             if image_id in bad_images:
@@ -156,24 +186,28 @@ class COCODataset(FileDetectionDataset):
                          keep_difficult=keep_crowd, on_bad_sample=on_bad_sample, verify_images=verify_images,
                          skipped=skipped, description=f"COCO {self.ann_file}")
 
-    def _index_images(self, entries: list) -> dict[int, dict]:
-        """{image id: image entry}; every entry needs id, file_name and positive width / height."""
+    def _index_images(self, entries: list, on_bad_sample: str, skipped: list) -> dict[int, dict]:
+        """{image id: image entry}; every entry needs an integer (or string) id, a file_name and positive integer
+        width / height (an entry without them follows ``on_bad_sample``; an id given twice is an error)."""
         images: dict[int, dict] = {}
         for k, info in enumerate(entries):
-            ok = isinstance(info, dict) and all(key in info for key in ("id", "file_name", "width", "height"))
-            if not ok or not (isinstance(info["width"], int) and isinstance(info["height"], int)
-                              and info["width"] > 0 and info["height"] > 0):
-                raise BadAnnotationError(f"{self.ann_file}: images[{k}] needs 'id', 'file_name' and positive integer "
-                                         f"'width' / 'height', got {info!r}")
+            ok = isinstance(info, dict) and is_coco_id(info.get("id")) and isinstance(info.get("file_name"), str) \
+                and info["file_name"].strip() != "" and _is_positive_int(info.get("width")) \
+                and _is_positive_int(info.get("height"))
+            if not ok:
+                reject_sample(on_bad_sample, skipped, self.ann_file, BadAnnotationError(
+                    f"{self.ann_file}: images[{k}] needs an integer (or string) 'id', a 'file_name' and positive "
+                    f"integer 'width' / 'height', got {info!r}"))
+                continue
             if info["id"] in images:
-                raise BadAnnotationError(f"{self.ann_file}: image id {info['id']} appears twice")
+                raise BadAnnotationError(f"{self.ann_file}: images[{k}]: image id {info['id']} appears twice")
             images[info["id"]] = info
         return images
 
     def _record(self, image_id: int, info: dict, path: Path, objects: list) -> ImageRecord:
         """One image's record; boxes clipped to the image (an object outside it is an error)."""
         height, width = info["height"], info["width"]
-        boxes = np.asarray([box for box, _, _ in objects], dtype=np.float32).reshape(-1, 4)  # [N, 4]
+        boxes = np.asarray([box for box, _, _ in objects], dtype=np.float64).reshape(-1, 4)  # [N, 4]; float32 clipped
         labels = np.asarray([label for _, label, _ in objects], dtype=np.int64)  # [N]
         crowd = np.asarray([is_crowd for _, _, is_crowd in objects], dtype=bool)  # [N]
         source = f"{self.ann_file} (image {info['file_name']}, id {image_id})"

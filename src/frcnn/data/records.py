@@ -35,7 +35,7 @@ from PIL import Image
 from torch.utils.data import ConcatDataset, Dataset
 
 from frcnn.data.transforms import to_float_chw_tensor
-from frcnn.data.validation import BadImageError
+from frcnn.data.validation import BadImageError, NoUsableImagesError
 
 __all__ = [
     "ON_BAD_SAMPLE",
@@ -95,27 +95,32 @@ def list_dir_names(directory: Path) -> set[str]:
         return {entry.name for entry in entries}
 
 
-def _check_size(path: str | Path, size_wh: tuple[int, int], expected_hw: tuple[int, int] | None) -> None:
+def _check_size(path: str | Path, size_wh: tuple[int, int], expected_hw: tuple[int, int] | None,
+                annotation: str | None = None) -> None:
     if expected_hw is not None and (size_wh[1], size_wh[0]) != tuple(expected_hw):
+        where = f" in {annotation}" if annotation else ""
         raise BadImageError(
             f"{path}: image is {size_wh[0]}x{size_wh[1]} (WxH) but its annotation says "
-            f"{expected_hw[1]}x{expected_hw[0]}; boxes would not match the pixels"
+            f"{expected_hw[1]}x{expected_hw[0]} (width x height{where}); boxes would not match the pixels"
         )
 
 
 _DECODE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError)
 
 
-def read_rgb_image(path: str | Path, expected_hw: tuple[int, int] | None = None) -> np.ndarray:
+def read_rgb_image(path: str | Path, expected_hw: tuple[int, int] | None = None,
+                   annotation: str | None = None) -> np.ndarray:
     """Decode an image file with PIL -> uint8 [H, W, 3] RGB (grey, palette, CMYK are converted).
 
     Raises BadImageError naming ``path`` when the file is missing, cannot be decoded (not an image,
-    truncated), or its size differs from ``expected_hw`` (the annotation's (H, W)).
+    truncated), or its size differs from ``expected_hw`` (the (H, W) of ``annotation``, named too).
     """
     try:
         with Image.open(path) as image:
-            _check_size(path, image.size, expected_hw)
+            _check_size(path, image.size, expected_hw, annotation)
             rgb = image.convert("RGB")  # decodes the whole file: truncation surfaces here
+    except BadImageError:
+        raise
     except FileNotFoundError as exc:
         raise BadImageError(f"{path}: image file is missing") from exc
     except _DECODE_ERRORS as exc:
@@ -123,7 +128,8 @@ def read_rgb_image(path: str | Path, expected_hw: tuple[int, int] | None = None)
     return np.array(rgb, dtype=np.uint8)  # [H, W, 3], writable
 
 
-def verify_image(path: str | Path, expected_hw: tuple[int, int] | None = None) -> str | None:
+def verify_image(path: str | Path, expected_hw: tuple[int, int] | None = None,
+                 annotation: str | None = None) -> str | None:
     """Decode ``path`` cheaply to find broken files -> None if fine, else the problem (names the file).
 
     JPEGs are decoded at 1/8 scale (PIL ``draft``): the whole entropy-coded stream is still read, so
@@ -131,7 +137,7 @@ def verify_image(path: str | Path, expected_hw: tuple[int, int] | None = None) -
     """
     try:
         with Image.open(path) as image:
-            _check_size(path, image.size, expected_hw)
+            _check_size(path, image.size, expected_hw, annotation)
             if image.format == "JPEG":
                 image.draft("RGB", (max(1, image.width // 8), max(1, image.height // 8)))
             image.load()
@@ -182,7 +188,7 @@ class FileDetectionDataset(Dataset):
             log.warning("%s: skipped %d of %d images (on_bad_sample=skip), listed in dataset.skipped; first: %s",
                         self.description, len(self.skipped), total, examples)
         if not self.records:
-            raise ValueError(f"{self.description}: no usable images ({len(self.skipped)} skipped)")
+            raise NoUsableImagesError(f"{self.description}: no usable images ({len(self.skipped)} skipped)")
 
     # ------------------------------------------------------------------ construction
     def _big_enough(self, record: ImageRecord) -> bool:
@@ -190,15 +196,17 @@ class FileDetectionDataset(Dataset):
         if min(record.height, record.width) >= MIN_IMAGE_SIDE_PX:
             return True
         reject_sample(self.on_bad_sample, self.skipped, record.image_path, BadImageError(
-            f"{record.image_path}: image is {record.width}x{record.height} pixels (per {record.source}); "
-            f"images need at least {MIN_IMAGE_SIDE_PX} px on each side (one cell of the stride-16 feature map)"))
+            f"{record.image_path}: image is {record.width}x{record.height} pixels (width x height per "
+            f"{record.source}); images need at least {MIN_IMAGE_SIDE_PX} px on each side (one cell of the stride-16 "
+            "feature map)"))
         return False
 
     def _verify_all_images(self) -> None:
         """Decode every image now (threads: PIL releases the GIL while decoding)."""
         workers = min(8, os.cpu_count() or 1)
         with ThreadPoolExecutor(max_workers=workers) as pool:
-            problems = list(pool.map(lambda r: verify_image(r.image_path, (r.height, r.width)), self.records))
+            problems = list(pool.map(lambda r: verify_image(r.image_path, (r.height, r.width), r.source),
+                                     self.records))
         kept = []
         for record, problem in zip(self.records, problems):
             if problem is None:
@@ -240,7 +248,7 @@ class FileDetectionDataset(Dataset):
                 continue
             record = self.records[candidate]
             try:
-                return candidate, read_rgb_image(record.image_path, (record.height, record.width))
+                return candidate, read_rgb_image(record.image_path, (record.height, record.width), record.source)
             except BadImageError as exc:
                 if self.on_bad_sample == "error":
                     raise

@@ -16,7 +16,7 @@ The output image is float32 [3, H, W] in [0, 1]; mean/std normalisation is the m
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import albumentations as A
@@ -33,7 +33,9 @@ __all__ = [
     "DetectionTransform",
     "PaperRescale",
     "collate_detection",
+    "image_scales",
     "paper_scale_factor",
+    "resize_factor",
     "to_float_chw_tensor",
 ]
 
@@ -60,6 +62,21 @@ def paper_scale_factor(h: int, w: int, scale: int, max_size: int) -> float:
 def scaled_size_hw(h: int, w: int, factor: float) -> tuple[int, int]:
     """Output (H, W) after a uniform resize by ``factor`` (rounded, at least 1 px)."""
     return max(1, round(h * factor)), max(1, round(w * factor))
+
+
+def resize_factor(input_hw: Sequence[int], orig_hw: Sequence[int]) -> float:
+    """The uniform factor (network-input px per original px) that turned an image of ``orig_hw``
+    into one of ``input_hw``, read back from the sizes: the ratio of the longer sides, whose
+    rounding error is the smaller (800 / 500 = 1.6 for a 375 x 500 VOC image at scale 600)."""
+    long_side = 0 if orig_hw[0] >= orig_hw[1] else 1
+    return float(input_hw[long_side]) / float(orig_hw[long_side])
+
+
+def image_scales(images: Sequence[torch.Tensor], targets: Sequence[Mapping[str, Any]]) -> list[float]:
+    """Each image's :func:`resize_factor` from its target's ``orig_size`` (H, W); 1 for a target
+    without one (an image that was not rescaled). images: [3, H_i, W_i] each."""
+    return [resize_factor(image.shape[-2:], target["orig_size"]) if "orig_size" in target else 1.0
+            for image, target in zip(images, targets)]
 
 
 class PaperRescale(A.DualTransform):

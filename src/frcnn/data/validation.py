@@ -12,15 +12,22 @@ from __future__ import annotations
 import numpy as np
 
 
-class BadAnnotationError(ValueError):
+class DataError(Exception):
+    """Base of every problem the data readers find in files from outside (the readers' contract:
+    nothing else escapes them). The message names the file, the field and the value."""
+
+
+class BadAnnotationError(DataError, ValueError):
     """An annotation that cannot be trained on; the message names the source and the box."""
 
 
 def clip_and_check_boxes(boxes_xyxy: np.ndarray, labels: np.ndarray, image_hw: tuple[int, int],
                          source: str = "<image>") -> tuple[np.ndarray, np.ndarray]:
-    """Clip boxes [N, 4] to the image; raise on a degenerate ground-truth box (label > 0)."""
-    height, width = image_hw
-    boxes = np.asarray(boxes_xyxy, dtype=np.float32).reshape(-1, 4).copy()
+    """Clip boxes [N, 4] to the image; raise on a degenerate ground-truth box (label > 0).
+    -> (float32 boxes [M, 4], labels [M]); clipping happens in float64, so a huge finite coordinate
+    (1e308) is clipped to the border instead of overflowing float32 to inf."""
+    height, width = float(image_hw[0]), float(image_hw[1])
+    boxes = np.asarray(boxes_xyxy, dtype=np.float64).reshape(-1, 4).copy()  # float64: 1e308 clips, not overflows
     labels = np.asarray(labels, dtype=np.int64).reshape(-1)
     if not np.isfinite(boxes).all():
         bad = int(np.nonzero(~np.isfinite(boxes).all(axis=1))[0][0])
@@ -34,18 +41,23 @@ def clip_and_check_boxes(boxes_xyxy: np.ndarray, labels: np.ndarray, image_hw: t
         bad = int(np.nonzero(gt_degenerate)[0][0])
         raise BadAnnotationError(
             f"{source}: box {bad} {original[bad].tolist()} (label {int(labels[bad])}) has no area inside the "
-            f"{width}x{height} image; boxes need x1 < x2 and y1 < y2 and must overlap the image"
+            f"{width:g}x{height:g} image (width x height); boxes need x1 < x2 and y1 < y2 and must "
+            "overlap the image"
         )
     keep = ~degenerate
-    return boxes[keep], labels[keep]
+    return boxes[keep].astype(np.float32), labels[keep]
 
 
-class BadImageError(ValueError):
+class BadImageError(DataError, ValueError):
     """An image file that cannot be trained on (missing, unreadable, truncated, or not the size
     its annotation says); the message names the file and the problem."""
 
 
-class DatasetLayoutError(FileNotFoundError):
+class NoUsableImagesError(DataError, ValueError):
+    """A data set left without one usable image (all skipped, or none listed)."""
+
+
+class DatasetLayoutError(DataError, FileNotFoundError):
     """A dataset folder or file that is not where the layout expects it.
 
     ``path`` is the configured path, ``problem`` says what is missing and what layout was expected;

@@ -17,6 +17,8 @@ coordinates: ``x1 = xmin - 1, y1 = ymin - 1, x2 = xmax, y2 = ymax`` (a box cover
 
 from __future__ import annotations
 
+import math
+import re
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -35,6 +37,7 @@ VOC_CLASSES: tuple[str, ...] = (
 VOC_LAYOUT = ("expected VOCdevkit layout <root>/Annotations/<id>.xml, <root>/JPEGImages/<id>.jpg, "
               "<root>/ImageSets/Main/<split>.txt")
 BOX_TAGS = ("xmin", "ymin", "xmax", "ymax")
+INTEGER_TEXT = re.compile(r"[0-9]+(\.0*)?", re.ASCII)  # <width> / <height>: "500" or "500.0"
 
 
 def voc_box_to_xyxy(xmin: float, ymin: float, xmax: float, ymax: float) -> tuple[float, float, float, float]:
@@ -43,12 +46,25 @@ def voc_box_to_xyxy(xmin: float, ymin: float, xmax: float, ymax: float) -> tuple
 
 
 def _positive_int(element: ET.Element | None, tag: str) -> int | None:
+    """<tag> of ``element`` as a positive integer ("500" or "500.0", ASCII digits), else None."""
     text = None if element is None else element.findtext(tag)
-    try:
-        value = int(float(text))
-    except (TypeError, ValueError):
+    if text is None or not INTEGER_TEXT.fullmatch(text.strip()):
         return None
+    value = int(float(text))
     return value if value > 0 else None
+
+
+def _coordinate(text: str | None, tag: str, where: str) -> float:
+    """<xmin> ... <ymax> text -> a finite float; BadAnnotationError naming the tag and the text."""
+    if text is None or not text.strip():
+        raise BadAnnotationError(f"{where}: <bndbox> has no <{tag}>")
+    try:
+        value = float(text)
+    except ValueError:
+        raise BadAnnotationError(f"{where}: <{tag}> is {text.strip()!r}, not a number") from None
+    if not math.isfinite(value):
+        raise BadAnnotationError(f"{where}: <{tag}> is {text.strip()!r}, not a finite number")
+    return value
 
 
 def parse_voc_xml(xml_path: str | Path, class_index: Mapping[str, int]) -> dict:
@@ -56,7 +72,8 @@ def parse_voc_xml(xml_path: str | Path, class_index: Mapping[str, int]) -> dict:
 
     ``class_index`` maps a class name to its label 1..C. Boxes are converted by :func:`voc_box_to_xyxy`
     and clipped to the <size> of the image. Raises BadAnnotationError naming the file for: invalid XML,
-    no <size>, an object without <name> / <bndbox> / a coordinate, a non-numeric coordinate,
+    no <size> with positive integer width / height, an object without <name> / <bndbox> / a coordinate,
+    a coordinate that is not a finite number,
     xmax <= xmin or ymax <= ymin, a box outside the image, a class not in ``class_index``.
     """
     try:
@@ -66,8 +83,9 @@ def parse_voc_xml(xml_path: str | Path, class_index: Mapping[str, int]) -> dict:
     size = root.find("size")
     height, width = _positive_int(size, "height"), _positive_int(size, "width")
     if height is None or width is None:
-        raise BadAnnotationError(f"{xml_path}: no <size> with positive <width> and <height> (the image size is "
-                                 "taken from the annotation, without decoding the image)")
+        found = "" if size is None else f"; found width {size.findtext('width')!r}, height {size.findtext('height')!r}"
+        raise BadAnnotationError(f"{xml_path}: no <size> with positive integer <width> and <height>{found} (the "
+                                 "image size is taken from the annotation, without decoding the image)")
     boxes, labels, difficult = [], [], []
     for k, obj in enumerate(root.findall("object")):
         name = (obj.findtext("name") or "").strip()
@@ -77,15 +95,7 @@ def parse_voc_xml(xml_path: str | Path, class_index: Mapping[str, int]) -> dict:
         bndbox = obj.find("bndbox")
         if bndbox is None:
             raise BadAnnotationError(f"{where} has no <bndbox>")
-        coords = []
-        for tag in BOX_TAGS:
-            text = bndbox.findtext(tag)
-            if text is None or not text.strip():
-                raise BadAnnotationError(f"{where}: <bndbox> has no <{tag}>")
-            try:
-                coords.append(float(text))
-            except ValueError:
-                raise BadAnnotationError(f"{where}: <{tag}> is {text.strip()!r}, not a number") from None
+        coords = [_coordinate(bndbox.findtext(tag), tag, where) for tag in BOX_TAGS]
         xmin, ymin, xmax, ymax = coords
         if xmax <= xmin or ymax <= ymin:
             raise BadAnnotationError(f"{where}: box (xmin, ymin, xmax, ymax) = {tuple(coords)} has xmax <= xmin "
@@ -96,7 +106,7 @@ def parse_voc_xml(xml_path: str | Path, class_index: Mapping[str, int]) -> dict:
         boxes.append(voc_box_to_xyxy(xmin, ymin, xmax, ymax))
         labels.append(class_index[name])
         difficult.append(flag == "1")
-    boxes_xyxy = np.asarray(boxes, dtype=np.float32).reshape(-1, 4)  # [N, 4]
+    boxes_xyxy = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)  # [N, 4], float32 once clipped
     labels_np = np.asarray(labels, dtype=np.int64)  # [N]
     # the box rule of the data boundary: clip to the image, an object outside it is an error
     clipped, _ = clip_and_check_boxes(boxes_xyxy, labels_np, (height, width), source=str(xml_path))
@@ -107,9 +117,26 @@ def parse_voc_xml(xml_path: str | Path, class_index: Mapping[str, int]) -> dict:
 
 
 def read_split_ids(split_file: Path) -> list[str]:
-    """Image ids of an ImageSets file: first token of every non-empty line."""
-    with open(split_file) as f:
-        return [line.split()[0] for line in f if line.strip()]
+    """Image ids of an ImageSets file: first token of every non-empty line.
+
+    Blank lines, spaces / tabs around an id, a second column (the devkit's per-class files:
+    ``000005 -1``), CRLF line ends and a UTF-8 byte-order mark are all accepted; a file that is not
+    UTF-8 text is a BadAnnotationError naming it.
+    """
+    try:
+        with open(split_file, encoding="utf-8-sig") as f:
+            return [line.split()[0] for line in f if line.strip()]
+    except UnicodeDecodeError as exc:
+        raise BadAnnotationError(f"{split_file}: not a UTF-8 text file of image ids, one per line ({exc})") from None
+
+
+def _id_problem(image_id: str) -> str | None:
+    """Why an ImageSets id cannot name files under Annotations/ and JPEGImages/, or None."""
+    if any(sep in image_id for sep in ("/", "\\")) or image_id in (".", ".."):
+        return "is a path, not a file name"
+    if any(not ch.isprintable() for ch in image_id):
+        return "holds a control character"
+    return None
 
 
 class VOCDataset(FileDetectionDataset):
@@ -149,7 +176,12 @@ class VOCDataset(FileDetectionDataset):
         image_ids = read_split_ids(split_file)
         if not image_ids:
             raise DatasetLayoutError(root, f"split file {split_file} lists no image ids (split {split!r} is empty)")
-        for image_id in image_ids:
+        for position, image_id in enumerate(image_ids, start=1):
+            problem = _id_problem(image_id)
+            if problem:
+                reject_sample(on_bad_sample, skipped, split_file, BadAnnotationError(
+                    f"{split_file}: image id {image_id!r} (id {position} of the file) {problem}"))
+                continue
             xml_path = annotations / f"{image_id}.xml"
             if xml_path.name not in xml_names:
                 reject_sample(on_bad_sample, skipped, split_file, BadAnnotationError(
@@ -164,8 +196,9 @@ class VOCDataset(FileDetectionDataset):
             if image_name not in image_names and parsed["filename"] in image_names:
                 image_name = parsed["filename"]
             if image_name not in image_names:
+                named = f"; nor is <filename> {parsed['filename'] or ''!r} of {xml_path}"
                 reject_sample(on_bad_sample, skipped, images / image_name, BadImageError(
-                    f"{images / image_name}: image file is missing (image id {image_id!r} of {split_file})"))
+                    f"{images / image_name}: image file is missing (image id {image_id!r} of {split_file}{named})"))
                 continue
             records.append(ImageRecord(
                 image_path=str(images / image_name), height=parsed["height"], width=parsed["width"],

@@ -7,6 +7,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor
 
+from frcnn.data.transforms import image_scales
 from frcnn.evaluation.coco_map import CocoEvaluator
 from frcnn.evaluation.proposal_recall import (
     PAPER_IOU_THRESHOLDS,
@@ -81,11 +82,12 @@ def evaluate_full(
     try:
         for images, targets in dataloader:
             images = [img.to(device) for img in images]
+            scales = image_scales(images, targets)  # the proposal layer's minimum size is in original pixels
             if recall is not None:
-                detections, proposals = model.detect_and_rank(images, recall.top_ns[-1])
+                detections, proposals = model.detect_and_rank(images, recall.top_ns[-1], scales)
                 update_from_targets(recall, [p.cpu() for p in proposals], targets)
             else:
-                detections = model(images)
+                detections = model(images, image_scales=scales)
             detections = [{k: v.cpu() for k, v in d.items()} for d in detections]
             voc.update(detections, targets)
             if coco_evaluator is not None:

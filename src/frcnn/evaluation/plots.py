@@ -14,6 +14,8 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from frcnn.atomic_io import atomic_save_figure
+
 
 def _new_figure(width_in: float, height_in: float) -> Figure:
     figure = Figure(figsize=(width_in, height_in), dpi=100, layout="constrained")
@@ -22,10 +24,7 @@ def _new_figure(width_in: float, height_in: float) -> Figure:
 
 
 def _save(figure: Figure, path: str | Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, format="png")
-    return path
+    return atomic_save_figure(figure, Path(path))
 
 
 def plot_proposal_recall(result: dict, path: str | Path, title: str = "Proposal recall vs. IoU") -> Path:

@@ -26,6 +26,8 @@ import torch
 from torch import Tensor
 from torchvision.ops import box_iou
 
+from frcnn.data import transforms
+
 PAPER_TOP_NS: tuple[int, ...] = (300, 1000, 2000)
 # 0.50, 0.55, ..., 0.95 written out (np.arange would give 0.6000000000000001 and keys like that)
 PAPER_IOU_THRESHOLDS: tuple[float, ...] = tuple(round(0.5 + 0.05 * i, 2) for i in range(10))
@@ -141,12 +143,13 @@ def recall_at_iou(
 
 
 @torch.no_grad()
-def ranked_proposals(model, images: list[Tensor], max_n: int) -> list[Tensor]:
+def ranked_proposals(model, images: list[Tensor], max_n: int, image_scales: list[float] | None = None) -> list[Tensor]:
     """RPN proposals of a detector at its test settings but with ``post_nms_top_n = max_n``.
 
     Works for ``FasterRCNN`` and ``UnsharedFasterRCNN`` (both expose ``rpn`` and ``propose``). The
     proposal layer's settings are restored afterwards, even on error. -> per image [<= max_n, 4],
-    sorted by objectness, in network-input pixels.
+    sorted by objectness, in network-input pixels. ``image_scales``: the images' resize factors
+    (the minimum proposal size is in original pixels; None: 1).
     """
     rpn = model.rpn
     saved = rpn.test_proposals
@@ -154,7 +157,7 @@ def ranked_proposals(model, images: list[Tensor], max_n: int) -> list[Tensor]:
     was_training = model.training
     model.eval()  # the proposal layer reads the test settings only in eval mode
     try:
-        proposals, _ = model.propose(images)
+        proposals, _ = model.propose(images, image_scales)
     finally:
         rpn.test_proposals = saved
         model.train(was_training)
@@ -177,7 +180,8 @@ def proposal_recall(
     """
     accumulator = ProposalRecallAccumulator(top_ns, iou_thresholds)
     for images, targets in dataloader:
-        proposals = ranked_proposals(model, [image.to(device) for image in images], accumulator.top_ns[-1])
+        proposals = ranked_proposals(model, [image.to(device) for image in images], accumulator.top_ns[-1],
+                                     transforms.image_scales(images, targets))
         update_from_targets(accumulator, proposals, targets)
     return accumulator.compute()
 

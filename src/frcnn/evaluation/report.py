@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from frcnn.checkpoints import atomic_write_json
+from frcnn.atomic_io import atomic_write_json, atomic_write_text
 from frcnn.evaluation.plots import plot_pr_curves, plot_proposal_recall
 from frcnn.evaluation.voc_ap import format_markdown_table
 
@@ -16,20 +16,21 @@ def write_evaluation_report(metrics: dict, pr_curves: dict, out_dir: str | Path,
     """Write the files of :data:`REPORT_FILES` for ``evaluate_full``'s (metrics, pr_curves) into ``out_dir``.
 
     ``write_metrics=False`` leaves metrics.json to the caller (e.g. a recipe that adds its own keys
-    first). proposal_recall.png is written only when ``metrics`` holds ``proposal_recall``.
+    first). metrics.json is written last: its presence says the evaluation is complete.
+    proposal_recall.png is written only when ``metrics`` holds ``proposal_recall``.
     -> {file name: path} of what was written.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     written: dict[str, Path] = {}
-    if write_metrics:
-        atomic_write_json(metrics, out_dir / "metrics.json")
-        written["metrics.json"] = out_dir / "metrics.json"
     table = out_dir / "ap_table.md"
-    table.write_text(format_markdown_table(metrics) + "\n")
+    atomic_write_text(format_markdown_table(metrics) + "\n", table)
     written["ap_table.md"] = table
     written["pr_curves.png"] = plot_pr_curves(pr_curves, out_dir / "pr_curves.png")
     if "proposal_recall" in metrics:
         recall_png = out_dir / "proposal_recall.png"
         written["proposal_recall.png"] = plot_proposal_recall(metrics["proposal_recall"], recall_png)
+    if write_metrics:  # last: a run dir with metrics.json is finished (frcnn.resume.finished_metrics)
+        atomic_write_json(metrics, out_dir / "metrics.json")
+        written["metrics.json"] = out_dir / "metrics.json"
     return written

@@ -44,7 +44,7 @@ class CheckpointOnSigterm(L.Callback):
 
     def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
         if isinstance(exception, SIGTERMException):
-            trainer.save_checkpoint(str(self.last_ckpt))  # Lightning writes it atomically (temp + move)
+            trainer.save_checkpoint(str(self.last_ckpt))  # atomically: frcnn.lit.checkpoint_io
             self.saved_step = trainer.global_step
 
 

@@ -7,6 +7,7 @@ from typing import Any
 
 import lightning as L
 
+from frcnn.data.transforms import image_scales
 from frcnn.factory import build_model
 from frcnn.lit.guards import LossGuard
 from frcnn.lit.optim import build_optimizer
@@ -32,7 +33,7 @@ class JointModule(ValidationMAP, L.LightningModule):
 
     def training_step(self, batch, batch_idx):
         images, targets = batch
-        losses = self.model(images, targets)
+        losses = self.model(images, targets, image_scales=image_scales(images, targets))  # min proposal size: orig. px
         if not self.loss_guard.check(losses, self.global_step):
             return None  # skipped: no optimiser step
         self.log_dict({f"train/{k}": v.detach() for k, v in losses.items()}, batch_size=len(images), prog_bar=False)

@@ -8,6 +8,7 @@ rank 0 draws and logs.
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import lightning as L
@@ -15,6 +16,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from frcnn.atomic_io import atomic_write_bytes
 from frcnn.drawing import draw_ground_truth_and_detections, tensor_to_pil
 
 
@@ -101,6 +103,8 @@ def log_pictures(logger, pictures: list[np.ndarray], key: str, step: int, fallba
     written = []
     for index, picture in enumerate(pictures):
         path = out_dir / f"step{step:07d}_{index}.png"
-        Image.fromarray(picture).save(path)  # picture: [H, W, 3] uint8
+        buffer = io.BytesIO()
+        Image.fromarray(picture).save(buffer, format="PNG")  # picture: [H, W, 3] uint8
+        atomic_write_bytes(buffer.getvalue(), path)
         written.append(path)
     return written

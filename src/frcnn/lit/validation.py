@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from frcnn.data.transforms import image_scales
 from frcnn.evaluation.voc_ap import DetectionEvaluator
 
 
@@ -22,7 +23,8 @@ class ValidationMAP:
 
     def validation_step(self, batch, batch_idx):
         images, targets = batch
-        detections = self.model(images)  # eval mode: list of {"boxes" [D, 4], "labels" [D], "scores" [D]}
+        # eval mode: list of {"boxes" [D, 4], "labels" [D], "scores" [D]}; min proposal size in original px
+        detections = self.model(images, image_scales=image_scales(images, targets))
         self._evaluator().update([{k: v.cpu() for k, v in d.items()} for d in detections],
                                  [{k: v.cpu() if torch.is_tensor(v) else v for k, v in t.items()} for t in targets])
         return detections

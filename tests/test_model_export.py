@@ -1,0 +1,164 @@
+"""scripts/export.py: TorchScript and ONNX files of the whole detector against eager frcnn.
+
+Parity rule (issue 14): on the built-in data's val images (and crops of other sizes, none a multiple
+of the stride) the same number of detections, the same labels, boxes within 0.5 px and scores within
+1e-4 of eager frcnn, for both formats and for the unshared pair.
+"""
+
+import json
+import subprocess
+import sys
+import zipfile
+
+import pytest
+import torch
+
+from frcnn.checkpoints import save_detector
+from frcnn.cli.export import main as export_main
+from frcnn.data.synthetic import CLASS_NAMES, ShapesDataset
+from frcnn.export import ExportableDetector, ExportError, export_detector, parity, run_exported
+from frcnn.factory import build_model
+from frcnn.model import UnsharedFasterRCNN
+from frcnn.predictor import network_input
+from tests.conftest import compose_config
+
+BOX_TOLERANCE_PX, SCORE_TOLERANCE = 0.5, 1e-4
+
+
+def model_cfg(overrides=()):
+    cfg = compose_config(list(overrides), "unused")
+    return {k: cfg[k] for k in ("backbone", "rpn", "roi_head")}
+
+
+def built(cfg, seed=0):
+    torch.manual_seed(seed)
+    return build_model(cfg, num_classes=len(CLASS_NAMES)).eval()
+
+
+@pytest.fixture(scope="module")
+def val_images():
+    """Network-scale inputs: 2 val images of the built-in data (256 x 256) and 2 crops of other sizes."""
+    raw = [ShapesDataset("val", num_images=2).raw(i)[0] for i in range(2)]  # uint8 [256, 256, 3]
+    crops = [raw[0][:200, :237], raw[1][19:, :170]]
+    return [network_input(pixels, 256, 1000) for pixels in raw + crops]
+
+
+@pytest.fixture(scope="module")
+def model():
+    return built(model_cfg())
+
+
+@pytest.fixture(scope="module")
+def export_once(model, tmp_path_factory):
+    """format -> file of the default detector, each format exported once per module."""
+    files = {}
+
+    def get(export_format):
+        if export_format == "onnx":
+            pytest.importorskip("onnxruntime", reason="the deploy extra: pip install -e '.[deploy]'")
+        if export_format not in files:
+            out = tmp_path_factory.mktemp("exported") / f"det{'.onnx' if export_format == 'onnx' else '.pt'}"
+            files[export_format] = export_detector(model, list(CLASS_NAMES), 256, 1000, export_format, out)
+        return files[export_format]
+
+    return get
+
+
+def assert_parity(model, path, images):
+    # the first image also as if enlarged 3x: the minimum proposal size (original pixels) then drops more boxes
+    for image, image_scale in [(images[0], 3.0), *((image, 1.0) for image in images)]:
+        report = parity(model, run_exported(path, image, image_scale), image, image_scale=image_scale)
+        assert report["eager"] == report["exported"] == report["matched"] > 0, (tuple(image.shape), report)
+        assert report["max_box_diff_px"] <= BOX_TOLERANCE_PX and report["max_score_diff"] <= SCORE_TOLERANCE, report
+
+
+@pytest.mark.parametrize("export_format", ["torchscript", "onnx"])
+def test_exported_detector_matches_eager_frcnn_on_val_images(model, export_once, export_format, val_images):
+    assert_parity(model, export_once(export_format), val_images)
+
+
+@pytest.mark.parametrize("export_format, suffix", [("torchscript", ".pt"), ("onnx", ".onnx")])
+def test_unshared_pair_and_roi_align_export_too(export_format, suffix, val_images, tmp_path):
+    if export_format == "onnx":
+        pytest.importorskip("onnxruntime", reason="the deploy extra: pip install -e '.[deploy]'")
+    cfg = model_cfg(["roi_head.pool_type=align"])
+    model = UnsharedFasterRCNN(built(cfg, seed=1), built(cfg, seed=2)).eval()
+    path = export_detector(model, list(CLASS_NAMES), 256, 1000, export_format, tmp_path / f"pair{suffix}")
+    assert_parity(model, path, val_images[2:3])  # one crop: 256 x 303 at network scale
+
+
+def test_torchscript_file_runs_without_frcnn(model, export_once, val_images, tmp_path):
+    path = export_once("torchscript")
+    torch.save(val_images[2], tmp_path / "image.pt")
+    script = (
+        "import json, sys, torch, torchvision\n"
+        "files = {'frcnn.json': ''}\n"
+        f"module = torch.jit.load({str(path)!r}, _extra_files=files)\n"
+        f"boxes, scores, labels = module(torch.load({str(tmp_path / 'image.pt')!r}), torch.tensor(1.0))\n"
+        "assert not any(name.startswith('frcnn') for name in sys.modules), 'frcnn was imported'\n"
+        f"torch.save((boxes, scores, labels), {str(tmp_path / 'out.pt')!r})\n"
+        "print(json.loads(files['frcnn.json'])['input']['scale'])\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip() == "256"
+    outputs = torch.load(tmp_path / "out.pt")  # (boxes, scores, labels): tensors only
+    report = parity(model, outputs, val_images[2])
+    assert report["eager"] == report["exported"] == report["matched"] > 0
+    assert report["max_box_diff_px"] <= BOX_TOLERANCE_PX
+
+
+def test_export_refuses_what_it_cannot_reproduce():
+    model = built(model_cfg(["rpn.test.ranking=random"]))
+    with pytest.raises(ExportError, match=r"rpn\.test\.ranking='random'.*deterministic"):
+        ExportableDetector(model)
+
+
+def test_export_command_writes_the_file_and_checks_it(model, tmp_path, capsys):
+    cfg = model_cfg()
+    save_detector(model, cfg, list(CLASS_NAMES), tmp_path / "model.pt")
+    assert export_main([str(tmp_path / "model.pt"), "--format", "torchscript", "--out", str(tmp_path / "d.pt"),
+                        "--scale", "128"]) == 0
+    printed = capsys.readouterr().out
+    assert "shorter side 128, longer side <= 1000" in printed and "max_box_diff_px" in printed
+    with zipfile.ZipFile(tmp_path / "d.pt") as archive:
+        name = next(n for n in archive.namelist() if n.endswith("extra/frcnn.json"))
+        metadata = json.loads(archive.read(name))
+    assert metadata["class_names"] == list(CLASS_NAMES) and metadata["input"]["max_size"] == 1000
+
+    (tmp_path / "notes.pt").write_text("not a detector")
+
+    for argv, message in (([str(tmp_path / "model.pt"), "--format", "onnx", "--out", str(tmp_path / "d.pt")],
+                           "a onnx file is named *.onnx"),
+                          ([str(tmp_path / "missing.pt"), "--format", "torchscript", "--out", str(tmp_path / "m.pt")],
+                           "missing.pt"),
+                          ([str(tmp_path / "notes.pt"), "--format", "torchscript", "--out", str(tmp_path / "n.pt")],
+                           "notes.pt: ")):
+        with pytest.raises(SystemExit) as stop:
+            export_main(argv)
+        err = capsys.readouterr().err
+        assert stop.value.code == 2 and message in err and len(err.strip().splitlines()) == 1, err
+
+
+@pytest.mark.slow
+def test_paper_preset_vgg16_exports_and_runs(tmp_path):
+    """VGG-16 as the paper preset builds it (600 / 1000, random weights), both formats; run on one
+    small image (the graph takes any size) to keep the test cheap: the cost is the ~550 MB files."""
+    cfg = compose_config(["experiment=paper/voc07_vgg16_alt", "backbone.weights=null"], "unused")
+    model = built({k: cfg[k] for k in ("backbone", "rpn", "roi_head")})
+    image = torch.rand(3, 224, 299, generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        eager = model([image])[0]
+    formats = [("torchscript", ".pt")]
+    try:
+        import onnxruntime  # noqa: F401
+
+        formats.append(("onnx", ".onnx"))
+    except ImportError:
+        pass
+    for export_format, suffix in formats:
+        path = export_detector(model, list(CLASS_NAMES), 600, 1000, export_format, tmp_path / f"vgg{suffix}")
+        report = parity(model, run_exported(path, image), image, eager=eager)
+        assert report["eager"] == report["exported"] == report["matched"] > 0, report
+        assert report["max_box_diff_px"] <= BOX_TOLERANCE_PX and report["max_score_diff"] <= SCORE_TOLERANCE, report
+        path.unlink()
