@@ -10,9 +10,11 @@ Faster R-CNN (Ren et al., 2015) splits an ImageNet classification net in two:
   detector's classification and box-regression layers sit.
 
 ``build_backbone(name, weights)`` returns both halves in a :class:`Backbone`. Weights come from
-torchvision's ImageNet models ("imagenet"), from a local ``.pth`` file (a torchvision full-model
-state dict, mapped by the explicit tables below, or a state dict saved from a :class:`Backbone`
-with "body."/"head." keys), or nowhere (``None``: random init, with a warning -- the paper always
+torchvision's ImageNet models ("imagenet"), from the weights shipped with the package
+("builtin": the ``small`` net pre-trained on generated shape crops by
+scripts/pretrain_small_backbone.py, the built-in data's ImageNet analogue), from a local ``.pth``
+file (a torchvision full-model state dict, mapped by the explicit tables below, or a state dict
+saved from a :class:`Backbone` with "body."/"head." keys), or nowhere (``None``: random init, with a warning -- the paper always
 starts from ImageNet pre-training, §3.1.3).
 
 Feature-map size for an ``H x W`` image:
@@ -42,7 +44,9 @@ logger = logging.getLogger(__name__)
 __all__ = [
     "Backbone",
     "WithinChannelLRN",
+    "BUILTIN_SMALL_WEIGHTS",
     "available_backbones",
+    "backbones_with_builtin_weights",
     "build_backbone",
     "freeze_prefix",
     "load_backbone_weights",
@@ -453,6 +457,12 @@ def _build_small(num_hidden: int | None, dropout: float) -> Backbone:
 # ----------------------------------------------------------------------------------------------
 
 
+# Package data written by scripts/pretrain_small_backbone.py (frcnn/pretrain.py): the small net
+# (body and head) trained to classify generated shape crops, float16, {"state_dict", "meta"}.
+BUILTIN_SMALL_WEIGHTS = Path(__file__).resolve().parent / "weights" / "small_shapes_pretrained.pt"
+WEIGHTS_BUILTIN = "builtin"
+
+
 @dataclass(frozen=True)
 class _Spec:
     build: Callable[[int | None, float], Backbone]
@@ -461,6 +471,8 @@ class _Spec:
     # Returns the torchvision weights enum for weights="imagenet"; None = none exists.
     imagenet: Callable[[], Any] | None = None
     flat_format: str = field(default="")
+    # The package's own pre-trained weights for weights="builtin"; None = none shipped.
+    builtin: Path | None = None
 
 
 def _vgg16_imagenet() -> Any:
@@ -479,13 +491,18 @@ _SPECS: dict[str, _Spec] = {
     "vgg16": _Spec(_build_vgg16, _map_vgg16_key, _vgg16_imagenet, "torchvision vgg16 (features.*/classifier.*)"),
     "zf": _Spec(_build_zf, _map_zf_key, None, "flat ZF (conv1..conv5.*, fc6/fc7.*)"),
     "resnet50_c4": _Spec(_build_resnet50_c4, _map_resnet50_key, _resnet50_imagenet, "torchvision resnet50"),
-    "small": _Spec(_build_small, None, None),
+    "small": _Spec(_build_small, None, None, builtin=BUILTIN_SMALL_WEIGHTS),
 }
 
 
 def available_backbones() -> list[str]:
     """Names accepted by :func:`build_backbone`."""
     return sorted(_SPECS)
+
+
+def backbones_with_builtin_weights() -> list[str]:
+    """Names for which ``weights="builtin"`` is accepted (the package ships their weights)."""
+    return sorted(name for name, spec in _SPECS.items() if spec.builtin is not None)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -513,6 +530,21 @@ def _imagenet_state_dict(name: str, spec: _Spec) -> dict[str, Tensor]:
             f"({enum.url}) into the torch hub cache {torch.hub.get_dir()!s}/checkpoints: {err}. "
             f"Without network access, copy the file there or pass weights=<local path to the .pth> instead."
         ) from err
+
+
+def _builtin_weights_path(name: str, spec: _Spec) -> Path:
+    if spec.builtin is None:
+        raise ValueError(
+            f"backbone {name!r}: weights='builtin' exists only for {backbones_with_builtin_weights()} "
+            f"(the package's own pre-trained weights); for {name!r} pass weights='imagenet' where torchvision "
+            f"has them, a local state-dict path, or null for random init"
+        )
+    if not spec.builtin.is_file():
+        raise FileNotFoundError(
+            f"backbone {name!r}: the built-in weights file {spec.builtin} is missing from the installed package; "
+            f"rebuild it with `python scripts/pretrain_small_backbone.py` or reinstall frcnn"
+        )
+    return spec.builtin
 
 
 def _unwrap(obj: Any, path: Path) -> Mapping[str, Tensor]:
@@ -598,7 +630,8 @@ def build_backbone(
 
     weights: None -> random init (warned: the paper initialises the shared layers from ImageNet
     pre-training, §3.1.3); "imagenet" -> torchvision's IMAGENET1K_V1 weights (vgg16, resnet50_c4
-    only; expect RGB in [0, 1] normalised by ImageNet mean/std); otherwise a local file: a
+    only; expect RGB in [0, 1] normalised by ImageNet mean/std); "builtin" -> the package's own
+    pre-trained weights (small only: ``BUILTIN_SMALL_WEIGHTS``); otherwise a local file: a
     torchvision full-model state dict (mapped by VGG16_TORCHVISION_KEYS /
     RESNET50_TORCHVISION_PREFIXES) or a :meth:`Backbone.state_dict`; ``WEIGHTS_FROM_DETECTOR`` ->
     random init without the warning (a saved detector's weights are loaded over it).
@@ -615,6 +648,9 @@ def build_backbone(
         weights = None
     if weights == "imagenet":  # fetch before building: fail fast and cheap
         state, source = _imagenet_state_dict(name, spec), f"torchvision {name} ImageNet"
+    elif weights == WEIGHTS_BUILTIN:
+        path = _builtin_weights_path(name, spec)
+        state, source = _read_state_dict(path), f"built-in {path.name}"
     elif weights is not None:
         state, source = _read_state_dict(weights), str(weights)
     backbone = spec.build(num_hidden, dropout)
