@@ -14,8 +14,8 @@ torchvision's ImageNet models ("imagenet"), from the weights shipped with the pa
 ("builtin": the ``small`` net pre-trained on generated shape crops by
 scripts/pretrain_small_backbone.py, the built-in data's ImageNet analogue), from a local ``.pth``
 file (a torchvision full-model state dict, mapped by the explicit tables below, or a state dict
-saved from a :class:`Backbone` with "body."/"head." keys), or nowhere (``None``: random init, with a warning -- the paper always
-starts from ImageNet pre-training, §3.1.3).
+saved from a :class:`Backbone` with "body."/"head." keys), or nowhere (``None``: random init,
+with a warning -- the paper always starts from ImageNet pre-training, §3.1.3).
 
 Feature-map size for an ``H x W`` image:
 

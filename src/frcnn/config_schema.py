@@ -31,6 +31,12 @@ def _backbones() -> list[str]:
     return list(available_backbones())
 
 
+def _builtin_weight_backbones() -> list[str]:
+    from frcnn.backbones import backbones_with_builtin_weights
+
+    return list(backbones_with_builtin_weights())
+
+
 def _datasets() -> list[str]:
     from frcnn.data.build import DATASET_NAMES
 
@@ -106,11 +112,6 @@ DATA = Node(
     },
     open=True,  # dataset-specific keys (root, splits, classes, ...) are checked by the dataset builder
 )
-
-def _builtin_weight_backbones() -> list[str]:
-    from frcnn.backbones import backbones_with_builtin_weights
-
-    return list(backbones_with_builtin_weights())
 
 
 class BackboneNode(Node):
