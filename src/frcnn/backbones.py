@@ -10,12 +10,14 @@ Faster R-CNN (Ren et al., 2015) splits an ImageNet classification net in two:
   detector's classification and box-regression layers sit.
 
 ``build_backbone(name, weights)`` returns both halves in a :class:`Backbone`. Weights come from
-torchvision's ImageNet models ("imagenet"), from a local ``.pth`` file (a torchvision full-model
-state dict, mapped by the explicit tables below; a Caffe-converted VGG-16 / ZF with the Caffe layer
-names ``conv1_1`` .. ``fc7`` / ``conv1`` .. ``fc7``, its first conv folded to our input convention by
-:func:`frcnn.pretrained.fold_caffe_input`; or a state dict saved from a :class:`Backbone`
-with "body."/"head." keys), or nowhere (``None``: random init, with a warning -- the paper always
-starts from ImageNet pre-training, §3.1.3).
+torchvision's ImageNet models ("imagenet"), from the weights shipped with the package
+("builtin": the ``small`` net pre-trained on generated shape crops by
+scripts/pretrain_small_backbone.py, the built-in data's ImageNet analogue), from a local ``.pth``
+file (a torchvision full-model state dict, mapped by the explicit tables below; a Caffe-converted
+VGG-16 / ZF with the Caffe layer names ``conv1_1`` .. ``fc7`` / ``conv1`` .. ``fc7``, its first conv
+folded to our input convention by :func:`frcnn.pretrained.fold_caffe_input`; or a state dict saved
+from a :class:`Backbone` with "body."/"head." keys), or nowhere (``None``: random init, with a
+warning -- the paper always starts from ImageNet pre-training, §3.1.3).
 
 Feature-map size for an ``H x W`` image:
 
@@ -47,7 +49,9 @@ logger = logging.getLogger(__name__)
 __all__ = [
     "Backbone",
     "WithinChannelLRN",
+    "BUILTIN_SMALL_WEIGHTS",
     "available_backbones",
+    "backbones_with_builtin_weights",
     "build_backbone",
     "check_weights_available",
     "freeze_prefix",
@@ -468,6 +472,12 @@ def _build_small(num_hidden: int | None, dropout: float) -> Backbone:
 # ----------------------------------------------------------------------------------------------
 
 
+# Package data written by scripts/pretrain_small_backbone.py (frcnn/pretrain.py): the small net
+# (body and head) trained to classify generated shape crops, float16, {"state_dict", "meta"}.
+BUILTIN_SMALL_WEIGHTS = Path(__file__).resolve().parent / "weights" / "small_shapes_pretrained.pt"
+WEIGHTS_BUILTIN = "builtin"
+
+
 @dataclass(frozen=True)
 class _Spec:
     build: Callable[[int | None, float], Backbone]
@@ -479,6 +489,8 @@ class _Spec:
     # First conv of the Caffe layout ("conv1_1" for VGG-16): a file with "<it>.weight" is a Caffe
     # model (BGR 0..255 minus the mean) and its first conv is folded to our input convention.
     caffe_first_conv: str | None = None
+    # The package's own pre-trained weights for weights="builtin"; None = none shipped.
+    builtin: Path | None = None
 
 
 def _vgg16_imagenet() -> Any:
@@ -500,13 +512,18 @@ _SPECS: dict[str, _Spec] = {
     "zf": _Spec(_build_zf, _map_zf_key, None, "Caffe / py-faster-rcnn ZF (conv1..conv5.*, fc6/fc7.*)",
                 caffe_first_conv="conv1"),
     "resnet50_c4": _Spec(_build_resnet50_c4, _map_resnet50_key, _resnet50_imagenet, "torchvision resnet50"),
-    "small": _Spec(_build_small, None, None),
+    "small": _Spec(_build_small, None, None, builtin=BUILTIN_SMALL_WEIGHTS),
 }
 
 
 def available_backbones() -> list[str]:
     """Names accepted by :func:`build_backbone`."""
     return sorted(_SPECS)
+
+
+def backbones_with_builtin_weights() -> list[str]:
+    """Names for which ``weights="builtin"`` is accepted (the package ships their weights)."""
+    return sorted(name for name, spec in _SPECS.items() if spec.builtin is not None)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -564,6 +581,21 @@ def _fold_caffe_first_conv(state: Mapping[str, Tensor], spec: _Spec) -> tuple[Ma
     weight, bias = fold_caffe_input(state[f"{first}.weight"], state[f"{first}.bias"])
     state[f"{first}.weight"], state[f"{first}.bias"] = weight, bias
     return state, True
+
+
+def _builtin_weights_path(name: str, spec: _Spec) -> Path:
+    if spec.builtin is None:
+        raise ValueError(
+            f"backbone {name!r}: weights='builtin' exists only for {backbones_with_builtin_weights()} "
+            f"(the package's own pre-trained weights); for {name!r} pass weights='imagenet' where torchvision "
+            f"has them, a local state-dict path, or null for random init"
+        )
+    if not spec.builtin.is_file():
+        raise FileNotFoundError(
+            f"backbone {name!r}: the built-in weights file {spec.builtin} is missing from the installed package; "
+            f"rebuild it with `python scripts/pretrain_small_backbone.py` or reinstall frcnn"
+        )
+    return spec.builtin
 
 
 def _unwrap(obj: Any, path: Path) -> Mapping[str, Tensor]:
@@ -647,7 +679,8 @@ def build_backbone(
 
     weights: None -> random init (warned: the paper initialises the shared layers from ImageNet
     pre-training, §3.1.3); "imagenet" -> torchvision's IMAGENET1K_V1 weights (vgg16, resnet50_c4
-    only; expect RGB in [0, 1] normalised by ImageNet mean/std); otherwise a local file: a
+    only; expect RGB in [0, 1] normalised by ImageNet mean/std); "builtin" -> the package's own
+    pre-trained weights (small only: ``BUILTIN_SMALL_WEIGHTS``); otherwise a local file: a
     torchvision full-model state dict (mapped by VGG16_TORCHVISION_KEYS /
     RESNET50_TORCHVISION_PREFIXES), a Caffe-converted VGG-16 / ZF (Caffe layer names; the first
     conv folded from Caffe's BGR 0..255 input to ours) or a :meth:`Backbone.state_dict`; ``WEIGHTS_FROM_DETECTOR`` ->
@@ -665,6 +698,9 @@ def build_backbone(
         weights = None
     if weights == "imagenet":  # fetch before building: fail fast and cheap
         state, source = _imagenet_state_dict(name, spec), f"torchvision {name} ImageNet"
+    elif weights == WEIGHTS_BUILTIN:
+        path = _builtin_weights_path(name, spec)
+        state, source = _read_state_dict(path), f"built-in {path.name}"
     elif weights is not None:
         state, source = _read_state_dict(weights), str(weights)
     backbone = spec.build(num_hidden, dropout)

@@ -20,7 +20,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from frcnn.config import AnyOf, Bool, Choice, Free, ListOf, Node, Number, Text, Variant
+from frcnn.config import AnyOf, Bool, Choice, ConfigError, Free, ListOf, Node, Number, Text, Variant
 
 # ----------------------------------------------------------------------------------------------
 # Registries read from the code that implements them (imported lazily: torch is heavy)
@@ -29,6 +29,12 @@ def _backbones() -> list[str]:
     from frcnn.backbones import available_backbones
 
     return list(available_backbones())
+
+
+def _builtin_weight_backbones() -> list[str]:
+    from frcnn.backbones import backbones_with_builtin_weights
+
+    return list(backbones_with_builtin_weights())
 
 
 def _datasets() -> list[str]:
@@ -107,7 +113,21 @@ DATA = Node(
     open=True,  # dataset-specific keys (root, splits, classes, ...) are checked by the dataset builder
 )
 
-BACKBONE = Node({"name": Choice(_backbones, hint="choose with backbone=<name>"), "weights": Text(nullable=True)})
+
+class BackboneNode(Node):
+    """backbone.{name, weights}; ``weights: builtin`` (the package's own pre-trained weights)
+    only for a backbone the package ships weights for (``small``)."""
+
+    def check(self, value: Any, key: str) -> None:
+        super().check(value, key)
+        if value.get("weights") == "builtin" and value["name"] not in _builtin_weight_backbones():
+            raise ConfigError(
+                f"{key}.weights='builtin' is only shipped for backbone {', '.join(_builtin_weight_backbones())}, "
+                f"not {value['name']!r}: use imagenet (vgg16, resnet50_c4), a local state-dict path, or null"
+            )
+
+
+BACKBONE = BackboneNode({"name": Choice(_backbones, hint="choose with backbone=<name>"), "weights": Text(nullable=True)})
 
 PROPOSALS_TRAIN = Node({"pre_nms_top_n": TOP_N, "post_nms_top_n": COUNT})
 PROPOSALS_TEST = Node(

@@ -1,0 +1,85 @@
+"""The built-in pre-trained small backbone: the shipped file, `weights=builtin`, the pre-training."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+
+from frcnn.backbones import BUILTIN_SMALL_WEIGHTS, build_backbone
+from frcnn.config import ConfigError
+from frcnn.config_schema import BACKBONE
+from frcnn.pretrain import PretrainConfig, pretrain_small_backbone, render_crop, save_pretrained, weights_sha256
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = PretrainConfig(seed=3, steps=2, batch_size=4, num_eval=0)
+
+
+def _shipped() -> dict:
+    return torch.load(BUILTIN_SMALL_WEIGHTS, map_location="cpu", weights_only=True)
+
+
+def test_builtin_weights_load_exactly_the_shipped_file():
+    shipped = _shipped()["state_dict"]
+    backbone = build_backbone("small", weights="builtin")
+    loaded = backbone.state_dict()
+    assert sorted(loaded) == sorted(shipped)
+    for key, value in shipped.items():
+        assert torch.equal(loaded[key], value.to(loaded[key].dtype)), key
+
+
+def test_shipped_file_metadata_is_sane():
+    meta = _shipped()["meta"]
+    assert BUILTIN_SMALL_WEIGHTS.stat().st_size < 5 * 2**20  # a few MB at most
+    assert (REPO / "scripts" / meta["script"]).is_file()
+    assert re.fullmatch(r"[0-9a-f]{64}", meta["script_sha256"]) and re.fullmatch(r"[0-9a-f]{64}", meta["module_sha256"])
+    assert meta["weights_sha256"] == weights_sha256(_shipped()["state_dict"])  # the tensors are the ones trained
+    assert isinstance(meta["config"]["seed"], int) and meta["config"]["steps"] > 0
+    assert re.match(r"\d+\.\d+", meta["torch_version"])
+    assert 0.5 < meta["metrics"]["eval_accuracy"] <= 1.0  # 6 classes: chance is 1/6
+
+
+def test_builtin_is_refused_for_backbones_without_shipped_weights():
+    with pytest.raises(ValueError, match=r"weights='builtin' exists only for \['small'\]"):
+        build_backbone("zf", weights="builtin")
+    with pytest.raises(ConfigError, match=r"backbone.weights='builtin' is only shipped for backbone small, not 'vgg16'"):
+        BACKBONE.check({"name": "vgg16", "weights": "builtin"}, "backbone")
+    BACKBONE.check({"name": "small", "weights": "builtin"}, "backbone")
+
+
+@pytest.fixture
+def one_thread():
+    """The script's thread count (make_deterministic); also 7x faster than 2 threads on a busy machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_pretraining_is_deterministic_and_moves_the_weights(tmp_path, one_thread):
+    torch.manual_seed(TINY.seed)
+    initial = build_backbone("small", weights="<detector checkpoint>").state_dict()
+    first, metrics = pretrain_small_backbone(TINY, log_every=0)
+    second, _ = pretrain_small_backbone(TINY, log_every=0)
+    assert all(torch.equal(v, second.state_dict()[k]) for k, v in first.state_dict().items())
+    assert not torch.equal(initial["body.stage1.0.weight"], first.state_dict()["body.stage1.0.weight"])
+    assert metrics["train_loss"] > 0
+    # the same run saves the same bytes, and build_backbone reads the file back
+    script = REPO / "scripts" / "pretrain_small_backbone.py"
+    sha_a = save_pretrained(first, TINY, metrics, script, tmp_path / "a.pt")
+    sha_b = save_pretrained(second, TINY, metrics, script, tmp_path / "b.pt")
+    assert sha_a == sha_b and (tmp_path / "a.pt").read_bytes() == (tmp_path / "b.pt").read_bytes()
+    reloaded = build_backbone("small", weights=tmp_path / "a.pt").state_dict()
+    assert torch.equal(reloaded["head.fc1.weight"], first.state_dict()["head.fc1.weight"].half().float())
+
+
+def test_crops_hold_one_shape_or_only_clutter():
+    cfg = replace(TINY, background_fraction=0.5)
+    labels = [render_crop(cfg, i)[1] for i in range(40)]
+    assert 0 in labels and set(labels) - {0}  # both kinds occur
+    image, _ = render_crop(cfg, 0)
+    assert image.shape == (112, 112, 3) and image.dtype.name == "uint8"
+    assert (render_crop(cfg, 7)[0] == render_crop(cfg, 7)[0]).all()  # item i is the same on every call
