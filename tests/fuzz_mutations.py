@@ -127,8 +127,8 @@ def xml_field(kind: str) -> Callable[[random.Random, Trees], Mutation]:
     return mutate
 
 
-def xml_bytes(rng: random.Random, trees: Trees) -> Mutation:
-    path = rng.choice(_voc_xmls(trees))
+def _damage_bytes(rng: random.Random, trees: Trees, path: Path) -> Mutation:
+    """Half the cases overwrite 1, 3 or 10 random bytes of ``path``, the others cut it short."""
     data = bytearray(trees.original[path])
     if rng.random() < 0.5:
         for _ in range(rng.choice((1, 3, 10))):
@@ -138,6 +138,10 @@ def xml_bytes(rng: random.Random, trees: Trees) -> Mutation:
     keep = rng.randrange(len(data))
     path.write_bytes(bytes(data[:keep]))
     return Mutation(path, f"cut to {keep} bytes")
+
+
+def xml_bytes(rng: random.Random, trees: Trees) -> Mutation:
+    return _damage_bytes(rng, trees, rng.choice(_voc_xmls(trees)))
 
 
 def _json_targets(data: dict, field_path: str) -> list[tuple[object, object]]:
@@ -195,16 +199,7 @@ def _json_field_regex(field_path: str) -> str:
 
 
 def json_bytes(rng: random.Random, trees: Trees) -> Mutation:
-    path = trees.coco_ann
-    data = bytearray(trees.original[path])
-    if rng.random() < 0.5:
-        for _ in range(rng.choice((1, 3, 10))):
-            data[rng.randrange(len(data))] = rng.randrange(256)
-        path.write_bytes(bytes(data))
-        return Mutation(path, "bytes overwritten")
-    keep = rng.randrange(len(data))
-    path.write_bytes(bytes(data[:keep]))
-    return Mutation(path, f"cut to {keep} bytes")
+    return _damage_bytes(rng, trees, trees.coco_ann)
 
 
 def _split_file(trees: Trees) -> Path:

@@ -14,7 +14,6 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch.utils.data import DataLoader
 
 from frcnn.checkpoints import PAPER_TEST_SCALE, DetectorFileError, checkpoint_input_scale
@@ -24,23 +23,12 @@ from frcnn.evaluation.evaluate import evaluate_full
 from frcnn.evaluation.proposal_recall import PAPER_IOU_THRESHOLDS, PAPER_TOP_NS, format_recall_table
 from frcnn.evaluation.report import write_evaluation_report
 from frcnn.evaluation.voc_ap import format_table
-from frcnn.predictor import Detector
+from frcnn.predictor import Detector, resolve_device
 from frcnn.safe_load import UnreadableFileError
 
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "val")
-
-
-def resolve_device(name: str) -> torch.device:
-    """``device`` config value -> torch.device; a CUDA device without CUDA is an error naming the key."""
-    try:
-        device = torch.device(name)
-    except (RuntimeError, TypeError) as exc:
-        raise ValueError(f"device={name!r} is not a torch device (e.g. cpu, cuda, cuda:1): {exc}") from exc
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device={name!r} but CUDA is not available on this machine; use device=cpu")
-    return device
 
 
 def check_class_names(checkpoint_names: Sequence[str], dataset_names: Sequence[str], checkpoint: Path,
