@@ -98,11 +98,12 @@ def _warp_one_image(
         inside = (inside_y[:, :, None] & inside_x[:, None, :]).reshape(1, 1, num_rois * steps, steps)
     if not bool(inside.all()):
         samples = samples * inside.to(samples.dtype)
-    samples = samples.view(channels, num_rois, output_size, sampling_ratio, output_size, sampling_ratio)
+    # S x S windows of the [R*P*S, P*S] sample grid never straddle two RoIs (each spans P*S rows)
     if reduction == "max":
-        pooled = samples.amax(dim=(3, 5))
+        pooled = F.max_pool2d(samples, sampling_ratio)  # [1, C, R*P, P]
     else:
-        pooled = samples.mean(dim=(3, 5))
+        pooled = F.avg_pool2d(samples, sampling_ratio)
+    pooled = pooled.view(channels, num_rois, output_size, output_size)
     return pooled.permute(1, 0, 2, 3)  # [R, C, P, P]
 
 
