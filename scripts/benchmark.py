@@ -4,6 +4,7 @@
     python scripts/benchmark.py --size small --mode infer --repeats 20
     python scripts/benchmark.py --size paper --mode breakdown
     python scripts/benchmark.py --mode data
+    python scripts/benchmark.py --mode warp --size small   # non-approximate vs approximate joint step
 
 Modes (default: all of them):
   infer      inference latency per image (batch of 1), frcnn vs torchvision, alternating A B A B ...
@@ -13,6 +14,11 @@ Modes (default: all of them):
   data       images/s through the albumentations transforms and the DataLoader, against the
              model's training throughput at the same size
   nms        the proposal layer's NMS alone: full NMS + cut against nms_top_n (no size)
+  warp       one training step of non-approximate joint training (§3.2 iii: proposals keep their
+             graph, RoI warping) against approximate joint training (RoI max pooling), same model
+             weights and batch, alternating; the ratio's floor is 1.3 (issue 15). Then the peak
+             memory of one step of each, each in a fresh process (peak RSS above the RSS before
+             the step: activations, gradients and temporaries; Linux /proc only)
 
 Sizes: ``paper`` = one 600 x 1000 image, VGG-16, anchors 128/256/512, 21 classes;
 ``small`` = the built-in data (256 x 256, 4 images per training batch), small backbone,
@@ -37,9 +43,12 @@ from __future__ import annotations
 import argparse
 import copy
 import datetime as _dt
+import gc
+import json
 import logging
 import platform
 import statistics
+import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -250,6 +259,98 @@ def bench_train(size: str, repeats: int) -> dict[str, float]:
                         times, "per step")
 
 
+# -- non-approximate vs approximate joint training (issue 15) ----------------------------------
+
+WARP_SCHEMES = ("approximate", "nonapproximate")
+WARP_FLOOR = 1.3  # issue 15: a non-approximate step costs at most 1.3x an approximate one
+
+
+def _joint_step(model: FasterRCNN, images, targets) -> Callable[[], None]:
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-4, momentum=0.9, weight_decay=5e-4)
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        model(images, targets)["total"].backward()
+        opt.step()
+
+    return step
+
+
+def alternate_wall_and_cpu(fns: dict[str, Callable[[], object]], repeats: int, warmup: int = 1
+                           ) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
+    """:func:`alternate`, also recording the process CPU time (all threads) of each call."""
+    wall: dict[str, list[float]] = {name: [] for name in fns}
+    cpu: dict[str, list[float]] = {name: [] for name in fns}
+    for i in range(warmup + repeats):
+        for name, fn in fns.items():
+            start, start_cpu = time.perf_counter(), time.process_time()
+            fn()
+            if i >= warmup:
+                wall[name].append(time.perf_counter() - start)
+                cpu[name].append(time.process_time() - start_cpu)
+    return wall, cpu
+
+
+def _warp_model(size: str, scheme: str) -> FasterRCNN:
+    torch.manual_seed(0)
+    model = build_frcnn(size).train()
+    model.roi_head.warp_boxes = scheme == "nonapproximate"  # RoI warping (max of 2 x 2 samples) + proposal graph
+    return model
+
+
+def bench_warp(size: str, repeats: int) -> dict[str, float]:
+    spec = SIZES[size]
+    images, targets = make_inputs(size, spec["train_batch"])
+    steps = {scheme: _joint_step(_warp_model(size, scheme), images, targets) for scheme in WARP_SCHEMES}
+    torch.manual_seed(0)
+    wall, cpu = alternate_wall_and_cpu(steps, repeats)
+    approx_ms, exact_ms = _median_ms(wall["approximate"]), _median_ms(wall["nonapproximate"])
+    approx_cpu_ms, exact_cpu_ms = _median_ms(cpu["approximate"]), _median_ms(cpu["nonapproximate"])
+    ratio, cpu_ratio = exact_ms / approx_ms, exact_cpu_ms / approx_cpu_ms
+    print(f"[{size}] joint training step, {spec['train_batch']} image(s) {spec['image_hw']} {spec['backbone']} "
+          f"(medians of {repeats}, A B A B): wall approximate {approx_ms:.1f} ms, non-approximate {exact_ms:.1f} ms, "
+          f"ratio {ratio:.3f} (floor {WARP_FLOOR}: {'ok' if ratio <= WARP_FLOOR else 'OVER'}); process CPU time "
+          f"{approx_cpu_ms:.1f} / {exact_cpu_ms:.1f} ms, ratio {cpu_ratio:.3f} (steadier than wall on a shared machine)",
+          flush=True)
+    peaks = {}
+    for scheme in WARP_SCHEMES:
+        cmd = [sys.executable, __file__, "--warp-memory-child", scheme, "--size", size, "--threads",
+               str(torch.get_num_threads())]
+        result = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        lines = [line for line in result.stdout.splitlines() if line.startswith("{")]
+        if result.returncode != 0 or not lines:
+            print(f"[{size}] memory of one {scheme} step: not measured ({result.stderr.strip()[-300:]})", flush=True)
+            continue
+        peaks[scheme] = json.loads(lines[-1])["peak_step_mib"]
+    if peaks:
+        print(f"[{size}] peak memory of one training step (RSS above the pre-step RSS, fresh process): "
+              + ", ".join(f"{k} {v:.0f} MiB" for k, v in peaks.items()), flush=True)
+    return {"approximate_ms": approx_ms, "nonapproximate_ms": exact_ms, "ratio": ratio, "cpu_ratio": cpu_ratio,
+            **{f"{k}_peak_mib": v for k, v in peaks.items()}}
+
+
+def _proc_status_kib(field: str) -> int:
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise RuntimeError(f"/proc/self/status has no {field}")
+
+
+def warp_memory_child(size: str, scheme: str) -> None:
+    """One training step in this (fresh) process; prints {"peak_step_mib": ...} as JSON."""
+    spec = SIZES[size]
+    images, targets = make_inputs(size, spec["train_batch"])
+    step = _joint_step(_warp_model(size, scheme), images, targets)
+    gc.collect()
+    with open("/proc/self/clear_refs", "w") as clear:  # "5": reset the peak RSS (VmHWM) to the current RSS
+        clear.write("5")
+    before = _proc_status_kib("VmRSS")
+    step()
+    peak = _proc_status_kib("VmHWM")
+    print(json.dumps({"scheme": scheme, "size": size, "peak_step_mib": (peak - before) / 1024}), flush=True)
+
+
 # -- breakdown (paper Table 5) ---------------------------------------------------------------
 
 
@@ -375,7 +476,7 @@ def bench_data(batches: int, train_step_ms: float | None) -> dict[str, float]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--size", choices=("paper", "small", "all"), default="all")
-    parser.add_argument("--mode", choices=("infer", "train", "breakdown", "data", "nms", "all"), default="all")
+    parser.add_argument("--mode", choices=("infer", "train", "breakdown", "data", "nms", "warp", "all"), default="all")
     parser.add_argument("--repeats", type=int, default=None, help="timed runs per model (default: per size)")
     parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads (default 2)")
     parser.add_argument("--data-batches", type=int, default=32)
@@ -384,6 +485,7 @@ def main(argv: list[str] | None = None) -> int:
                              "TwoMLPHead default is 1024)")
     parser.add_argument("--baseline", action="store_true",
                         help="frcnn as before issue 6: NCHW conv and full NMS before the post-NMS cut")
+    parser.add_argument("--warp-memory-child", choices=WARP_SCHEMES, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     global BASELINE
     BASELINE = args.baseline
@@ -393,6 +495,9 @@ def main(argv: list[str] | None = None) -> int:
 
     logging.disable(logging.WARNING)  # random-init warnings
     torch.set_num_threads(args.threads)
+    if args.warp_memory_child:  # internal: one step of --mode warp's memory measurement
+        warp_memory_child("small" if args.size == "all" else args.size, args.warp_memory_child)
+        return 0
     torch.manual_seed(0)
     print(f"frcnn benchmark {_dt.datetime.now().isoformat(timespec='seconds')} | torch {torch.__version__}, "
           f"torchvision {torchvision.__version__}, python {platform.python_version()}, threads "
@@ -413,6 +518,8 @@ def main(argv: list[str] | None = None) -> int:
                     train_ms_small = result["frcnn_ms"]
             elif mode == "breakdown":
                 bench_breakdown(size, args.repeats or spec["breakdown_repeats"])
+            elif mode == "warp":
+                bench_warp(size, args.repeats or spec["train_repeats"])
     if args.mode in ("nms", "all"):
         bench_nms(args.repeats or 5)
     if "data" in modes:

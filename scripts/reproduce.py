@@ -1,6 +1,7 @@
-"""Reproduce a paper ablation table: `python scripts/reproduce.py lambda|anchors [--quick] [overrides]`.
+"""Reproduce a paper ablation table: `python scripts/reproduce.py lambda|anchors|schemes [--quick] [overrides]`.
 
-Tables: conf/experiment/paper/ablation_{lambda,anchors}.yaml; logic: frcnn.cli.reproduce.
+Tables: conf/experiment/paper/ablation_{lambda,anchors}.yaml; logic: frcnn.cli.reproduce;
+schemes (alternating / approximate joint / non-approximate joint, §3.2): frcnn.cli.schemes.
 """
 
 import sys

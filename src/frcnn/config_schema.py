@@ -215,7 +215,10 @@ _RECIPE_COMMON = {
 }
 RECIPE = Variant(
     {
-        "joint": Node(dict(_RECIPE_COMMON)),
+        "joint": Node(
+            {**_RECIPE_COMMON, "approximate": Bool()},  # false: non-approximate joint training (§3.2 iii)
+            optional=frozenset({"approximate"}),
+        ),
         "alternating": Node(
             {
                 **_RECIPE_COMMON,

@@ -76,6 +76,7 @@ def build_roi_head(roi_cfg: Mapping[str, Any], backbone, num_classes: int) -> Ro
         score_thresh=float(roi_cfg["score_thresh"]),
         nms_thresh=float(roi_cfg["nms_thresh"]),
         detections_per_image=int(roi_cfg["detections_per_image"]),
+        warp_boxes=bool(roi_cfg.get("warp_boxes", False)),  # set by recipe.approximate=false (recipes.model_config)
     )
 
 

@@ -123,9 +123,11 @@ class FasterRCNN(nn.Module):
 
     def forward(self, images: list[Tensor], targets: list[dict[str, Tensor]] | None = None,
                 image_scales: list[float] | None = None):
-        """Training (targets given): approximate joint training (§3.2 ii): the RPN and
-        detector losses are summed; proposals are treated as fixed (no gradient w.r.t. their
-        coordinates). Returns a dict of losses with ``total``.
+        """Training (targets given): the RPN and detector losses are summed. Approximate joint
+        training (§3.2 ii): proposals are treated as fixed (no gradient w.r.t. their
+        coordinates). With a box-warping RoI head (``roi_head.warp_boxes``) the proposals keep
+        their graph back to the RPN's regression outputs and the shared conv: non-approximate
+        joint training (§3.2 iii). Returns a dict of losses with ``total``.
         Inference: list of {boxes [D, 4], scores [D], labels [D]} per image, batch-invariant.
 
         ``image_scales``: each image's resize factor (network-input px per original px), for the
@@ -136,7 +138,8 @@ class FasterRCNN(nn.Module):
         feature_map, image_sizes = self.features(images)
         gt_boxes = [t["boxes"] for t in targets]
         gt_labels = [t["labels"] for t in targets]
-        proposals, _, rpn_losses = self.rpn(feature_map, image_sizes, gt_boxes, image_scales=image_scales)
+        proposals, _, rpn_losses = self.rpn(feature_map, image_sizes, gt_boxes, image_scales=image_scales,
+                                            keep_box_graph=self.roi_head.warp_boxes)
         _, det_losses = self.roi_head(feature_map, proposals, image_sizes, gt_boxes, gt_labels)
         losses = {**rpn_losses, **det_losses}
         losses["total"] = rpn_losses["rpn"] + det_losses["det"]

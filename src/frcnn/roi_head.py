@@ -8,9 +8,11 @@ from torch import Tensor, nn
 from torchvision.ops import batched_nms, box_iou, clip_boxes_to_image, remove_small_boxes, roi_align, roi_pool
 
 from frcnn.boxes import decode_boxes, encode_boxes
+from frcnn.roi_warp import roi_warp
 from frcnn.sampling import IGNORE, NEGATIVE, POSITIVE, sample_balanced
 
 POOL_TYPES = ("max", "align")
+WARP_SAMPLING_RATIO = 2  # roi_warp: 2 x 2 bilinear samples per output bin
 
 
 class FastRCNNPredictor(nn.Module):
@@ -52,7 +54,13 @@ def label_rois(
 
 
 class RoIHead(nn.Module):
-    """RoI pooling + per-RoI head + predictor, with RoI sampling, loss and post-processing."""
+    """RoI pooling + per-RoI head + predictor, with RoI sampling, loss and post-processing.
+
+    ``warp_boxes``: pool with :func:`frcnn.roi_warp.roi_warp` (bilinear samples, 2 x 2 per bin,
+    reduced by max for pool_type "max", by average for "align"), which is differentiable w.r.t.
+    the RoI coordinates: the non-approximate joint training of §3.2 iii. The same pooling is
+    used at test time, so the head sees the features it was trained on.
+    """
 
     def __init__(
         self,
@@ -73,6 +81,7 @@ class RoIHead(nn.Module):
         score_thresh: float = 0.05,
         nms_thresh: float = 0.3,
         detections_per_image: int = 100,
+        warp_boxes: bool = False,
     ):
         super().__init__()
         if pool_type not in POOL_TYPES:
@@ -103,9 +112,14 @@ class RoIHead(nn.Module):
         self.score_thresh = score_thresh
         self.nms_thresh = nms_thresh
         self.detections_per_image = detections_per_image
+        self.warp_boxes = warp_boxes
 
     def pool(self, features: Tensor, rois: list[Tensor]) -> Tensor:
-        """RoI max pooling (Fast R-CNN §2.1) or RoIAlign: -> [R, C, P, P]."""
+        """RoI max pooling (Fast R-CNN §2.1) or RoIAlign, or RoI warping with ``warp_boxes``: -> [R, C, P, P]."""
+        if self.warp_boxes:
+            reduction = "max" if self.pool_type == "max" else "avg"
+            return roi_warp(features, rois, self.roi_output_size, self.spatial_scale, WARP_SAMPLING_RATIO,
+                            aligned=True, reduction=reduction)
         if self.pool_type == "max":
             return roi_pool(features, rois, self.roi_output_size, self.spatial_scale)
         return roi_align(features, rois, self.roi_output_size, self.spatial_scale, sampling_ratio=2, aligned=True)
@@ -122,6 +136,8 @@ class RoIHead(nn.Module):
         """Mini-batch of R RoIs, R / N from each of the N images, 25% foreground (Fast R-CNN
         §2.3); ground-truth boxes join the proposals (as in the paper's reference code).
 
+        Proposals that carry a graph (non-approximate joint training) keep it on the returned
+        RoIs; labels and regression targets are computed from their values, without gradient.
         Returns (rois per image, class labels [R_total], regression targets [R_total, 4]).
         """
         per_image = self.rois_per_image(len(proposals))
@@ -129,8 +145,9 @@ class RoIHead(nn.Module):
         for props, boxes, classes in zip(proposals, gt_boxes, gt_labels):
             if self.add_gt_to_proposals and boxes.numel():
                 props = torch.cat((props, boxes.to(props.dtype)))
+            prop_values = props.detach()
             sample_labels, class_labels, matched = label_rois(
-                props, boxes, classes, self.fg_iou_thresh, self.bg_iou_hi, self.bg_iou_lo
+                prop_values, boxes, classes, self.fg_iou_thresh, self.bg_iou_hi, self.bg_iou_lo
             )
             pos, neg = sample_balanced(sample_labels, per_image, self.positive_fraction)
             keep = torch.cat((pos, neg))
@@ -138,9 +155,9 @@ class RoIHead(nn.Module):
             rois.append(image_rois)
             labels.append(class_labels[keep])
             if boxes.numel():
-                targets.append(encode_boxes(boxes[matched[keep]], image_rois, self.box_weights))
+                targets.append(encode_boxes(boxes[matched[keep]], prop_values[keep], self.box_weights))
             else:
-                targets.append(torch.zeros_like(image_rois))
+                targets.append(torch.zeros_like(prop_values[keep]))
         return rois, torch.cat(labels), torch.cat(targets)
 
     def loss(self, class_logits: Tensor, box_deltas: Tensor, labels: Tensor, regression_targets: Tensor) -> dict[str, Tensor]:

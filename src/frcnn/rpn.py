@@ -193,6 +193,7 @@ class RegionProposalNetwork(nn.Module):
     def propose(
         self, anchors: Tensor, logits: Tensor, deltas: Tensor, image_sizes: list[tuple[int, int]], settings: ProposalSettings,
         image_scales: list[float] | None = None,
+        keep_box_graph: bool = False,
     ) -> tuple[list[Tensor], list[Tensor]]:
         """Proposal layer (§3.1, §3.3): top pre-NMS N by score, decode, clip to the image,
         drop boxes under the minimum size, NMS at 0.7, keep the top post-NMS N.
@@ -207,9 +208,15 @@ class RegionProposalNetwork(nn.Module):
         has kept the post-NMS N (:func:`frcnn.nms.nms_top_n`, same boxes as full NMS + cut), the images
         of the batch on parallel threads on the CPU.
         logits [B, A], deltas [B, A, 4] -> per image (boxes [<=N, 4], scores [<=N] sorted desc).
+
+        The boxes are constants (approximate joint training, §3.2 ii) unless ``keep_box_graph``:
+        then they stay functions of ``deltas`` (non-approximate joint training, §3.2 iii): the
+        selections (top-k, min size, NMS) pick boxes without gradient, decoding and clipping
+        pass it (see :mod:`frcnn.roi_warp` for the rule). Scores are always constants.
         """
         logits = logits.detach()
-        deltas = deltas.detach()
+        if not keep_box_graph:
+            deltas = deltas.detach()
         if settings.ranking == "random":  # Table 2 "w/o cls": rank by a random permutation
             logits = torch.rand(logits.shape, device=logits.device)
         if not settings.use_regression:  # Table 2 "w/o reg": proposals are the anchors
@@ -226,10 +233,11 @@ class RegionProposalNetwork(nn.Module):
             raise ValueError(f"image_scales holds {len(scales)} factors for a batch of {len(image_sizes)} images")
         for i, (image_hw, scale) in enumerate(zip(image_sizes, scales)):
             image_boxes = clip_boxes_to_image(boxes[i], image_hw)
-            keep = remove_small_boxes(image_boxes, settings.min_size_px * scale)
+            keep = remove_small_boxes(image_boxes.detach(), settings.min_size_px * scale)
             candidates.append((image_boxes[keep], scores[i][keep]))
-        if settings.use_nms:
-            keeps = nms_top_n_per_image(candidates, settings.nms_thresh, settings.post_nms_top_n)
+        if settings.use_nms:  # NMS selects on the box values; the graph (if any) stays on `candidates`
+            keeps = nms_top_n_per_image([(b.detach(), s) for b, s in candidates], settings.nms_thresh,
+                                        settings.post_nms_top_n)
         else:  # already sorted by score (topk)
             keeps = [torch.arange(min(s.numel(), settings.post_nms_top_n), device=s.device) for _, s in candidates]
         proposals = [image_boxes[keep] for (image_boxes, _), keep in zip(candidates, keeps)]
@@ -248,19 +256,21 @@ class RegionProposalNetwork(nn.Module):
 
     def forward(
         self, features: Tensor, image_sizes: list[tuple[int, int]], gt_boxes: list[Tensor] | None = None,
-        with_proposals: bool = True, image_scales: list[float] | None = None,
+        with_proposals: bool = True, image_scales: list[float] | None = None, keep_box_graph: bool = False,
     ) -> tuple[list[Tensor], list[Tensor], dict[str, Tensor]]:
         """features [B, C, H, W] -> (proposals, their scores, losses (empty unless gt_boxes)).
 
         ``with_proposals=False`` skips the proposal layer (an RPN-only training step needs
-        only the loss). ``image_scales``: each image's resize factor (see :meth:`propose`)."""
+        only the loss). ``image_scales``: each image's resize factor (see :meth:`propose`);
+        ``keep_box_graph``: proposals differentiable w.r.t. the RPN's box regression
+        (non-approximate joint training, :meth:`propose`)."""
         feature_hw = (features.shape[-2], features.shape[-1])
         anchors = self.anchor_generator(feature_hw)  # [A, 4]
         logits, deltas = self.head(features)
         settings = self.train_proposals if self.training else self.test_proposals
         proposals, scores = [], []
         if with_proposals:
-            proposals, scores = self.propose(anchors, logits, deltas, image_sizes, settings, image_scales)
+            proposals, scores = self.propose(anchors, logits, deltas, image_sizes, settings, image_scales, keep_box_graph)
         losses = {}
         if gt_boxes is not None:
             losses = self.loss(logits, deltas, anchors, gt_boxes, image_sizes, feature_hw)

@@ -1,5 +1,6 @@
-"""`python scripts/reproduce.py lambda|anchors`: run a paper ablation table and print the
-measured numbers beside the paper's.
+"""`python scripts/reproduce.py lambda|anchors|schemes`: run a paper ablation table and print the
+measured numbers beside the paper's (``schemes``: the three training schemes of §3.2, in
+:mod:`frcnn.cli.schemes`).
 
 The tables live in conf/experiment/paper/ablation_<table>.yaml (``paper_table``: the
 paper's table name, the metric, and per setting its RPN values and the paper's mAP). Each
@@ -168,17 +169,26 @@ def reproduce(table_name: str, out_dir: Path, quick: bool = False, steps: int = 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="reproduce.py", description="Run a paper ablation table (Faster R-CNN) and print it beside the paper's.")
-    parser.add_argument("table", choices=TABLES, help="lambda: Table 9 (λ of eq. 1); anchors: Table 8 (anchor settings)")
+    parser.add_argument("table", choices=(*TABLES, "schemes"),
+                        help="lambda: Table 9 (λ of eq. 1); anchors: Table 8 (anchor settings); schemes: alternating, "
+                             "approximate joint and non-approximate joint training (§3.2) side by side")
     parser.add_argument("overrides", nargs="*", help="extra Hydra overrides for every setting (e.g. data.root=...)")
     parser.add_argument("--quick", action="store_true", help="built-in data, joint recipe, short runs (CPU, minutes)")
     parser.add_argument("--steps", type=int, default=100, help="mini-batches per setting in --quick mode (default 100)")
     parser.add_argument("--num-train", type=int, default=64, help="--quick: training images (default 64)")
     parser.add_argument("--num-val", type=int, default=16, help="--quick: validation images (default 16)")
-    parser.add_argument("--only", nargs="+", default=(), help="setting indices or labels to run (default: all)")
+    parser.add_argument("--only", nargs="+", default=(),
+                        help="setting (or scheme) indices or labels to run (default: all)")
     parser.add_argument("--out", type=Path, default=None,
                         help="output dir (default outputs/reproduce/<table>[_quick]); rerun it to resume")
     args = parser.parse_args(argv)
     out = args.out or REPO_ROOT / "outputs" / "reproduce" / (args.table + ("_quick" if args.quick else ""))
+    if args.table == "schemes":
+        from frcnn.cli.schemes import reproduce_schemes
+
+        rows = reproduce_schemes(out, quick=args.quick, steps=args.steps, num_train=args.num_train,
+                                 num_val=args.num_val, only=args.only, extra_overrides=args.overrides)
+        return 0 if all(r["status"] == "ok" for r in rows) else 1
     rows = reproduce(args.table, out, quick=args.quick, steps=args.steps, num_train=args.num_train,
                      num_val=args.num_val, only=args.only, extra_overrides=args.overrides)
     return 0 if all(r["status"] == "ok" for r in rows) else 1

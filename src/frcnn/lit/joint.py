@@ -1,4 +1,4 @@
-"""Approximate joint training (paper §3.2 ii) as a LightningModule."""
+"""Joint training (paper §3.2 ii approximate, iii non-approximate) as a LightningModule."""
 
 from __future__ import annotations
 
@@ -17,7 +17,8 @@ from frcnn.lit.validation import ValidationMAP
 class JointModule(ValidationMAP, L.LightningModule):
     """One network, RPN loss + Fast R-CNN loss summed; validation mAP each validation epoch.
 
-    model_cfg: {"backbone", "rpn", "roi_head"} config nodes as plain dicts.
+    model_cfg: {"backbone", "rpn", "roi_head"} config nodes as plain dicts; ``roi_head.warp_boxes``
+    makes it non-approximate (frcnn.recipes.model_config).
     """
 
     def __init__(self, model_cfg: Mapping[str, Any], optim_cfg: Mapping[str, Any], lr_steps: list[int],

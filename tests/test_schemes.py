@@ -1,0 +1,58 @@
+"""`scripts/reproduce.py schemes`: the three training schemes of §3.2 side by side."""
+
+import pytest
+
+from frcnn.cli.reproduce import main as reproduce_main
+from frcnn.cli.schemes import SCHEMES, format_schemes, quick_schedule_overrides, scheme_row
+
+
+def test_quick_schedule_scales_every_stage_of_the_cpu_schedule_alike():
+    overrides = dict(o.split("=") for o in quick_schedule_overrides(100))  # 100 / 1600 = 1/16
+    assert overrides["schedule.joint.max_steps"] == "100" and overrides["schedule.joint.lr_steps"] == "[80]"
+    assert overrides["schedule.alternating.stage1_rpn.max_steps"] == "25"
+    assert overrides["schedule.alternating.stage1_det.max_steps"] == "225"
+    assert overrides["schedule.alternating.stage1_det.lr_steps"] == "[180]"
+    assert overrides["schedule.alternating.stage2_rpn.max_steps"] == "19"
+    assert overrides["schedule.alternating.stage2_det.max_steps"] == "50"
+
+
+def _finished(run_dir, stages):
+    for stage, steps in stages.items():
+        (run_dir / stage).mkdir(parents=True)
+        (run_dir / stage / "DONE").write_text(f"{steps}\n")
+
+
+def test_rows_hold_map_wall_time_and_time_per_step_beside_the_paper(tmp_path):
+    _finished(tmp_path / "alt", {"stage1_rpn": 10, "stage1_det": 20, "stage2_rpn": 10, "stage2_det": 10})
+    _finished(tmp_path / "joint", {"joint": 25})
+    alternating = {"recipe": "alternating", "map_50": 0.5, "map_voc07": 0.48,
+                   "stage_seconds": {"stage1_rpn": 10.0, "stage1_proposals": 5.0, "stage1_det": 20.0,
+                                     "stage2_rpn": 10.0, "stage2_proposals": 5.0, "stage2_det": 10.0,
+                                     "evaluation": 99.0}}
+    joint = {"recipe": "joint", "map_50": 0.45, "map_voc07": 0.44, "stage_seconds": {"joint": 30.0, "evaluation": 9.0}}
+    rows = [scheme_row("alternating", "alternating (4-step)", SCHEMES[0][3], tmp_path / "alt", alternating, "ok"),
+            scheme_row("approximate_joint", "approximate joint", SCHEMES[1][3], tmp_path / "joint", joint, "ok"),
+            scheme_row("nonapproximate_joint", "non-approximate joint", SCHEMES[2][3], tmp_path / "x", None,
+                       "failed: X")]
+    assert rows[0]["train_s"] == 60.0 and rows[0]["steps"] == 50 and rows[0]["s_per_step"] == 1.0  # proposals in wall
+    assert rows[1]["train_s"] == 30.0 and rows[1]["s_per_step"] == 1.2
+    text, md, csv_text = format_schemes(rows, "note")
+    assert "| alternating (4-step) | 50.0 | 48.0 | 60 | 1.00 | 50 | 1.000 | 69.9 VOC07 mAP (VGG-16, Table 3) | ok |" in md
+    assert "| approximate joint | 45.0 | 44.0 | 30 | 0.50 | 25 | 1.200 |" in md
+    assert "| non-approximate joint | - | - | - | - | - | - | no number" in md
+    assert csv_text.splitlines()[0] == "scheme,map_50,map_voc07,train_s,steps,s_per_step,paper,status,run_dir"
+    assert len(csv_text.splitlines()) == 4 and "approximate joint" in text
+
+
+@pytest.mark.slow
+def test_schemes_quick_trains_the_three_schemes_on_the_same_data(tmp_path, capsys):
+    rc = reproduce_main(["schemes", "--quick", "--steps", "4", "--num-train", "8", "--num-val", "4",
+                         "--out", str(tmp_path)])
+    assert rc == 0
+    out = capsys.readouterr().out
+    assert "Training schemes of the shared network" in out and "quick mode" in out
+    csv_lines = (tmp_path / "schemes.csv").read_text().splitlines()
+    assert [line.split(",")[0] for line in csv_lines[1:]] == ["alternating", "approximate_joint", "nonapproximate_joint"]
+    assert all(",ok," in line for line in csv_lines[1:])
+    assert (tmp_path / "2_nonapproximate_joint" / "joint" / "DONE").read_text().strip() == "4"
+    assert (tmp_path / "0_alternating" / "stage2_det" / "DONE").exists()
