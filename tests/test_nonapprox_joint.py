@@ -67,7 +67,7 @@ def test_box_gradient_of_the_detector_loss_matches_finite_differences():
     torch.manual_seed(0)
     channels, size = 4, 3
     head = nn.Sequential(nn.Flatten(), nn.Linear(channels * size * size, 16), nn.Tanh()).double()
-    roi_head = RoIHead(head, 16, num_classes=2, roi_output_size=size, pool_type="align", batch_size_per_image=512, bg_iou_lo=0.0,
+    roi_head = RoIHead(head, 16, num_classes=2, roi_output_size=size, pool_type="align", rois_per_minibatch=512, bg_iou_lo=0.0,
                        warp_boxes=True).double()
     nn.init.normal_(roi_head.predictor.cls_score.weight, std=0.5)
     features = torch.randn(1, channels, 12, 12, dtype=torch.float64)
