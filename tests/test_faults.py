@@ -120,8 +120,8 @@ def _nan_at_call(monkeypatch, call_index):
     """FasterRCNN's training forward returns a NaN rpn_reg loss on its call_index-th call."""
     original, calls = FasterRCNN.forward, []
 
-    def forward(self, images, targets=None):
-        out = original(self, images, targets)
+    def forward(self, images, targets=None, **kwargs):
+        out = original(self, images, targets, **kwargs)
         if targets is not None:
             calls.append(1)
             if len(calls) == call_index:

@@ -182,3 +182,21 @@ def test_without_os_locks_the_record_decides(tmp_path, no_os_locks, caplog):
     assert lock.took_over["pid"] == dead and json.loads(path.read_text())["pid"] == os.getpid()
     lock.release()
     assert "does not support locks" in caplog.text and f"taking over the lock of pid {dead}" in caplog.text
+
+
+def test_a_further_ddp_rank_is_not_refused_by_the_command_line_lock_check(tmp_path, monkeypatch):
+    """Lightning re-runs train.py for rank 1 with rank 0's hydra.run.dir: rank 0 holds the lock, and
+    the further rank (LOCAL_RANK / RANK / NODE_RANK / SLURM_PROCID > 0) must not be refused by it."""
+    from frcnn.cli.train import run_dir_in_use
+    from frcnn.run_lock import RunDirLock
+
+    for name in ("RANK", "LOCAL_RANK", "NODE_RANK", "SLURM_PROCID"):
+        monkeypatch.delenv(name, raising=False)
+    lock = RunDirLock(tmp_path)
+    lock.acquire()
+    try:
+        assert "is in use by pid" in run_dir_in_use([f"hydra.run.dir={tmp_path}"])
+        monkeypatch.setenv("LOCAL_RANK", "1")
+        assert run_dir_in_use([f"hydra.run.dir={tmp_path}"]) is None
+    finally:
+        lock.release()

@@ -139,7 +139,7 @@ def run_dir_in_use(argv: Sequence[str]) -> str | None:
     another process holds that run dir's lock, else None. Checked before Hydra starts, because Hydra
     writes ``.hydra/`` and ``train.log`` into the run dir before the task runs; the task itself takes
     the lock (frcnn.recipes.run_recipe), so a run dir Hydra names by the time of day is covered there."""
-    if any(arg in ("-m", "--multirun") for arg in argv):
+    if any(arg in ("-m", "--multirun") for arg in argv) or _launched_as_a_further_rank():
         return None
     for arg in argv:
         if arg.startswith("hydra.run.dir=") and "${" not in arg:
@@ -148,6 +148,23 @@ def run_dir_in_use(argv: Sequence[str]) -> str | None:
             except RunDirLocked as exc:
                 return str(exc)
     return None
+
+
+# Set by Lightning's subprocess launcher (it re-runs train.py for ranks 1..N-1 with the same
+# hydra.run.dir), torchrun and SLURM for every rank: a further rank never takes the run-dir lock
+# (rank 0 holds it for the run, frcnn.recipes.run_recipe), so it must not be refused by it either.
+RANK_VARIABLES = ("RANK", "LOCAL_RANK", "NODE_RANK", "SLURM_PROCID")
+
+
+def _launched_as_a_further_rank() -> bool:
+    """True in a DDP process other than global rank 0 (by the launchers' environment variables)."""
+    for name in RANK_VARIABLES:
+        try:
+            if int(os.environ.get(name, "0")) > 0:
+                return True
+        except ValueError:
+            continue
+    return False
 
 
 def _importable(module: str) -> bool:
