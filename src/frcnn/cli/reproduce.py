@@ -84,6 +84,18 @@ def compose(overrides: Sequence[str], run_dir: Path) -> dict:
     return OmegaConf.to_container(cfg, resolve=True)
 
 
+def run_or_record_failure(overrides: Sequence[str], run_dir: Path) -> tuple[dict | None, str]:
+    """(metrics, "ok") of :func:`run_setting`, or (None, "failed: <error>") printed to stderr: one
+    failed row of a table must not hide the others."""
+    try:
+        return run_setting(overrides, run_dir), "ok"
+    except Exception as exc:  # noqa: BLE001 - any failure becomes the row's status
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        status = f"failed: {type(exc).__name__}: {first_line}"[:200]
+        print(f"  {status}", file=sys.stderr, flush=True)
+        return None, status
+
+
 def run_setting(overrides: Sequence[str], run_dir: Path) -> dict:
     """metrics of one setting: read back when its run finished before, else trained now."""
     metrics_path = run_dir / "metrics.json"
@@ -147,12 +159,7 @@ def reproduce(table_name: str, out_dir: Path, quick: bool = False, steps: int = 
         overrides = [*base, *setting_overrides(setting, quick), *extra_overrides]
         print(f"[{table['name']}] {setting['label']}: {' '.join(overrides)} -> {run_dir}", flush=True)
         start = time.perf_counter()
-        try:
-            metrics, status = run_setting(overrides, run_dir), "ok"
-        except Exception as exc:  # noqa: BLE001 - one failed setting must not hide the others
-            first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-            metrics, status = None, f"failed: {type(exc).__name__}: {first_line}"[:200]
-            print(f"  {status}", file=sys.stderr, flush=True)
+        metrics, status = run_or_record_failure(overrides, run_dir)
         rows.append({"label": setting["label"], "paper": setting.get("paper"), "metrics": metrics,
                      "status": status, "run_dir": str(run_dir), "seconds": time.perf_counter() - start})
     note = ("quick mode: built-in shapes data, joint recipe, "

@@ -23,7 +23,6 @@ from __future__ import annotations
 import csv
 import io
 import math
-import sys
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -133,7 +132,7 @@ def reproduce_schemes(out_dir: Path, quick: bool = False, steps: int = 100, num_
                       only: Sequence[str] = (), extra_overrides: Sequence[str] = ()) -> list[dict]:
     """Train the schemes (all, or those whose index or name is in ``only``) on the same data and
     seed; print and write the table; return its rows."""
-    from frcnn.cli.reproduce import run_setting
+    from frcnn.cli.reproduce import run_or_record_failure
 
     schemes = list(enumerate(SCHEMES))
     if only:
@@ -148,12 +147,7 @@ def reproduce_schemes(out_dir: Path, quick: bool = False, steps: int = 100, num_
         overrides = [*base, *extra_overrides, *scheme_overrides]
         print(f"[schemes] {label}: {' '.join(overrides)} -> {run_dir}", flush=True)
         start = time.perf_counter()
-        try:
-            metrics, status = run_setting(overrides, run_dir), "ok"
-        except Exception as exc:  # noqa: BLE001 - one failed scheme must not hide the others
-            first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-            metrics, status = None, f"failed: {type(exc).__name__}: {first_line}"[:200]
-            print(f"  {status}", file=sys.stderr, flush=True)
+        metrics, status = run_or_record_failure(overrides, run_dir)
         print(f"[schemes] {label}: {time.perf_counter() - start:.0f} s", flush=True)
         rows.append(scheme_row(key, label, paper, run_dir, metrics, status))
     data = "built-in shapes data" if not any(o.startswith("data=") for o in extra_overrides) else "the given data"
