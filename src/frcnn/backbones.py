@@ -609,9 +609,7 @@ def _unwrap(obj: Any, path: Path) -> Mapping[str, Tensor]:
 
 def _read_state_dict(path: str | os.PathLike[str]) -> Mapping[str, Tensor]:
     path = Path(path).expanduser()
-    if not path.is_file():
-        raise FileNotFoundError(f"backbone weights file not found: {path}")
-    # restricted reader, memory-mapped (no second in-RAM copy of a 0.5 GB VGG file); legacy
+    # restricted reader (FileNotFoundError naming the file when it is missing), memory-mapped (no second in-RAM copy of a 0.5 GB VGG file); legacy
     # (pre-1.6, non-zip) files such as older torchvision .pth files fall back to a plain read
     return _unwrap(read_torch_file(path, "backbone weights file", mmap=True), path)
 

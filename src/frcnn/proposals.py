@@ -111,9 +111,7 @@ def _write(path: Path, by_index: dict, num_images: int, settings: ProposalSettin
 def load_proposal_file(path: str | Path, num_images: int) -> dict:
     """Load and check a proposal file: right format, one entry per image, [N, 4] boxes."""
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no proposal file at {path}")
-    payload = read_torch_file(path, "proposal file")  # tensors and plain values only, never code
+    payload = read_torch_file(path, "proposal file")  # tensors and plain values only, never code; FileNotFoundError
     if not isinstance(payload, dict) or payload.get("format") != PROPOSAL_FORMAT:
         raise ValueError(f"{path} is not an frcnn proposal file (format {PROPOSAL_FORMAT!r} expected)")
     if not isinstance(payload.get("boxes"), list) or not all(isinstance(b, torch.Tensor) for b in payload["boxes"]):
