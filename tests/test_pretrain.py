@@ -50,6 +50,19 @@ def test_builtin_is_refused_for_backbones_without_shipped_weights():
     BACKBONE.check({"name": "small", "weights": "builtin"}, "backbone")
 
 
+def test_start_up_check_accepts_builtin_and_names_a_missing_shipped_file(monkeypatch, tmp_path):
+    """train.py's start-up check (check_backbone_weights) must take `backbone.weights=builtin`
+    (it once looked for a file literally named "builtin"), and name the shipped file if it is gone."""
+    from frcnn import backbones
+    from frcnn.config import check_backbone_weights
+
+    check_backbone_weights({"backbone": {"name": "small", "weights": "builtin"}})
+    gone = tmp_path / "small_shapes_pretrained.pt"
+    monkeypatch.setitem(backbones._SPECS, "small", replace(backbones._SPECS["small"], builtin=gone))
+    with pytest.raises(ConfigError, match=re.escape(f"the built-in weights file {gone} is missing")):
+        check_backbone_weights({"backbone": {"name": "small", "weights": "builtin"}})
+
+
 @pytest.fixture
 def one_thread():
     """The script's thread count (make_deterministic); also 7x faster than 2 threads on a busy machine."""

@@ -545,11 +545,14 @@ def check_weights_available(name: str, weights: str | os.PathLike[str] | None) -
 
     "imagenet": torchvision's file is in the torch hub cache or is downloaded now
     (:class:`~frcnn.pretrained.WeightsUnavailableError` naming the URL, the cache path and
-    ``backbone.weights=/path/to/file.pth`` otherwise); a path: the file exists."""
+    ``backbone.weights=/path/to/file.pth`` otherwise); "builtin": the package ships the file;
+    a path: the file exists."""
     if name not in _SPECS or weights is None or weights == WEIGHTS_FROM_DETECTOR:
         return
     if weights == "imagenet":
         ensure_torchvision_file(name, _imagenet_enum(name, _SPECS[name]))
+    elif weights == WEIGHTS_BUILTIN:
+        _builtin_weights_path(name, _SPECS[name])
     elif not Path(weights).expanduser().is_file():
         raise FileNotFoundError(f"backbone.weights={weights}: no such file (backbone {name!r}); pass the path of a "
                                 f"local state dict ({_describe_formats(_SPECS[name])}), imagenet, or null")
