@@ -71,7 +71,7 @@ class PretrainConfig:
     """What the pre-training does; saved with the weights as their metadata."""
 
     seed: int = 0
-    steps: int = 500
+    steps: int = 2000
     batch_size: int = 32
     lr: float = 1e-3  # AdamW, cosine decay to 0
     weight_decay: float = 1e-4
