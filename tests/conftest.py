@@ -6,6 +6,13 @@ import pytest
 REPO_ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # `-n 2` (pyproject's addopts): one core per worker. Two workers with two threads each (and the
+    # train.py processes they start, which read OMP_NUM_THREADS) would oversubscribe the cores.
+    os.environ["OMP_NUM_THREADS"] = "1"
+    import torch
+
+    torch.set_num_threads(1)
 
 
 def compose_config(overrides, run_dir):
@@ -21,3 +28,4 @@ def compose_config(overrides, run_dir):
 @pytest.fixture
 def compose_cfg():
     return compose_config
+

@@ -1,19 +1,27 @@
 """`scripts/reproduce.py schemes`: the three training schemes of §3.2 side by side."""
 
 import pytest
+from omegaconf import OmegaConf
 
 from frcnn.cli.reproduce import main as reproduce_main
-from frcnn.cli.schemes import SCHEMES, format_schemes, quick_schedule_overrides, scheme_row
+from frcnn.cli.schemes import (CPU_ALTERNATING_STEPS, CPU_JOINT_STEPS, SCHEMES, format_schemes, quick_schedule_overrides,
+                               scheme_row)
+from tests.conftest import REPO_ROOT
 
 
 def test_quick_schedule_scales_every_stage_of_the_cpu_schedule_alike():
-    overrides = dict(o.split("=") for o in quick_schedule_overrides(100))  # 100 / 1600 = 1/16
-    assert overrides["schedule.joint.max_steps"] == "100" and overrides["schedule.joint.lr_steps"] == "[80]"
-    assert overrides["schedule.alternating.stage1_rpn.max_steps"] == "25"
-    assert overrides["schedule.alternating.stage1_det.max_steps"] == "225"
-    assert overrides["schedule.alternating.stage1_det.lr_steps"] == "[180]"
-    assert overrides["schedule.alternating.stage2_rpn.max_steps"] == "19"
-    assert overrides["schedule.alternating.stage2_det.max_steps"] == "50"
+    schedule = OmegaConf.load(REPO_ROOT / "conf" / "schedule" / "cpu_shapes.yaml")
+    assert (CPU_JOINT_STEPS, CPU_ALTERNATING_STEPS["stage1_det"]) == (schedule.joint.max_steps,
+                                                                     schedule.alternating.stage1_det.max_steps)
+    half = CPU_JOINT_STEPS // 2
+    overrides = dict(o.split("=") for o in quick_schedule_overrides(half))
+    assert overrides["schedule.joint.max_steps"] == str(half)
+    assert overrides["schedule.joint.lr_steps"] == f"[{int(0.8 * half)}]"
+    for stage, length in CPU_ALTERNATING_STEPS.items():
+        scaled = round(length * half / CPU_JOINT_STEPS)
+        assert abs(scaled - length / 2) <= 0.5, stage  # every stage halved alike
+        assert overrides[f"schedule.alternating.{stage}.max_steps"] == str(scaled)
+        assert overrides[f"schedule.alternating.{stage}.lr_steps"] == f"[{int(0.8 * scaled)}]"
 
 
 def _finished(run_dir, stages):

@@ -8,7 +8,7 @@ network (§3.2) on the same data, one row each, beside what the paper says about
                              regression through the proposals (§3.2 iii; the paper gives no number)
 
 By default the three run on the built-in shapes data with the CPU preset's schedule
-(experiment=cpu_shapes: joint 1600 mini-batches, alternating 400 + 3600 + 300 + 800); extra
+(experiment=cpu_shapes, conf/schedule/cpu_shapes.yaml); extra
 Hydra overrides (``data=voc data.root=... backbone=vgg16 schedule=paper_voc ...``) apply to every
 scheme, so any VOC tree works. ``--quick`` scales every stage of that schedule down by the same
 factor (joint = ``--steps``), keeping the preset's ratio of alternating to joint length.
@@ -28,10 +28,22 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from omegaconf import OmegaConf
+
 from frcnn.config_schema import ALTERNATING_STAGES
 
-CPU_JOINT_STEPS = 1600  # conf/schedule/cpu_shapes.yaml
-CPU_ALTERNATING_STEPS = {"stage1_rpn": 400, "stage1_det": 3600, "stage2_rpn": 300, "stage2_det": 800}
+CONFIG_DIR = Path(__file__).resolve().parents[3] / "conf"
+
+
+
+def _cpu_schedule_lengths() -> tuple[int, dict[str, int]]:
+    """conf/schedule/cpu_shapes.yaml's stage lengths: (joint, {alternating stage: steps})."""
+    schedule = OmegaConf.load(CONFIG_DIR / "schedule" / "cpu_shapes.yaml")
+    return (int(schedule.joint.max_steps),
+            {stage: int(schedule.alternating[stage].max_steps) for stage in ALTERNATING_STAGES})
+
+
+CPU_JOINT_STEPS, CPU_ALTERNATING_STEPS = _cpu_schedule_lengths()
 LR_DROP_AT = 0.8  # --quick: the lr drops at 80 % of each stage, as in the CPU schedule
 
 # (directory name, label, overrides, what the paper says)
@@ -47,7 +59,7 @@ TRAIN_STAGES = {"joint": ("joint",), "alternating": ALTERNATING_STAGES}
 
 
 def quick_schedule_overrides(steps: int) -> list[str]:
-    """Every stage of the CPU schedule scaled by steps / 1600, lr drop at 80 % of each."""
+    """Every stage of the CPU schedule scaled by steps / CPU_JOINT_STEPS, lr drop at 80 % of each."""
     factor = steps / CPU_JOINT_STEPS
 
     def stage(key: str, length: int) -> list[str]:
