@@ -1,5 +1,7 @@
 """Loggers: W&B falls back to offline by itself and says how to sync; csv/none work."""
 
+import os
+
 import pytest
 
 from frcnn.recipes import run_recipe
@@ -18,6 +20,19 @@ def test_auto_mode_is_offline_without_credentials(monkeypatch, tmp_path):
     assert resolve_wandb_mode("disabled") == "disabled"
     with pytest.raises(ValueError, match="logger.mode"):
         resolve_wandb_mode("sometimes")
+
+
+def test_empty_wandb_mode_variable_counts_as_unset_and_a_bad_one_is_named(monkeypatch, tmp_path):
+    """`WANDB_MODE= python train.py` once crashed inside W&B's settings validation."""
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("NETRC", str(tmp_path / "none"))
+    monkeypatch.setenv("WANDB_MODE", "")
+    assert resolve_wandb_mode("auto") == "offline"
+    assert "WANDB_MODE" not in os.environ  # W&B will not read the empty value
+    monkeypatch.setenv("WANDB_MODE", "ofline")
+    with pytest.raises(ValueError, match=r"environment variable WANDB_MODE='ofline'; allowed: .*offline"):
+        resolve_wandb_mode("auto")
 
 
 def test_unknown_logger_name_is_refused(tmp_path):

@@ -13,6 +13,7 @@ from typing import Any
 
 LOGGER_NAMES = ("wandb", "csv", "tensorboard", "none")
 WANDB_MODES = ("auto", "online", "offline", "disabled")
+WANDB_ENV_MODES = ("online", "offline", "disabled", "dryrun", "run", "shared")  # what wandb accepts in WANDB_MODE
 log = logging.getLogger(__name__)
 
 
@@ -41,6 +42,11 @@ def resolve_wandb_mode(requested: str) -> str:
     prompt: W&B asks for a key interactively when online without one)."""
     if requested not in WANDB_MODES:
         raise ValueError(f"logger.mode={requested!r}; allowed: {WANDB_MODES}")
+    env_mode = os.environ.get("WANDB_MODE")
+    if env_mode is not None and not env_mode.strip():
+        del os.environ["WANDB_MODE"]  # set but empty (`WANDB_MODE= python train.py`): W&B itself would fail on ''
+    elif env_mode is not None and env_mode not in WANDB_ENV_MODES:
+        raise ValueError(f"environment variable WANDB_MODE={env_mode!r}; allowed: {WANDB_ENV_MODES} (or unset it)")
     if requested != "auto":
         return requested
     if os.environ.get("WANDB_MODE") in ("offline", "disabled", "online"):
