@@ -49,8 +49,10 @@ def test_default_wandb_logger_runs_offline_and_prints_sync_command(compose_cfg, 
     cfg = compose_cfg(TINY, tmp_path / "run")
     assert cfg["logger"]["name"] == "wandb"
     run_recipe(cfg, tmp_path / "run")
-    out = capsys.readouterr().out
+    captured = capsys.readouterr()
+    out = captured.out
     assert "wandb sync" in out
+    assert "anonymous setting" not in out + captured.err  # wandb's answer to Lightning's anonymous=None
     runs = list((tmp_path / "run" / "wandb").glob("offline-run-*"))
     assert len(runs) == 2 and all(any(run.glob("*.wandb")) for run in runs)  # the joint stage + the final evaluation
     assert out.count("wandb sync") == 2

@@ -116,7 +116,7 @@ def build_logger(logger_cfg: Mapping[str, Any], save_dir: str | Path, run_name: 
     os.environ.setdefault("WANDB_SILENT", "true")
     if mode == "offline":
         log.warning("W&B: no credentials or no network, logging offline under %s/wandb", save_dir)
-    return WandbLogger(
+    logger = WandbLogger(
         project=logger_cfg.get("project", "frcnn"),
         entity=logger_cfg.get("entity"),
         group=logger_cfg.get("group") or group,
@@ -126,6 +126,10 @@ def build_logger(logger_cfg: Mapping[str, Any], save_dir: str | Path, run_name: 
         mode=mode,
         config=config,
     )
+    # Lightning always passes wandb.init(anonymous=None), which recent wandb answers on the console
+    # with "The anonymous setting has no effect..."; the run is created lazily, so drop the key here.
+    getattr(logger, "_wandb_init", {}).pop("anonymous", None)
+    return logger
 
 
 def read_csv_rows_before(path: Path, step: int) -> list[dict]:
