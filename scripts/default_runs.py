@@ -30,17 +30,14 @@ from pathlib import Path
 
 import torch
 
+from frcnn.cli.schemes import TRAIN_STAGES, stage_length_overrides
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
-TRAINING_STAGES = {"alternating": ("stage1_rpn", "stage1_det", "stage2_rpn", "stage2_det"), "joint": ("joint",)}
-
-
-def _stage(key: str, steps: int, lr_step: int) -> list[str]:
-    return [f"schedule.{key}.max_steps={steps}", f"schedule.{key}.lr_steps=[{lr_step}]"]
-
-
-BEFORE = ["backbone.weights=null", *_stage("joint", 1600, 1300),
-          *_stage("alternating.stage1_rpn", 400, 320), *_stage("alternating.stage1_det", 3600, 3000),
-          *_stage("alternating.stage2_rpn", 300, 240), *_stage("alternating.stage2_det", 800, 640)]
+BEFORE = ["backbone.weights=null"] + [
+    override for key, steps, lr_step in (("joint", 1600, 1300), ("alternating.stage1_rpn", 400, 320),
+                                          ("alternating.stage1_det", 3600, 3000), ("alternating.stage2_rpn", 300, 240),
+                                          ("alternating.stage2_det", 800, 640))
+    for override in stage_length_overrides(key, steps, lr_step)]
 SETTINGS = {"after": [], "before": BEFORE}
 
 
@@ -79,7 +76,7 @@ def run_one(out: Path, setting: str, recipe: str, seed: int) -> dict:
 
 
 def training_seconds(metrics: dict, recipe: str) -> float:
-    return sum(metrics["stage_seconds"][stage] for stage in TRAINING_STAGES[recipe])
+    return sum(metrics["stage_seconds"][stage] for stage in TRAIN_STAGES[recipe])
 
 
 def _mean_spread(values: list[float]) -> str:
@@ -100,7 +97,7 @@ def format_table(results: dict, seeds: list[int]) -> str:
                      + _mean_spread([m["map_50"] for m in by_seed.values()]) + " | "
                      + _mean_spread([m["map_voc07"] for m in by_seed.values()]) + f" | {train_s:.0f} |")
     lines.append("")
-    for recipe in TRAINING_STAGES:
+    for recipe in TRAIN_STAGES:
         after, before = results.get(("after", recipe)), results.get(("before", recipe))
         if after and before:
             both = sorted(set(after) & set(before))
@@ -115,7 +112,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "outputs" / "default_runs")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--recipes", nargs="+", choices=sorted(TRAINING_STAGES), default=["alternating", "joint"])
+    parser.add_argument("--recipes", nargs="+", choices=sorted(TRAIN_STAGES), default=["alternating", "joint"])
     parser.add_argument("--settings", nargs="+", choices=sorted(SETTINGS), default=["after", "before"])
     args = parser.parse_args(argv)
     results: dict = {}

@@ -30,10 +30,8 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
+from frcnn.cli.reproduce import CONFIG_DIR
 from frcnn.config_schema import ALTERNATING_STAGES
-
-CONFIG_DIR = Path(__file__).resolve().parents[3] / "conf"
-
 
 
 def _cpu_schedule_lengths() -> tuple[int, dict[str, int]]:
@@ -58,13 +56,18 @@ SCHEMES = (
 TRAIN_STAGES = {"joint": ("joint",), "alternating": ALTERNATING_STAGES}
 
 
+def stage_length_overrides(key: str, max_steps: int, lr_step: int) -> list[str]:
+    """``schedule.<key>`` (``joint``, ``alternating.stage1_det``, ...) set to one lr drop at ``lr_step``."""
+    return [f"schedule.{key}.max_steps={max_steps}", f"schedule.{key}.lr_steps=[{lr_step}]"]
+
+
 def quick_schedule_overrides(steps: int) -> list[str]:
     """Every stage of the CPU schedule scaled by steps / CPU_JOINT_STEPS, lr drop at 80 % of each."""
     factor = steps / CPU_JOINT_STEPS
 
     def stage(key: str, length: int) -> list[str]:
         scaled = max(2, round(length * factor))
-        return [f"schedule.{key}.max_steps={scaled}", f"schedule.{key}.lr_steps=[{max(1, int(LR_DROP_AT * scaled))}]"]
+        return stage_length_overrides(key, scaled, max(1, int(LR_DROP_AT * scaled)))
 
     overrides = stage("joint", CPU_JOINT_STEPS)
     for name, length in CPU_ALTERNATING_STEPS.items():
