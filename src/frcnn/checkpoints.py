@@ -14,6 +14,7 @@ from frcnn.backbones import WEIGHTS_FROM_DETECTOR
 from frcnn.factory import build_model
 from frcnn.model import UnsharedFasterRCNN
 from frcnn.safe_load import UnsafeFileError, read_torch_file
+from frcnn.skip_init import weights_left_unfilled
 
 DETECTOR_FORMAT = "frcnn-detector-v1"
 CONVERT_HINT = ("if it is a detector file written by an older frcnn and you trust its source, convert it with: "
@@ -91,10 +92,11 @@ def load_detector(path: str | Path, map_location: str = "cpu"):
     cfg["backbone"] = {**cfg["backbone"], "weights": WEIGHTS_FROM_DETECTOR}  # weights come from the state dict
     num_classes = len(payload["class_names"])
     try:
-        if payload.get("unshared"):
-            model = UnsharedFasterRCNN(build_model(cfg, num_classes), build_model(cfg, num_classes))
-        else:
-            model = build_model(cfg, num_classes)
+        with weights_left_unfilled():  # every weight comes from the file (strict load below)
+            if payload.get("unshared"):
+                model = UnsharedFasterRCNN(build_model(cfg, num_classes), build_model(cfg, num_classes))
+            else:
+                model = build_model(cfg, num_classes)
     except (KeyError, TypeError, ValueError) as exc:
         raise DetectorFileError(f"{path}: its model_cfg does not describe a model frcnn can build "
                                 f"({type(exc).__name__}: {exc})") from None
