@@ -351,15 +351,12 @@ def test_cli_imagenet_without_network_exits_2_before_training(tmp_path):
     """`python train.py backbone=vgg16` (weights=imagenet) on a machine that cannot download: exit
     status 2 with the one message, no traceback, no stage started."""
     import os
-    import subprocess
-    import sys
 
-    from tests.conftest import REPO_ROOT
+    from tests.cli_runner import run_script
 
     env = {**os.environ, "TORCH_HOME": str(tmp_path / "torch_home"), "https_proxy": "http://127.0.0.1:9",
            "HTTPS_PROXY": "http://127.0.0.1:9", "no_proxy": "", "NO_PROXY": ""}  # port 9: connection refused
-    command = [sys.executable, "train.py", "backbone=vgg16", "logger=none", f"hydra.run.dir={tmp_path / 'run'}"]
-    result = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
+    result = run_script(["train.py", "backbone=vgg16", "logger=none", f"hydra.run.dir={tmp_path / 'run'}"], env=env)
     assert result.returncode == 2, result.stderr[-2000:]
     assert "Traceback" not in result.stderr
     cached = tmp_path / "torch_home" / "hub" / "checkpoints" / "vgg16-397923af.pth"

@@ -1,8 +1,6 @@
 """Start-up validation of the composed config, the CLI's --help / --cfg job / typo messages,
 the paper presets' values (paper §3.1-§4.2, Tables 2, 3, 8, 9, 11) and the reproduce script."""
 
-import subprocess
-import sys
 
 import pytest
 import yaml
@@ -10,14 +8,14 @@ import yaml
 from frcnn.cli.reproduce import format_tables, load_table, main as reproduce_main, setting_overrides
 from frcnn.cli.train import preflight
 from frcnn.config import ConfigError, validate_config
+from tests.cli_runner import run_script
 from tests.conftest import REPO_ROOT
 
 CONF = REPO_ROOT / "conf"
 
 
 def run_cli(*args, timeout=120):
-    return subprocess.run([sys.executable, "train.py", *args], cwd=REPO_ROOT, capture_output=True, text=True,
-                          timeout=timeout)
+    return run_script(["train.py", *args], timeout=timeout)
 
 
 # ----------------------------------------------------------------------------------------------

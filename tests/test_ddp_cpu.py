@@ -4,12 +4,9 @@ checkpoints, and logs from rank 0 only. Inside a -m sweep DDP is refused before 
 
 import csv
 import json
-import subprocess
-import sys
-
 import pytest
 
-from tests.conftest import REPO_ROOT
+from tests.cli_runner import run_script
 
 DDP = ["trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", "trainer.enable_progress_bar=false",
        "trainer.log_every_n_steps=1", "logger=csv", "data.num_train=8", "data.num_val=4"]
@@ -25,8 +22,7 @@ RECIPES = {
 
 
 def run_cli(*args, timeout=300):
-    return subprocess.run([sys.executable, "train.py", *args], cwd=REPO_ROOT, capture_output=True, text=True,
-                          timeout=timeout)
+    return run_script(["train.py", *args], timeout=timeout)  # Lightning starts rank 1 as `python train.py ...`
 
 
 @pytest.mark.slow

@@ -4,12 +4,9 @@ intact and loadable and no temporary file behind; train.py stops with one line (
 resumes and ends as an uninterrupted run does."""
 
 import errno
-import io
 import json
 import logging
 import os
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -25,6 +22,7 @@ from frcnn.lit.checkpoint_io import AtomicCheckpointIO
 from frcnn.proposals import _write as write_proposals
 from frcnn.proposals import load_proposal_file
 from frcnn.rpn import ProposalSettings
+from tests.cli_runner import run_script
 from tests.conftest import REPO_ROOT
 
 ERRNOS = {"ENOSPC": errno.ENOSPC, "EIO": errno.EIO}
@@ -182,9 +180,9 @@ def _train(run_dir, fault=None):
     env.pop(WRITE_FAULT_ENV, None)
     if fault:
         env[WRITE_FAULT_ENV] = fault
-    cmd = [sys.executable, "train.py", *JOINT, "schedule.joint.max_steps=2", "trainer.enable_progress_bar=false",
+    cmd = ["train.py", *JOINT, "schedule.joint.max_steps=2", "trainer.enable_progress_bar=false",
            f"hydra.run.dir={run_dir}"]
-    return subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
+    return run_script(cmd, env=env)
 
 
 @pytest.mark.slow

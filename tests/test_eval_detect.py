@@ -1,8 +1,6 @@
 """scripts/eval.py and scripts/detect.py on an untrained tiny detector and generated images."""
 
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -20,6 +18,7 @@ from frcnn.evaluation.detections_io import check_coco_results, coco_result_recor
 from frcnn.evaluation.plots import plot_pr_curves
 from frcnn.evaluation.voc_ap import DetectionEvaluator
 from frcnn.factory import build_model
+from tests.cli_runner import run_script
 from tests.conftest import REPO_ROOT, compose_config
 
 
@@ -215,11 +214,8 @@ def test_scale_falls_back_to_the_paper_value_without_a_run_config(run_dir, tmp_p
 @pytest.mark.slow
 def test_eval_and_detect_scripts_run_from_the_command_line(run_dir, image_folder, tmp_path):
     checkpoint = run_dir / "final" / "model.pt"
-    result = subprocess.run(
-        [sys.executable, "scripts/eval.py", f"checkpoint={checkpoint}", f"out_dir={tmp_path / 'eval'}",
-         "data.num_val=2", "proposal_recall.top_ns=[100,300]"],
-        cwd=REPO_ROOT, capture_output=True, text=True, timeout=300,
-    )
+    result = run_script(["scripts/eval.py", f"checkpoint={checkpoint}", f"out_dir={tmp_path / 'eval'}",
+                         "data.num_val=2", "proposal_recall.top_ns=[100,300]"])
     assert result.returncode == 0, result.stderr[-2000:]
     assert "mAP" in result.stdout
     metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
@@ -227,9 +223,9 @@ def test_eval_and_detect_scripts_run_from_the_command_line(run_dir, image_folder
     assert (tmp_path / "eval" / ".hydra" / "config.yaml").exists()
 
     (image_folder / "broken.jpg").write_bytes(b"not a jpeg")
-    cmd = [sys.executable, "scripts/detect.py", str(checkpoint), str(image_folder), "--out-dir", str(tmp_path / "det"),
+    cmd = ["scripts/detect.py", str(checkpoint), str(image_folder), "--out-dir", str(tmp_path / "det"),
            "--score-thresh", "0.1", "--skip-bad"]
-    result = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+    result = run_script(cmd)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "2 images" in result.stdout and "broken.jpg" in result.stderr  # the warning names the file
     assert (tmp_path / "det" / "a.png").exists() and (tmp_path / "det" / "detections.json").exists()

@@ -15,8 +15,6 @@ from __future__ import annotations
 import copy
 import random
 import re
-import subprocess
-import sys
 from collections import Counter
 from typing import Any
 
@@ -27,6 +25,7 @@ from frcnn.cli.train import preflight
 from frcnn.config import AnyOf, Bool, Choice, ConfigError, Free, ListOf, Node, Number, Rule, Text, Variant, \
     check_override_keys, validate_config
 from frcnn.config_schema import TRAIN_CONFIG
+from tests.cli_runner import run_script
 from tests.conftest import REPO_ROOT, compose_config
 
 NOT_FROM_COMMAND_LINE = {"run_dir"}  # set by Hydra (hydra.run.dir)
@@ -188,8 +187,7 @@ def test_bad_overrides_through_preflight_and_hydra_name_the_key(base_cfg, tmp_pa
     ("rpn=5", "rpn"),  # ... (Hydra itself ended this one in a traceback)
 ])
 def test_train_py_exits_2_naming_the_key(override, key, tmp_path):
-    result = subprocess.run([sys.executable, "train.py", override, f"hydra.run.dir={tmp_path}"], cwd=REPO_ROOT,
-                            capture_output=True, text=True, timeout=300)
+    result = run_script(["train.py", override, f"hydra.run.dir={tmp_path}"])
     assert result.returncode == 2, result.stderr[-2000:]
     assert result.stderr.startswith("Config error: ") and _names_key(result.stderr, key), result.stderr
     assert "Traceback" not in result.stderr + result.stdout

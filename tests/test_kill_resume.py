@@ -13,13 +13,11 @@ final weights are bit-identical and metrics.json and the per-stage metrics.csv a
 import json
 import os
 import random
-import subprocess
-import sys
 
 import pytest
 import torch
 
-from tests.conftest import REPO_ROOT
+from tests.cli_runner import run_script
 
 MAX_STEPS = 4
 STAGES = ("stage1_rpn", "stage1_det", "stage2_rpn", "stage2_det")
@@ -36,8 +34,7 @@ def train(run_dir, fault=None, extra=()):
     env.pop("FRCNN_FAULT", None)
     if fault:
         env["FRCNN_FAULT"] = fault
-    cmd = [sys.executable, "train.py", *TINY, *extra, f"hydra.run.dir={run_dir}"]
-    return subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
+    return run_script(["train.py", *TINY, *extra, f"hydra.run.dir={run_dir}"], env=env)
 
 
 def fault_points(rng):

@@ -11,6 +11,7 @@ from frcnn.data.transforms import DetectionTransform
 from frcnn.factory import build_model
 from frcnn.proposals import generate_proposal_file, load_proposal_file, propose_images
 from frcnn.rpn import ProposalSettings
+from tests.cli_runner import fork_server
 from tests.conftest import compose_config
 
 SETTINGS = ProposalSettings(pre_nms_top_n=-1, post_nms_top_n=20)
@@ -48,7 +49,9 @@ def _worker(rank, world, port, out_path, run_dir):
 
 def test_two_ranks_write_one_complete_file_and_split_the_work(tmp_path):
     out = tmp_path / "proposals.pt"
-    mp.start_processes(_worker, args=(2, 29517, str(out), str(tmp_path)), nprocs=2, join=True, start_method="spawn")
+    fork_server()  # the two ranks start from it with torch already imported (as spawn would, without the imports)
+    mp.start_processes(_worker, args=(2, 29517, str(out), str(tmp_path)), nprocs=2, join=True,
+                       start_method="forkserver")
     payload = load_proposal_file(out, num_images=5)
     calls = [torch.load(f"{out}.calls{r}") for r in range(2)]
     assert sorted(i for c in calls for chunk in c for i in chunk) == [0, 1, 2, 3, 4]  # each image once

@@ -6,8 +6,6 @@ test checks that frcnn refuses it with a message naming the file, and that the m
 
 import builtins
 import re
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -22,7 +20,8 @@ from frcnn.factory import build_model
 from frcnn.proposals import load_proposal_file
 from frcnn.resume import resume_checkpoint
 from frcnn.safe_load import UnreadableFileError, UnsafeFileError, read_torch_file
-from tests.conftest import REPO_ROOT, compose_config
+from tests.cli_runner import run_script
+from tests.conftest import compose_config
 
 REFUSED = "holds pickled objects frcnn does not load"
 
@@ -86,12 +85,12 @@ def test_crafted_detector_file_is_refused_by_the_eval_and_detect_commands(tmp_pa
     image = tmp_path / "a.png"
     Image.new("RGB", (64, 48)).save(image)
     commands = [
-        [sys.executable, "scripts/detect.py", str(path), str(image), "--out-dir", str(tmp_path / "det")],
-        [sys.executable, "scripts/eval.py", f"checkpoint={path}", f"out_dir={tmp_path / 'eval'}", "data.num_val=2",
+        ["scripts/detect.py", str(path), str(image), "--out-dir", str(tmp_path / "det")],
+        ["scripts/eval.py", f"checkpoint={path}", f"out_dir={tmp_path / 'eval'}", "data.num_val=2",
          f"hydra.run.dir={tmp_path / 'hydra'}"],
     ]
     for command in commands:
-        result = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+        result = run_script(command)
         assert result.returncode == 2, result.stderr[-2000:]
         assert str(path) in result.stderr and REFUSED in result.stderr
         assert "Traceback" not in result.stderr

@@ -3,8 +3,6 @@ jobs shown as failed), list-valued sweeps, one W&B group per sweep, DDP refused 
 
 import csv
 import json
-import subprocess
-import sys
 
 import pytest
 import yaml
@@ -13,14 +11,13 @@ from frcnn.cli import train as cli_train
 from frcnn.config import ConfigError
 from frcnn.sweep import sweep_keys, write_summary
 from frcnn.tracking import build_logger, sweep_group_name, sweep_run_name
-from tests.conftest import REPO_ROOT
+from tests.cli_runner import run_script
 
 TINY = ["recipe=joint", "schedule.joint.max_steps=2", "data.num_train=8", "data.num_val=4", "logger=csv"]
 
 
 def run_sweep(sweep_dir, *overrides, timeout=300):
-    cmd = [sys.executable, "train.py", "-m", *overrides, f"hydra.sweep.dir={sweep_dir}"]
-    return subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout)
+    return run_script(["train.py", "-m", *overrides, f"hydra.sweep.dir={sweep_dir}"], timeout=timeout)
 
 
 def read_csv(path):
