@@ -23,6 +23,7 @@ images of mixed sizes).
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +37,9 @@ from torch import Tensor
 from frcnn.checkpoints import PAPER_TEST_SCALE, checkpoint_input_scale, load_detector
 from frcnn.data.transforms import PaperRescale, paper_scale_factor, resize_factor, to_float_chw_tensor
 from frcnn.data.validation import BadImageError
+from frcnn.svd import compress_roi_head
+
+log = logging.getLogger(__name__)
 
 ImageInput = Union[str, Path, Image.Image, np.ndarray, Tensor]
 IMAGES_IN_MEMORY = 32  # a long list is decoded and rescaled this many images at a time
@@ -160,12 +164,18 @@ class Detector:
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str | torch.device = "cpu", scale: int | None = None,
-                        max_size: int | None = None, **options) -> Detector:
+                        max_size: int | None = None, svd_rank: int | Sequence[int] | None = None,
+                        **options) -> Detector:
         """Load a detector file (``<run dir>/final/model.pt``) with the restricted reader
         (:func:`frcnn.checkpoints.load_detector`); the test scale defaults to the one it was trained
-        at (:func:`frcnn.checkpoints.checkpoint_input_scale`), else the paper's 600 / 1000."""
+        at (:func:`frcnn.checkpoints.checkpoint_input_scale`), else the paper's 600 / 1000.
+        ``svd_rank``: compress the RoI head's fc layers by truncated SVD (:mod:`frcnn.svd`, Fast
+        R-CNN §3.1), e.g. ``[1024, 256]`` for VGG-16's fc6 / fc7."""
         resolve_device(device)  # before reading a large file
         model, class_names = load_detector(path)
+        if svd_rank:
+            for line in compress_roi_head(model, svd_rank):
+                log.info("truncated SVD: %s", line)
         trained_scale, trained_max = checkpoint_input_scale(path) or PAPER_TEST_SCALE
         return cls(model, class_names, scale or trained_scale, max_size or trained_max, device, **options)
 

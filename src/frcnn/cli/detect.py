@@ -82,7 +82,7 @@ def read_images(paths: Sequence[Path], skip_bad: bool, skipped: list[str]) -> li
 
 def detect_files(checkpoint: str | Path, inputs: Sequence[str | Path], out_dir: str | Path, score_thresh: float = 0.5,
                  scale: int | None = None, max_size: int | None = None, device: str = "cpu",
-                 skip_bad: bool = False) -> dict:
+                 skip_bad: bool = False, svd_rank: Sequence[int] | None = None) -> dict:
     """Detect, draw and write (module docstring) with :class:`frcnn.Detector`. ``scale`` / ``max_size``
     default to the checkpoint's training values when recorded, else the paper's 600 / 1000.
 
@@ -94,7 +94,8 @@ def detect_files(checkpoint: str | Path, inputs: Sequence[str | Path], out_dir: 
         raise ValueError(f"--score-thresh must be in [0, 1], got {score_thresh}")
     images = find_images(inputs)
     # first: the restricted reader checks the file
-    detector = Detector.from_checkpoint(checkpoint, device, scale, max_size, score_thresh=score_thresh)
+    detector = Detector.from_checkpoint(checkpoint, device, scale, max_size, svd_rank=svd_rank,
+                                        score_thresh=score_thresh)
     out_dir.mkdir(parents=True, exist_ok=True)
 
     records, image_entries, skipped, used_names = [], [], [], set()
@@ -130,6 +131,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="cap on the longer side in px (default: the checkpoint's, else 1000)")
     parser.add_argument("--device", default="cpu", help="torch device: cpu, cuda, cuda:1, ...")
     parser.add_argument("--skip-bad", action="store_true", help="warn about and skip unreadable images")
+    parser.add_argument("--svd-rank", type=int, nargs="+", default=None, metavar="RANK",
+                        help="truncated SVD of the RoI head's fc layers, one rank per layer (0 keeps one): "
+                             "1024 256 for VGG-16's fc6 fc7 (Fast R-CNN §3.1)")
     return parser
 
 
@@ -139,7 +143,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     try:
         summary = detect_files(args.checkpoint, args.inputs, args.out_dir, args.score_thresh, args.scale,
-                               args.max_size, args.device, args.skip_bad)
+                               args.max_size, args.device, args.skip_bad, args.svd_rank)
     except (BadImageError, FileNotFoundError, ValueError) as exc:
         parser.exit(2, f"error: {exc}\n")
     print(f"{summary['images']} images, {summary['detections']} detections (score >= {args.score_thresh}) at scale "

@@ -100,7 +100,8 @@ def evaluate_checkpoint(cfg: Mapping[str, Any]) -> dict:
     device = resolve_device(str(cfg.get("device", "cpu")))
     recall_cfg = cfg.get("proposal_recall") or {}
 
-    detector = Detector.from_checkpoint(checkpoint, device)  # the restricted reader; the model in eval mode on device
+    svd_rank = (cfg.get("roi_head") or {}).get("svd_rank")
+    detector = Detector.from_checkpoint(checkpoint, device, svd_rank=svd_rank)  # restricted reader; eval mode on device
     model, class_names = detector.model, detector.class_names
     data_cfg = evaluation_data_cfg(cfg["data"], checkpoint, cfg.get("scale"))
     loader = build_eval_loader(data_cfg, split, int(cfg.get("batch_size", 4)))
@@ -114,7 +115,7 @@ def evaluate_checkpoint(cfg: Mapping[str, Any]) -> dict:
         coco=bool(cfg.get("coco", True)),
     )
     metrics.update({"checkpoint": str(checkpoint), "data": cfg["data"].get("name"), "split": split,
-                    "input_scale": [data_cfg["scales"][0], data_cfg.get("max_size")]})
+                    "input_scale": [data_cfg["scales"][0], data_cfg.get("max_size")], "svd_rank": svd_rank})
     written = write_evaluation_report(metrics, pr_curves, out_dir)
 
     print(format_table(metrics))

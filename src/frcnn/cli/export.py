@@ -21,12 +21,13 @@ import torch
 from frcnn.checkpoints import PAPER_TEST_SCALE, DetectorFileError, checkpoint_input_scale, load_detector
 from frcnn.export import FORMATS, ExportError, export_detector, parity, run_exported
 from frcnn.safe_load import UnreadableFileError
+from frcnn.svd import compress_roi_head
 
 SUFFIXES = {"torchscript": ".pt", "onnx": ".onnx"}
 
 
 def export_file(checkpoint: str | Path, export_format: str, out: str | Path, scale: int | None = None,
-                max_size: int | None = None, verify: bool = True) -> dict:
+                max_size: int | None = None, verify: bool = True, svd_rank: Sequence[int] | None = None) -> dict:
     """Load (restricted reader), export, optionally run the file beside eager frcnn.
     -> {"out", "scale", "max_size", "parity" (when verified)}."""
     out = Path(out)
@@ -43,6 +44,9 @@ def export_file(checkpoint: str | Path, export_format: str, out: str | Path, sca
             raise ExportError(f"--format onnx needs the deploy extra ({exc.name} is missing): "
                               "pip install -e \".[deploy]\"") from None
     model, class_names = load_detector(checkpoint)
+    if svd_rank:  # the file holds the compressed head (frcnn.svd, Fast R-CNN §3.1)
+        for line in compress_roi_head(model, svd_rank):
+            print(f"truncated SVD: {line}")
     trained_scale, trained_max = checkpoint_input_scale(checkpoint) or PAPER_TEST_SCALE
     scale, max_size = int(scale or trained_scale), int(max_size or trained_max)
     export_detector(model, class_names, scale, max_size, export_format, out)
@@ -62,11 +66,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--scale", type=int, default=None,
                         help="shorter side recorded in the file (default: the checkpoint's training scale, else 600)")
     parser.add_argument("--max-size", type=int, default=None, help="longer-side cap recorded (default: the checkpoint's, else 1000)")
+    parser.add_argument("--svd-rank", type=int, nargs="+", default=None, metavar="RANK",
+                        help="truncated SVD of the RoI head's fc layers, one rank per layer (0 keeps one)")
     parser.add_argument("--no-verify", action="store_true", help="do not run the file beside eager frcnn")
     args = parser.parse_args(argv)
     try:
         summary = export_file(args.checkpoint, args.export_format, args.out, args.scale, args.max_size,
-                              verify=not args.no_verify)
+                              verify=not args.no_verify, svd_rank=args.svd_rank)
     except (FileNotFoundError, UnreadableFileError, DetectorFileError, ValueError) as exc:
         parser.exit(2, f"error: {exc}\n")
     print(f"wrote {summary['out']} ({args.export_format}; input: [3, H, W] in [0, 1] rescaled to shorter side "
