@@ -5,6 +5,7 @@
     python scripts/benchmark.py --size paper --mode breakdown
     python scripts/benchmark.py --mode data
     python scripts/benchmark.py --mode warp --size small   # non-approximate vs approximate joint step
+    python scripts/benchmark.py --mode svd --size paper    # truncated SVD of fc6 / fc7 (Fast R-CNN §3.1)
 
 Modes (default: all of them):
   infer      inference latency per image (batch of 1), frcnn vs torchvision, alternating A B A B ...
@@ -19,6 +20,9 @@ Modes (default: all of them):
              weights and batch, alternating; the ratio's floor is 1.3 (issue 15). Then the peak
              memory of one step of each, each in a fresh process (peak RSS above the RSS before
              the step: activations, gradients and temporaries; Linux /proc only)
+  svd        region-wise and total inference time with the RoI head's fc layers plain and
+             compressed by truncated SVD (Fast R-CNN §3.1; --svd-rank, default 1024 256 for
+             VGG-16's fc6 / fc7 as in Fast R-CNN, 64 32 for the small net), alternating
 
 Sizes: ``paper`` = one 600 x 1000 image, VGG-16, anchors 128/256/512, 21 classes;
 ``small`` = the built-in data (256 x 256, 4 images per training batch), small backbone,
@@ -65,6 +69,7 @@ from torchvision.ops import nms, roi_pool
 
 import frcnn.rpn
 from frcnn.backbones import build_backbone, freeze_prefix
+from frcnn.machine import cpu_description
 from frcnn.model import FasterRCNN
 from frcnn.nms import nms_top_n
 from frcnn.roi_head import RoIHead
@@ -420,6 +425,50 @@ def bench_breakdown(size: str, repeats: int, heads: tuple[int | None, ...] = (No
     return results
 
 
+# -- truncated SVD of the fc layers (Fast R-CNN §3.1) -----------------------------------------
+
+SVD_RANKS = {"paper": (1024, 256), "small": (64, 32)}  # paper: Fast R-CNN's fc6 / fc7 ranks for VGG-16
+
+
+def bench_svd(size: str, repeats: int, ranks: tuple[int, ...]) -> dict[str, float]:
+    """Region-wise time (RoI pooling + head + post-processing) and total inference of one model,
+    plain and with its RoI head's fc layers compressed by truncated SVD, alternating; plus how
+    many of the plain model's detections the compressed one keeps (random weights: the mAP
+    change needs trained weights, ``scripts/eval.py roi_head.svd_rank=...``)."""
+    from frcnn.svd import compress_roi_head
+
+    images, _ = make_inputs(size, 1)
+    spec = SIZES[size]
+    plain = build_frcnn(size).eval()
+    compressed = copy.deepcopy(plain)
+    lines = compress_roi_head(compressed, list(ranks))
+    stage_fns = {"plain": _frcnn_stages(plain, images), "svd": _frcnn_stages(compressed, images)}
+    times = {name: {"region": [], "total": []} for name in stage_fns}
+    with torch.inference_mode():
+        for i in range(1 + repeats):
+            for name, stages in stage_fns.items():
+                total = 0.0
+                for stage, fn in stages.items():
+                    start = time.perf_counter()
+                    fn()
+                    elapsed = time.perf_counter() - start
+                    total += elapsed
+                    if i and stage == "region":
+                        times[name]["region"].append(elapsed)
+                if i:
+                    times[name]["total"].append(total)
+        plain_out, svd_out = plain(images)[0], compressed(images)[0]
+    med = {name: {key: _median_ms(v) for key, v in stage_times.items()} for name, stage_times in times.items()}
+    print(f"[{size}] truncated SVD {list(ranks)} (Fast R-CNN §3.1), 1 image {spec['image_hw']} {spec['backbone']}, "
+          f"medians of {repeats}: " + "; ".join(lines), flush=True)
+    print(f"    region-wise plain {med['plain']['region']:.1f} ms, svd {med['svd']['region']:.1f} ms "
+          f"(x{med['svd']['region'] / med['plain']['region']:.3f}); total plain {med['plain']['total']:.1f} ms, "
+          f"svd {med['svd']['total']:.1f} ms (x{med['svd']['total'] / med['plain']['total']:.3f}); detections "
+          f"plain {len(plain_out['boxes'])}, svd {len(svd_out['boxes'])} (random weights)", flush=True)
+    return {"region_plain_ms": med["plain"]["region"], "region_svd_ms": med["svd"]["region"],
+            "total_plain_ms": med["plain"]["total"], "total_svd_ms": med["svd"]["total"]}
+
+
 # -- NMS alone --------------------------------------------------------------------------------
 
 
@@ -476,13 +525,15 @@ def bench_data(batches: int, train_step_ms: float | None) -> dict[str, float]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--size", choices=("paper", "small", "all"), default="all")
-    parser.add_argument("--mode", choices=("infer", "train", "breakdown", "data", "nms", "warp", "all"), default="all")
+    parser.add_argument("--mode", choices=("infer", "train", "breakdown", "data", "nms", "warp", "svd", "all"), default="all")
     parser.add_argument("--repeats", type=int, default=None, help="timed runs per model (default: per size)")
     parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads (default 2)")
     parser.add_argument("--data-batches", type=int, default=32)
     parser.add_argument("--head-width", type=int, default=None,
                         help="fc width of the per-RoI head (default: VGG-16's 4096 / small's 256; torchvision's "
                              "TwoMLPHead default is 1024)")
+    parser.add_argument("--svd-rank", type=int, nargs="+", default=None,
+                        help="--mode svd: ranks of the head's fc layers (default: 1024 256 paper, 64 32 small)")
     parser.add_argument("--baseline", action="store_true",
                         help="frcnn as before issue 6: NCHW conv and full NMS before the post-NMS cut")
     parser.add_argument("--warp-memory-child", choices=WARP_SCHEMES, default=None, help=argparse.SUPPRESS)
@@ -501,7 +552,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.manual_seed(0)
     print(f"frcnn benchmark {_dt.datetime.now().isoformat(timespec='seconds')} | torch {torch.__version__}, "
           f"torchvision {torchvision.__version__}, python {platform.python_version()}, threads "
-          f"{torch.get_num_threads()}, {platform.processor() or platform.machine()}"
+          f"{torch.get_num_threads()} | CPU: {cpu_description()}"
           f"{f' | head width {args.head_width}' if args.head_width else ''}"
           f"{' | frcnn BASELINE (before issue 6)' if BASELINE else ''}", flush=True)
     sizes = ("small", "paper") if args.size == "all" else (args.size,)
@@ -520,6 +571,8 @@ def main(argv: list[str] | None = None) -> int:
                 bench_breakdown(size, args.repeats or spec["breakdown_repeats"])
             elif mode == "warp":
                 bench_warp(size, args.repeats or spec["train_repeats"])
+            elif mode == "svd":
+                bench_svd(size, args.repeats or spec["breakdown_repeats"], tuple(args.svd_rank or SVD_RANKS[size]))
     if args.mode in ("nms", "all"):
         bench_nms(args.repeats or 5)
     if "data" in modes:

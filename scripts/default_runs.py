@@ -21,16 +21,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-import torch
 
 from frcnn.cli.schemes import TRAIN_STAGES, stage_length_overrides
+from frcnn.machine import cpu_description
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 BEFORE = ["backbone.weights=null"] + [
@@ -40,17 +39,6 @@ BEFORE = ["backbone.weights=null"] + [
     for override in stage_length_overrides(key, steps, lr_step)]
 SETTINGS = {"after": [], "before": BEFORE}
 
-
-def cpu_description() -> str:
-    model = platform.processor() or "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{model}, torch CPU capability {torch.backends.cpu.get_cpu_capability()}, torch {torch.__version__}"
 
 
 def run_one(out: Path, setting: str, recipe: str, seed: int) -> dict:
