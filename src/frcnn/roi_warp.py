@@ -35,8 +35,8 @@ joint training, :meth:`frcnn.rpn.RegionProposalNetwork.propose` with ``keep_box_
     without gradient, like the class labels; the box gradient comes from the features the RoI
     warps.
 
-Memory: the samples are read with one ``torch.nn.functional.grid_sample`` call per image
-(a fused PyTorch kernel, no custom C++), which keeps only the feature map and the sample grid
+Memory: the samples are read with one ``torch.nn.functional.grid_sample`` call per batch
+(a fused PyTorch kernel, no custom C++, which runs the images on parallel CPU threads), which keeps only the feature map and the sample grid
 for its backward. The one large tensor is the sampled output, R * C * (P * S)^2 values: 128
 RoIs x 512 channels x 14 x 14 = 12.8 M floats (51 MB) for VGG-16 with P = 7, S = 2; RoIs are
 processed in chunks of ``max_rois_per_call`` so a test-time batch of many proposals never holds
@@ -74,13 +74,15 @@ def _sample_coordinates(
     return xs, ys
 
 
-def _warp_one_image(
-    feature_map: Tensor, rois_xyxy: Tensor, output_size: int, sampling_ratio: int, spatial_scale: float,
-    aligned: bool, reduction: str,
-) -> Tensor:
-    """feature_map [C, H, W], rois [R, 4] -> [R, C, P, P]."""
-    channels, height, width = feature_map.shape
-    num_rois, steps = rois_xyxy.shape[0], output_size * sampling_ratio
+def _sample_grid(
+    rois_xyxy: Tensor, output_size: int, sampling_ratio: int, spatial_scale: float, aligned: bool, height: int,
+    width: int,
+) -> tuple[Tensor, Tensor]:
+    """rois [R, 4] -> (grid_sample grid [R*P*S, P*S, 2] for a [height, width] map, inside [R*P*S, P*S] bool).
+
+    ``inside``: roi_align's rule, a sample more than one cell outside the map reads 0.
+    """
+    steps = output_size * sampling_ratio
     xs, ys = _sample_coordinates(rois_xyxy, output_size, sampling_ratio, spatial_scale, aligned)  # [R, P*S]
     # grid_sample, align_corners=True: normalised -1 / +1 are the centres of the first / last cell
     grid_x = xs * (2.0 / max(width - 1, 1)) - 1.0
@@ -88,23 +90,49 @@ def _warp_one_image(
     grid = torch.stack(
         (grid_x[:, None, :].expand(-1, steps, -1), grid_y[:, :, None].expand(-1, -1, steps)), dim=-1
     )  # [R, P*S (y), P*S (x), 2]
-    grid = grid.reshape(1, num_rois * steps, steps, 2).to(feature_map.dtype)
-    samples = F.grid_sample(
-        feature_map[None], grid, mode="bilinear", padding_mode="border", align_corners=True
-    )  # [1, C, R*P*S, P*S]
-    with torch.no_grad():  # roi_align's rule: a sample more than one cell outside the map reads 0
+    with torch.no_grad():
         inside_x = (xs >= -1.0) & (xs <= width)  # [R, P*S]
         inside_y = (ys >= -1.0) & (ys <= height)
-        inside = (inside_y[:, :, None] & inside_x[:, None, :]).reshape(1, 1, num_rois * steps, steps)
-    if not bool(inside.all()):
+        inside = inside_y[:, :, None] & inside_x[:, None, :]
+    return grid.reshape(-1, steps, 2), inside.reshape(-1, steps)
+
+
+def _warp_batch(
+    features: Tensor, rois: list[Tensor], output_size: int, sampling_ratio: int, spatial_scale: float,
+    aligned: bool, reduction: str,
+) -> Tensor:
+    """features [B, C, H, W], rois: per image [R_b, 4] -> [sum R_b, C, P, P] in image order.
+
+    One ``grid_sample`` call for the whole batch (its CPU kernel runs the images on parallel
+    threads; one call per image would leave all but one idle): each image's sample grid is padded
+    to the batch's largest R with samples that are read and dropped.
+    """
+    batch, channels, height, width = features.shape
+    steps = output_size * sampling_ratio
+    counts = [image_rois.shape[0] for image_rois in rois]
+    rows = max(counts)
+    grids, insides = [], []
+    for image_rois, count in zip(rois, counts):
+        grid, inside = _sample_grid(image_rois, output_size, sampling_ratio, spatial_scale, aligned, height, width)
+        padding = (rows - count) * steps
+        grids.append(F.pad(grid, (0, 0, 0, 0, 0, padding)))  # padded samples read the map's centre, dropped below
+        insides.append(F.pad(inside, (0, 0, 0, padding)))
+    grid = torch.stack(grids).to(features.dtype)  # [B, rows*P*S, P*S, 2]
+    inside = torch.stack(insides)[:, None]  # [B, 1, rows*P*S, P*S]
+    samples = F.grid_sample(features, grid, mode="bilinear", padding_mode="border", align_corners=True)
+    if not bool(inside.all()):  # [B, C, rows*P*S, P*S]
         samples = samples * inside.to(samples.dtype)
-    # S x S windows of the [R*P*S, P*S] sample grid never straddle two RoIs (each spans P*S rows)
+    # S x S windows of the [rows*P*S, P*S] sample grid never straddle two RoIs (each spans P*S rows)
     if reduction == "max":
-        pooled = F.max_pool2d(samples, sampling_ratio)  # [1, C, R*P, P]
+        pooled = F.max_pool2d(samples, sampling_ratio)  # [B, C, rows*P, P]
     else:
         pooled = F.avg_pool2d(samples, sampling_ratio)
-    pooled = pooled.view(channels, num_rois, output_size, output_size)
-    return pooled.permute(1, 0, 2, 3)  # [R, C, P, P]
+    pooled = pooled.view(batch, channels, rows, output_size, output_size).transpose(1, 2)
+    pooled = pooled.reshape(batch * rows, channels, output_size, output_size)  # [B*rows, C, P, P], image-major
+    if any(count != rows for count in counts):  # drop the padding rows (one gather, one scatter in backward)
+        keep = torch.cat([torch.arange(count, device=features.device) + b * rows for b, count in enumerate(counts)])
+        pooled = pooled.index_select(0, keep)
+    return pooled  # [sum R_b, C, P, P]
 
 
 def roi_warp(
@@ -130,12 +158,16 @@ def roi_warp(
         raise ValueError(f"roi_warp sampling_ratio must be >= 1 (a fixed grid), got {sampling_ratio}")
     if len(rois) != features.shape[0]:
         raise ValueError(f"roi_warp: {len(rois)} RoI lists for a batch of {features.shape[0]} feature maps")
-    pooled = []
-    for feature_map, image_rois in zip(features, rois):
-        for start in range(0, image_rois.shape[0], max_rois_per_call):
-            chunk = image_rois[start : start + max_rois_per_call]
-            pooled.append(_warp_one_image(feature_map, chunk.to(features.dtype), output_size, sampling_ratio,
-                                          spatial_scale, aligned, reduction))
-    if not pooled:
+    longest = max((image_rois.shape[0] for image_rois in rois), default=0)
+    if longest == 0:
         return features.new_zeros((0, features.shape[1], output_size, output_size))
-    return torch.cat(pooled)
+    if longest <= max_rois_per_call:  # one call (training: 128 RoIs per mini-batch)
+        return _warp_batch(features, [image_rois.to(features.dtype) for image_rois in rois], output_size,
+                           sampling_ratio, spatial_scale, aligned, reduction)
+    per_image: list[list[Tensor]] = [[] for _ in rois]
+    for start in range(0, longest, max_rois_per_call):
+        chunks = [image_rois[start : start + max_rois_per_call].to(features.dtype) for image_rois in rois]
+        pooled = _warp_batch(features, chunks, output_size, sampling_ratio, spatial_scale, aligned, reduction)
+        for image_chunks, image_pooled in zip(per_image, pooled.split([chunk.shape[0] for chunk in chunks])):
+            image_chunks.append(image_pooled)
+    return torch.cat([chunk for image_chunks in per_image for chunk in image_chunks])  # image-major
