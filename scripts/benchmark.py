@@ -390,15 +390,10 @@ def _torchvision_stages(model: TVFasterRCNN, images):
     return {"conv": conv, "proposal": proposal, "region": region}
 
 
-def bench_breakdown(size: str, repeats: int, heads: tuple[int | None, ...] = (None,)) -> dict[str, dict[str, float]]:
-    """Per-stage medians; stages run in order each repeat (conv, proposal, region), models alternate."""
-    results = {}
-    images, _ = make_inputs(size, 1)
-    spec = SIZES[size]
-    ours = build_frcnn(size).eval()
-    theirs = build_torchvision_twin(ours, size).eval()
-    stage_fns = {"frcnn": _frcnn_stages(ours, images), "torchvision": _torchvision_stages(theirs, images)}
-    times = {name: {stage: [] for stage in ("conv", "proposal", "region", "total")} for name in stage_fns}
+def _time_stages(stage_fns: dict[str, dict[str, Callable[[], None]]], repeats: int) -> dict[str, dict[str, list[float]]]:
+    """{model: {stage: fn}} -> {model: {stage and "total": seconds per repeat}}: the stages of a model
+    in order each repeat, the models alternating, one warm-up repeat, under inference_mode."""
+    times = {name: {stage: [] for stage in (*stages, "total")} for name, stages in stage_fns.items()}
     with torch.inference_mode():
         for i in range(1 + repeats):
             for name, stages in stage_fns.items():
@@ -412,6 +407,18 @@ def bench_breakdown(size: str, repeats: int, heads: tuple[int | None, ...] = (No
                         times[name][stage].append(elapsed)
                 if i:
                     times[name]["total"].append(total)
+    return times
+
+
+def bench_breakdown(size: str, repeats: int, heads: tuple[int | None, ...] = (None,)) -> dict[str, dict[str, float]]:
+    """Per-stage medians; stages run in order each repeat (conv, proposal, region), models alternate."""
+    results = {}
+    images, _ = make_inputs(size, 1)
+    spec = SIZES[size]
+    ours = build_frcnn(size).eval()
+    theirs = build_torchvision_twin(ours, size).eval()
+    stage_fns = {"frcnn": _frcnn_stages(ours, images), "torchvision": _torchvision_stages(theirs, images)}
+    times = _time_stages(stage_fns, repeats)
     print(f"[{size}] breakdown (paper Table 5), 1 image {spec['image_hw']} {spec['backbone']}, "
           f"medians of {repeats}:", flush=True)
     print("    model        conv ms  proposal ms  region ms  total ms | proposal/conv region/conv total/conv "
@@ -442,21 +449,8 @@ def bench_svd(size: str, repeats: int, ranks: tuple[int, ...]) -> dict[str, floa
     plain = build_frcnn(size).eval()
     compressed = copy.deepcopy(plain)
     lines = compress_roi_head(compressed, list(ranks))
-    stage_fns = {"plain": _frcnn_stages(plain, images), "svd": _frcnn_stages(compressed, images)}
-    times = {name: {"region": [], "total": []} for name in stage_fns}
+    times = _time_stages({"plain": _frcnn_stages(plain, images), "svd": _frcnn_stages(compressed, images)}, repeats)
     with torch.inference_mode():
-        for i in range(1 + repeats):
-            for name, stages in stage_fns.items():
-                total = 0.0
-                for stage, fn in stages.items():
-                    start = time.perf_counter()
-                    fn()
-                    elapsed = time.perf_counter() - start
-                    total += elapsed
-                    if i and stage == "region":
-                        times[name]["region"].append(elapsed)
-                if i:
-                    times[name]["total"].append(total)
         plain_out, svd_out = plain(images)[0], compressed(images)[0]
     med = {name: {key: _median_ms(v) for key, v in stage_times.items()} for name, stage_times in times.items()}
     print(f"[{size}] truncated SVD {list(ranks)} (Fast R-CNN §3.1), 1 image {spec['image_hw']} {spec['backbone']}, "
