@@ -26,11 +26,12 @@ def read_losses(run_dir):
 def test_joint_training_loss_falls_and_map_beats_untrained(compose_cfg, tmp_path):
     untrained = run_recipe(compose_cfg(TINY + ["logger=none", "schedule.joint.max_steps=1"], tmp_path / "untrained"),
                            tmp_path / "untrained")
-    cfg = compose_cfg(TINY + ["logger=csv", "schedule.joint.max_steps=100", "schedule.joint.lr_steps=[80]"], tmp_path / "run")
+    cfg = compose_cfg(TINY + ["logger=csv", "schedule.joint.max_steps=50", "schedule.joint.lr_steps=[40]",
+                             "trainer.log_every_n_steps=5"], tmp_path / "run")
     metrics = run_recipe(cfg, tmp_path / "run")
     losses = read_losses(tmp_path / "run")
     assert sum(losses[-5:]) / 5 < 0.6 * sum(losses[:3]) / 3
-    assert metrics["map_50"] > untrained["map_50"] + 0.2  # seed 0, built-in weights, 100 steps: 0.625 vs 0.0
+    assert metrics["map_50"] > untrained["map_50"] + 0.2  # seed 0, built-in weights, 50 steps: 0.389 vs 0.0
     saved = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert saved["num_images"] == 24 and set(saved["ap_per_class"]) == {"circle", "square", "triangle", "bar", "ring"}
     # the unified detector reloads and reproduces a detection

@@ -6,9 +6,12 @@ of the stride) the same number of detections, the same labels, boxes within 0.5 
 """
 
 import json
+import shutil
 import subprocess
 import sys
+import tempfile
 import zipfile
+from pathlib import Path
 
 import pytest
 import torch
@@ -140,10 +143,24 @@ def test_export_command_writes_the_file_and_checks_it(model, tmp_path, capsys):
         assert stop.value.code == 2 and message in err and len(err.strip().splitlines()) == 1, err
 
 
+@pytest.fixture
+def big_files_dir(tmp_path):
+    """A folder for ~0.5 GB files: in memory (/dev/shm) where the machine has room, else tmp_path."""
+    shm = Path("/dev/shm")
+    if not (shm.is_dir() and shutil.disk_usage(shm).free > 4 * 2**30):
+        yield tmp_path
+        return
+    folder = Path(tempfile.mkdtemp(prefix="frcnn_vgg_export_", dir=shm))
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)
+
+
 @pytest.mark.slow
-def test_paper_preset_vgg16_exports_and_runs(tmp_path):
+def test_paper_preset_vgg16_exports_and_runs(big_files_dir):
     """VGG-16 as the paper preset builds it (600 / 1000, random weights), both formats; run on one
-    small image (the graph takes any size) to keep the test cheap: the cost is the ~550 MB files."""
+    small image (the graph takes any size) to keep the test cheap: the cost is the ~550 MB files,
+    written in memory (/dev/shm) where the machine has room for them."""
+    tmp_path = big_files_dir
     cfg = compose_config(["experiment=paper/voc07_vgg16_alt", "backbone.weights=null"], "unused")
     model = built({k: cfg[k] for k in ("backbone", "rpn", "roi_head")})
     image = torch.rand(3, 224, 299, generator=torch.Generator().manual_seed(0))

@@ -97,9 +97,9 @@ def test_nonapproximate_training_beats_the_untrained_model(tmp_path):
             "schedule.joint.images_per_batch=4", "recipe.val_every_n_epochs=null"]
     untrained = run_recipe(compose_config(tiny + ["schedule.joint.max_steps=1"], tmp_path / "untrained"),
                            tmp_path / "untrained")
-    cfg = compose_config(tiny + ["schedule.joint.max_steps=60", "schedule.joint.lr_steps=[48]"], tmp_path / "run")
+    cfg = compose_config(tiny + ["schedule.joint.max_steps=40", "schedule.joint.lr_steps=[32]"], tmp_path / "run")
     metrics = run_recipe(cfg, tmp_path / "run")
-    assert metrics["map_50"] > untrained["map_50"] + 0.05  # measured (seed 0, built-in weights, 60 steps): 0.202 against 0.002
+    assert metrics["map_50"] > untrained["map_50"] + 0.05  # measured (seed 0, built-in weights, 40 steps): 0.180 against 0.002
     # the saved detector remembers its RoI warping and reloads with it
     saved = torch.load(tmp_path / "run" / "final" / "model.pt", weights_only=True)
     assert saved["model_cfg"]["roi_head"]["warp_boxes"] is True
