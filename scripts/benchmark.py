@@ -439,9 +439,9 @@ SVD_RANKS = {"paper": (1024, 256), "small": (64, 32)}  # paper: Fast R-CNN's fc6
 
 def bench_svd(size: str, repeats: int, ranks: tuple[int, ...]) -> dict[str, float]:
     """Region-wise time (RoI pooling + head + post-processing) and total inference of one model,
-    plain and with its RoI head's fc layers compressed by truncated SVD, alternating; plus how
-    many of the plain model's detections the compressed one keeps (random weights: the mAP
-    change needs trained weights, ``scripts/eval.py roi_head.svd_rank=...``)."""
+    plain and with its RoI head's fc layers compressed by truncated SVD, alternating; plus the
+    number of detections of each (random weights: the mAP change needs trained weights,
+    ``scripts/eval.py roi_head.svd_rank=...``)."""
     from frcnn.svd import compress_roi_head
 
     images, _ = make_inputs(size, 1)

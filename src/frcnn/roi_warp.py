@@ -35,9 +35,9 @@ joint training, :meth:`frcnn.rpn.RegionProposalNetwork.propose` with ``keep_box_
     without gradient, like the class labels; the box gradient comes from the features the RoI
     warps.
 
-Memory: the samples are read with one ``torch.nn.functional.grid_sample`` call per batch
-(a fused PyTorch kernel, no custom C++, which runs the images on parallel CPU threads), which keeps only the feature map and the sample grid
-for its backward. The one large tensor is the sampled output, R * C * (P * S)^2 values: 128
+Memory: the samples are read with one ``torch.nn.functional.grid_sample`` call per batch (a
+fused PyTorch kernel, no custom C++, which runs the images on parallel CPU threads), which keeps
+only the feature map and the sample grid for its backward. The one large tensor is the sampled output, R * C * (P * S)^2 values: 128
 RoIs x 512 channels x 14 x 14 = 12.8 M floats (51 MB) for VGG-16 with P = 7, S = 2; RoIs are
 processed in chunks of ``max_rois_per_call`` so a test-time batch of many proposals never holds
 more than one chunk's samples beyond the pooled result.
@@ -161,13 +161,12 @@ def roi_warp(
     longest = max((image_rois.shape[0] for image_rois in rois), default=0)
     if longest == 0:
         return features.new_zeros((0, features.shape[1], output_size, output_size))
-    if longest <= max_rois_per_call:  # one call (training: 128 RoIs per mini-batch)
-        return _warp_batch(features, [image_rois.to(features.dtype) for image_rois in rois], output_size,
-                           sampling_ratio, spatial_scale, aligned, reduction)
     per_image: list[list[Tensor]] = [[] for _ in rois]
     for start in range(0, longest, max_rois_per_call):
         chunks = [image_rois[start : start + max_rois_per_call].to(features.dtype) for image_rois in rois]
         pooled = _warp_batch(features, chunks, output_size, sampling_ratio, spatial_scale, aligned, reduction)
+        if start == 0 and longest <= max_rois_per_call:  # one call (training: 128 RoIs per mini-batch)
+            return pooled
         for image_chunks, image_pooled in zip(per_image, pooled.split([chunk.shape[0] for chunk in chunks])):
             image_chunks.append(image_pooled)
     return torch.cat([chunk for image_chunks in per_image for chunk in image_chunks])  # image-major
