@@ -2,8 +2,6 @@
 
 import csv
 import json
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -11,7 +9,7 @@ import torch
 from frcnn.checkpoints import load_detector
 from frcnn.config import ConfigError, validate_config
 from frcnn.recipes import run_recipe
-from tests.conftest import REPO_ROOT
+from tests.cli_runner import run_fresh
 from tests.test_console import console_problems
 
 TINY = ["recipe=joint", "data.num_train=64", "data.num_val=24", "schedule.joint.images_per_batch=4", "recipe.val_every_n_epochs=null"]
@@ -56,9 +54,9 @@ def test_rerun_of_finished_run_skips_training(compose_cfg, tmp_path):
 
 @pytest.mark.slow
 def test_cli_runs_with_overrides_and_writes_metrics(tmp_path):
-    cmd = [sys.executable, "train.py", "recipe=joint", "logger=csv", "schedule.joint.max_steps=4", "data.num_train=8",
+    cmd = ["train.py", "recipe=joint", "logger=csv", "schedule.joint.max_steps=4", "data.num_train=8",
            "data.num_val=4", f"hydra.run.dir={tmp_path}"]
-    result = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+    result = run_fresh(cmd)  # a fresh interpreter: import-time warnings are part of the console checked
     assert result.returncode == 0, result.stderr[-2000:]
     assert "mAP" in result.stdout
     assert console_problems(result.stdout, result.stderr) == []  # each line once, no foreign tips / deprecations

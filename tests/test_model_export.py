@@ -6,12 +6,7 @@ of the stride) the same number of detections, the same labels, boxes within 0.5 
 """
 
 import json
-import shutil
-import subprocess
-import sys
-import tempfile
 import zipfile
-from pathlib import Path
 
 import pytest
 import torch
@@ -23,7 +18,8 @@ from frcnn.export import ExportableDetector, ExportError, export_detector, parit
 from frcnn.factory import build_model
 from frcnn.model import UnsharedFasterRCNN
 from frcnn.predictor import network_input
-from tests.conftest import compose_config
+from tests.cli_runner import run_fresh
+from tests.conftest import compose_config, memory_backed_dir
 
 BOX_TOLERANCE_PX, SCORE_TOLERANCE = 0.5, 1e-4
 
@@ -102,7 +98,7 @@ def test_torchscript_file_runs_without_frcnn(model, export_once, val_images, tmp
         f"torch.save((boxes, scores, labels), {str(tmp_path / 'out.pt')!r})\n"
         "print(json.loads(files['frcnn.json'])['input']['scale'])\n"
     )
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    result = run_fresh(["-c", script], cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.strip() == "256"
     outputs = torch.load(tmp_path / "out.pt")  # (boxes, scores, labels): tensors only
@@ -145,14 +141,8 @@ def test_export_command_writes_the_file_and_checks_it(model, tmp_path, capsys):
 
 @pytest.fixture
 def big_files_dir(tmp_path):
-    """A folder for ~0.5 GB files: in memory (/dev/shm) where the machine has room, else tmp_path."""
-    shm = Path("/dev/shm")
-    if not (shm.is_dir() and shutil.disk_usage(shm).free > 4 * 2**30):
-        yield tmp_path
-        return
-    folder = Path(tempfile.mkdtemp(prefix="frcnn_vgg_export_", dir=shm))
-    yield folder
-    shutil.rmtree(folder, ignore_errors=True)
+    with memory_backed_dir(tmp_path, "frcnn_vgg_export_", 4 * 2**30) as folder:
+        yield folder
 
 
 @pytest.mark.slow

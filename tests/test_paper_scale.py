@@ -15,8 +15,6 @@ the stage with an error; the tests check that, and that every final weight is fi
 import json
 import math
 import shutil
-import tempfile
-from pathlib import Path
 
 import pytest
 import torch
@@ -24,7 +22,7 @@ import torch
 from frcnn.checkpoints import load_detector
 from frcnn.cli.train import train
 from frcnn.proposals import load_proposal_file
-from tests.conftest import compose_config
+from tests.conftest import compose_config, memory_backed_dir
 from tests.data_trees import coco_json, draw_image, write_voc_tree
 
 VOC_CLASSES = 20
@@ -100,22 +98,11 @@ def check_stages(run_dir, stages) -> None:
 
 @pytest.fixture
 def run_dir(tmp_path):
-    """The run dir, deleted afterwards (a VGG-16 run writes ~1.5 GB of checkpoints per stage): in
-    memory (/dev/shm) where the machine has room for it, since writing those GBs to disk is a large
-    part of the test's time; else under tmp_path."""
-    shm = Path("/dev/shm")
-    base = Path(tempfile.mkdtemp(prefix="frcnn_paper_scale_", dir=shm)) if _has_room(shm, 12 * 2**30) else tmp_path
-    yield base / "run"
-    shutil.rmtree(base / "run", ignore_errors=True)
-    if base != tmp_path:
-        shutil.rmtree(base, ignore_errors=True)
-
-
-def _has_room(directory: Path, needed_bytes: int) -> bool:
-    try:
-        return directory.is_dir() and shutil.disk_usage(directory).free > needed_bytes
-    except OSError:
-        return False
+    """The run dir, deleted afterwards (a VGG-16 run writes ~1.5 GB of checkpoints per stage), in
+    memory where the machine has room (tests.conftest.memory_backed_dir)."""
+    with memory_backed_dir(tmp_path, "frcnn_paper_scale_", 12 * 2**30) as base:
+        yield base / "run"
+        shutil.rmtree(base / "run", ignore_errors=True)
 
 
 @pytest.mark.slow
