@@ -1,7 +1,8 @@
-"""Reproduce a paper ablation table: `python scripts/reproduce.py lambda|anchors|schemes [--quick] [overrides]`.
+"""Reproduce the paper's tables: `python scripts/reproduce.py all|lambda|anchors|proposals|training|schemes
+[--quick] [--seeds ...] [overrides]`.
 
-Tables: conf/experiment/paper/ablation_{lambda,anchors}.yaml; logic: frcnn.cli.reproduce;
-schemes (alternating / approximate joint / non-approximate joint, §3.2): frcnn.cli.schemes.
+Tables: conf/experiment/paper/ablation_{lambda,anchors,proposals,training}.yaml; logic:
+frcnn.cli.reproduce (report: frcnn.reproduce_report); schemes (§3.2): frcnn.cli.schemes.
 """
 
 import sys

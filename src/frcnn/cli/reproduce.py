@@ -1,201 +1,214 @@
-"""`python scripts/reproduce.py lambda|anchors|schemes`: run a paper ablation table and print the
-measured numbers beside the paper's (``schemes``: the three training schemes of §3.2, in
-:mod:`frcnn.cli.schemes`).
+"""`python scripts/reproduce.py all|lambda|anchors|proposals|training|schemes [--quick]`: the
+paper's tables, measured over several seeds, beside the paper's numbers, in one report.
 
-The tables live in conf/experiment/paper/ablation_<table>.yaml (``paper_table``: the
-paper's table name, the metric, and per setting its RPN values and the paper's mAP). Each
-setting runs the full recipe in-process in ``<out>/<i>_<setting>/`` (a finished setting is
-not rerun: its metrics.json is read back), then the table is printed and written as
-``<out>/reproduce_<table>.md`` / ``.csv``.
+Tables (conf/experiment/paper/ablation_<table>.yaml): ``lambda`` Table 9 (λ of eq. 1),
+``anchors`` Table 8 (anchor scales and ratios), ``proposals`` Table 2 (RPN proposals at test time
+on one trained model per seed, shared vs unshared), ``training`` Table 3 (shared vs unshared,
+alternating vs approximate joint); ``all`` runs the four and Fig. 4 (proposal recall vs IoU of
+the default model). ``schemes`` (:mod:`frcnn.cli.schemes`) is the §3.2 comparison.
 
-``--quick`` runs on the built-in shapes data instead (experiment=cpu_shapes, joint recipe,
-``--steps`` mini-batches, a small val set), with anchor scales divided by 4 as the CPU
-preset does (256 px images instead of 600): a check that the pipeline and the table work on
-a laptop in minutes; its absolute numbers are not comparable with the paper's.
+Every (training, seed) runs once under ``<out>/runs/`` and is shared by the rows and tables that
+need the same model (:mod:`frcnn.reproduce_runs`); a rerun reads finished runs back and resumes an
+interrupted one. The report (:mod:`frcnn.reproduce_report`) is rewritten after every seed:
+``<out>/REPORT.md``, ``<out>/<table>.csv``, ``<out>/<table>_changes.png``, ``<out>/fig4_recall.png``.
+
+``--quick``: the built-in shapes data (experiment=cpu_shapes), the joint recipe for ``--steps``
+mini-batches (the alternating schedule scaled by the same factor), 3 seeds, anchor scales /4 as
+the CPU preset (256-px images). Rows marked ``quick: false`` (λ=3: a training per seed with no
+paper number to compare with) are skipped (``--all-rows`` keeps them). The report then compares changes against each table's
+default row and orderings (Kendall τ), not absolute numbers.
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
-import io
 import json
-import math
-import re
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
-from omegaconf import OmegaConf
+from frcnn.reproduce_tables import QUICK_ANCHOR_SCALE, REPO_ROOT, TABLES, PaperTable, merge_overrides, paper_table, slug
 
-REPO_ROOT = Path(__file__).resolve().parents[3]
-CONFIG_DIR = REPO_ROOT / "conf"
-TABLES = ("lambda", "anchors")
-QUICK_ANCHOR_SCALE = 0.25  # conf/experiment/cpu_shapes.yaml: [32, 64, 128] for the paper's [128, 256, 512]
+QUICK_SEEDS = (0, 1, 2)
+QUICK_STEPS = 200
+PAPER_EXPERIMENT = {table: f"experiment=paper/ablation_{table}" for table in TABLES}
 
 
-def load_table(table: str, config_dir: Path = CONFIG_DIR) -> dict:
-    """The ``paper_table`` node of conf/experiment/paper/ablation_<table>.yaml, as a dict."""
-    if table not in TABLES:
-        raise ValueError(f"table={table!r}; allowed: {', '.join(TABLES)}")
-    path = config_dir / "experiment" / "paper" / f"ablation_{table}.yaml"
-    node = OmegaConf.load(path).get("paper_table")
-    if node is None:
-        raise ValueError(f"{path}: no paper_table node")
-    return OmegaConf.to_container(node, resolve=True)
+def quick_base(steps: int, num_train: int | None, num_val: int | None) -> list[str]:
+    """Built-in data, joint recipe of ``steps`` mini-batches, every alternating stage scaled alike."""
+    from frcnn.cli.schemes import quick_overrides
+
+    return merge_overrides(quick_overrides(steps, num_train, num_val), ["recipe=joint"])
 
 
-def _format_value(value: Any) -> str:
-    if isinstance(value, (list, tuple)):
-        return "[" + ",".join(_format_value(v) for v in value) + "]"
-    return f"{value:g}" if isinstance(value, float) else str(value)
+def base_overrides(table: str, quick: bool, steps: int, num_train: int | None, num_val: int | None,
+                   extra: Sequence[str]) -> list[str]:
+    base = quick_base(steps, num_train, num_val) if quick else [PAPER_EXPERIMENT[table]]
+    return merge_overrides(base, extra)
 
 
-def setting_overrides(setting: Mapping[str, Any], quick: bool) -> list[str]:
-    """``rpn.<key>=<value>`` overrides of one setting (anchor scales scaled down in quick mode)."""
-    overrides = []
-    for key, value in setting.get("rpn", {}).items():
-        if quick and key == "anchor_scales":
-            value = [v * QUICK_ANCHOR_SCALE for v in value]
-        overrides.append(f"rpn.{key}={_format_value(value)}")
-    return overrides
+def run_table(store, table: PaperTable, base: Sequence[str], seed: int, quick: bool, all_rows: bool,
+              outcomes: dict) -> None:
+    """Train (or read back) and evaluate every row of ``table`` for ``seed`` into
+    ``outcomes[label][seed]``. Test-time rows re-evaluate the default row's model."""
+    default_setting = table.setting(table.default)
+    trained_default = None
+    for setting in table.settings:
+        if quick and not setting.quick and not all_rows:
+            continue  # e.g. λ=3: a training with no paper number to compare with is not worth its minutes
+        if setting.test is not None:
+            if trained_default is None:
+                trained_default = store.train(merge_overrides(base, default_setting.training), seed,
+                                              f"{table.key}_{default_setting.label}")
+            outcome = store.evaluate_test_time(trained_default, setting.test, seed, setting.label) \
+                if setting.test else trained_default
+        else:
+            outcome = store.train(merge_overrides(base, setting.training), seed, f"{table.key}_{setting.label}")
+        outcomes.setdefault(setting.label, {})[seed] = outcome
+        print(f"[{table.name}] seed {seed} {setting.label}: {outcome.status}"
+              + ("" if outcome.metrics is None else f", {table.metric} {100 * outcome.metrics[table.metric]:.1f}"),
+              flush=True)
 
 
-def quick_overrides(steps: int, num_train: int, num_val: int) -> list[str]:
-    """Built-in data, joint recipe, ``steps`` mini-batches with the lr drop at 80% (as the CPU schedule)."""
-    return ["experiment=cpu_shapes", "recipe=joint", "recipe.val_every_n_epochs=null",
-            f"schedule.joint.max_steps={steps}", f"schedule.joint.lr_steps=[{max(1, int(0.8 * steps))}]",
-            f"data.num_train={num_train}", f"data.num_val={num_val}", "logger=csv"]
+def write_report(out_dir: Path, tables: Sequence[PaperTable], outcomes: dict, seeds: Sequence[int], quick: bool,
+                 header: str, fig4_outcomes: Sequence | None) -> Path:
+    """REPORT.md, one CSV and one PNG per table, and Fig. 4's PNG, from what has run so far."""
+    from frcnn.atomic_io import atomic_write_text
+    from frcnn.evaluation.plots import plot_proposal_recall
+    from frcnn.reproduce_report import (
+        average_recall,
+        fig4_markdown,
+        plot_changes,
+        table_csv,
+        table_markdown,
+        table_rows,
+    )
+
+    sections = [header]
+    for table in tables:
+        rows = table_rows(table, outcomes.get(table.key, {}))
+        sections.append(table_markdown(table, rows, quick))
+        atomic_write_text(table_csv(table, rows, seeds), out_dir / f"{table.key}.csv")
+        if any(r.change.n for r in rows):
+            plot_changes(table, rows, out_dir / f"{table.key}_changes.png")
+            sections.append(f"![{table.name} changes]({table.key}_changes.png)\n")
+    if fig4_outcomes is not None:
+        results = [o.metrics["proposal_recall"] for o in fig4_outcomes
+                   if o.metrics is not None and "proposal_recall" in o.metrics]
+        recall = average_recall(results) if results else None
+        png = None
+        if recall is not None:
+            plot_proposal_recall(recall, out_dir / "fig4_recall.png", title=f"RPN recall, mean of {len(results)} seeds")
+            png = "fig4_recall.png"
+        sections.append(fig4_markdown(recall, len(results), png))
+    report = out_dir / "REPORT.md"
+    atomic_write_text("\n".join(sections), report)
+    return report
 
 
-def slug(label: str) -> str:
-    """A directory name for a setting label: 'λ=0.1' -> 'lambda_0.1'."""
-    return re.sub(r"[^A-Za-z0-9.]+", "_", label.replace("λ", "lambda").replace("²", "")).strip("_")
+def compute_seconds(outcomes: dict) -> float:
+    """Seconds of every distinct training and test-time evaluation behind the tables (a model or an
+    evaluation that several rows share counts once)."""
+    distinct = {}
+    for by_label in outcomes.values():
+        for by_seed in by_label.values():
+            for outcome in by_seed.values():
+                test_time = (outcome.metrics or {}).get("test_time")
+                distinct[(str(outcome.run_dir), json.dumps(test_time, sort_keys=True))] = outcome.seconds
+    return sum(distinct.values())
 
 
-def compose(overrides: Sequence[str], run_dir: Path) -> dict:
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
+def report_header(command: str, quick: bool, steps: int, seeds: Sequence[int], seconds: float, compute: float) -> str:
+    from frcnn.machine import cpu_description
 
-    with initialize_config_dir(version_base="1.3", config_dir=str(CONFIG_DIR)):
-        cfg = hydra_compose("train", overrides=[*overrides, f"run_dir={run_dir}"])
-    return OmegaConf.to_container(cfg, resolve=True)
-
-
-def run_or_record_failure(overrides: Sequence[str], run_dir: Path) -> tuple[dict | None, str]:
-    """(metrics, "ok") of :func:`run_setting`, or (None, "failed: <error>") printed to stderr: one
-    failed row of a table must not hide the others."""
-    try:
-        return run_setting(overrides, run_dir), "ok"
-    except Exception as exc:  # noqa: BLE001 - any failure becomes the row's status
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        status = f"failed: {type(exc).__name__}: {first_line}"[:200]
-        print(f"  {status}", file=sys.stderr, flush=True)
-        return None, status
+    mode = (f"quick mode: built-in shapes data, joint recipe {steps} mini-batches of 4 images (alternating stages "
+            f"scaled alike), anchor scales x{QUICK_ANCHOR_SCALE:g}; compares changes and orderings, not absolute "
+            "numbers" if quick else "the paper's settings (conf/experiment/paper/ablation_<table>.yaml)")
+    return "\n".join([
+        "# The paper's tables, reproduced", "",
+        f"Command: `{command}`", "",
+        f"Mode: {mode}. Seeds: {', '.join(map(str, seeds))}.", "",
+        f"Machine: {cpu_description()}.", "",
+        f"Time: {compute / 60:.1f} min of training and evaluation (every distinct run's stage_seconds and "
+        f"every test-time evaluation, also when read back from an earlier invocation); this invocation "
+        f"{seconds / 60:.1f} min.", ""])
 
 
-def run_setting(overrides: Sequence[str], run_dir: Path) -> dict:
-    """metrics of one setting: read back when its run finished before, else trained now."""
-    metrics_path = run_dir / "metrics.json"
-    if metrics_path.exists():
-        return json.loads(metrics_path.read_text())
-    from frcnn.config import validate_config
-    from frcnn.recipes import run_recipe
+def reproduce_tables(table_keys: Sequence[str], out_dir: Path, quick: bool, steps: int, seeds: Sequence[int],
+                     num_train: int | None = None, num_val: int | None = None, extra: Sequence[str] = (),
+                     all_rows: bool = False, fig4: bool = False, command: str = "") -> dict:
+    """Run ``table_keys`` for every seed (seed by seed, the report rewritten after each) -> outcomes
+    ``{table: {label: {seed: Outcome}}}``."""
+    from frcnn.reproduce_runs import RunStore
 
-    cfg = compose(overrides, run_dir)
-    validate_config(cfg)
-    return run_recipe(cfg, run_dir)
-
-
-def _pct(value: Any) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "-"
-    return f"{value:.1f}"
-
-
-def format_tables(table: Mapping[str, Any], rows: Sequence[Mapping[str, Any]], note: str) -> tuple[str, str, str]:
-    """(plain text, markdown, csv) of the comparison: setting, paper (%), measured (%), difference."""
-    metric = table["metric"]
-    header = ["setting", f"paper {metric} (%)", f"measured {metric} (%)", "measured - paper", "status"]
-    body = []
-    for row in rows:
-        measured = None if row["metrics"] is None else 100.0 * row["metrics"].get(metric, float("nan"))
-        diff = measured - row["paper"] if measured is not None and row["paper"] is not None else None
-        body.append([row["label"], _pct(row["paper"]), _pct(measured),
-                     "-" if diff is None else f"{diff:+.1f}", row["status"]])
-    title = f"{table['name']}: {table['title']}"
-    widths = [max(len(str(c)) for c in col) for col in zip(header, *body)]
-    line = lambda cells: "  ".join(str(c).ljust(w) for c, w in zip(cells, widths)).rstrip()  # noqa: E731
-    text = "\n".join([title, note, line(header), "-" * (sum(widths) + 2 * (len(widths) - 1)), *map(line, body)])
-    md = "\n".join([f"# {title}", "", f"_{note}_", "", "| " + " | ".join(header) + " |",
-                    "|:---|---:|---:|---:|:---|", *("| " + " | ".join(r) + " |" for r in body)]) + "\n"
-    buffer = io.StringIO()
-    writer = csv.writer(buffer)
-    writer.writerow(["setting", "paper", "measured", "metric", "status", "run_dir"])
-    for row, cells in zip(rows, body):
-        writer.writerow([row["label"], row["paper"] if row["paper"] is not None else "",
-                         cells[2] if cells[2] != "-" else "", metric, row["status"], row["run_dir"]])
-    return text, md, buffer.getvalue()
-
-
-def reproduce(table_name: str, out_dir: Path, quick: bool = False, steps: int = 100, num_train: int = 64,
-              num_val: int = 16, only: Sequence[str] = (), extra_overrides: Sequence[str] = ()) -> list[dict]:
-    """Run the settings of one table (all, or those whose index or label is in ``only``);
-    print and write the comparison; return one row per setting."""
-    table = load_table(table_name)
-    settings = list(enumerate(table["settings"]))
-    if only:
-        wanted = set(only)
-        settings = [(i, s) for i, s in settings if str(i) in wanted or s["label"] in wanted]
-        if not settings:
-            raise ValueError(f"--only {list(only)} matches no setting of {table['name']}; settings: "
-                             + ", ".join(f"{i}: {s['label']}" for i, s in enumerate(table["settings"])))
-    base = quick_overrides(steps, num_train, num_val) if quick else [f"experiment=paper/ablation_{table_name}"]
-    rows = []
-    for i, setting in settings:
-        run_dir = out_dir / f"{i}_{slug(setting['label'])}"
-        overrides = [*base, *setting_overrides(setting, quick), *extra_overrides]
-        print(f"[{table['name']}] {setting['label']}: {' '.join(overrides)} -> {run_dir}", flush=True)
-        start = time.perf_counter()
-        metrics, status = run_or_record_failure(overrides, run_dir)
-        rows.append({"label": setting["label"], "paper": setting.get("paper"), "metrics": metrics,
-                     "status": status, "run_dir": str(run_dir), "seconds": time.perf_counter() - start})
-    note = ("quick mode: built-in shapes data, joint recipe, "
-            f"{steps} mini-batches, anchors x{QUICK_ANCHOR_SCALE:g}; not comparable with the paper's absolute numbers"
-            if quick else "measured with the paper's settings (experiment/paper/ablation_" + table_name + ")")
-    text, md, csv_text = format_tables(table, rows, note)
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / f"reproduce_{table_name}.md").write_text(md)
-    (out_dir / f"reproduce_{table_name}.csv").write_text(csv_text)
-    print(f"\n{text}\nwritten to {out_dir / f'reproduce_{table_name}.md'} and .csv", flush=True)
-    return rows
+    tables = [paper_table(key, quick) for key in table_keys]
+    store = RunStore(out_dir)
+    outcomes: dict = {}
+    fig4_outcomes: list = []
+    start = time.perf_counter()
+    for seed in seeds:
+        for table in tables:
+            base = base_overrides(table.key, quick, steps, num_train, num_val, extra)
+            run_table(store, table, base, seed, quick, all_rows, outcomes.setdefault(table.key, {}))
+        if fig4:
+            proposals = tables[[t.key for t in tables].index("proposals")] if "proposals" in table_keys else None
+            key = proposals.key if proposals else tables[0].key
+            default = proposals.default if proposals else tables[0].default
+            fig4_outcomes.append(outcomes[key][default][seed])
+        header = report_header(command, quick, steps, seeds, time.perf_counter() - start, compute_seconds(outcomes))
+        report = write_report(out_dir, tables, outcomes, seeds, quick, header, fig4_outcomes if fig4 else None)
+        print(f"after seed {seed}: {report} ({(time.perf_counter() - start) / 60:.1f} min)", flush=True)
+    print((out_dir / "REPORT.md").read_text(), flush=True)
+    return outcomes
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="reproduce.py", description="Run a paper ablation table (Faster R-CNN) and print it beside the paper's.")
-    parser.add_argument("table", choices=(*TABLES, "schemes"),
-                        help="lambda: Table 9 (λ of eq. 1); anchors: Table 8 (anchor settings); schemes: alternating, "
-                             "approximate joint and non-approximate joint training (§3.2) side by side")
-    parser.add_argument("overrides", nargs="*", help="extra Hydra overrides for every setting (e.g. data.root=...)")
-    parser.add_argument("--quick", action="store_true", help="built-in data, joint recipe, short runs (CPU, minutes)")
-    parser.add_argument("--steps", type=int, default=100, help="mini-batches per setting in --quick mode (default 100)")
-    parser.add_argument("--num-train", type=int, default=64, help="--quick: training images (default 64)")
-    parser.add_argument("--num-val", type=int, default=16, help="--quick: validation images (default 16)")
-    parser.add_argument("--only", nargs="+", default=(),
-                        help="setting (or scheme) indices or labels to run (default: all)")
+        prog="reproduce.py", description="Run the paper's tables (Faster R-CNN) over seeds; report them beside the paper's.")
+    parser.add_argument("table", choices=("all", *TABLES, "schemes"),
+                        help="all: Tables 2, 3, 8, 9 and Fig. 4; lambda: Table 9; anchors: Table 8; proposals: "
+                             "Table 2 (test-time proposals, shared vs unshared); training: Table 3; schemes: "
+                             "alternating / approximate / non-approximate joint (§3.2)")
+    parser.add_argument("overrides", nargs="*", help="extra Hydra overrides for every run (e.g. data.root=...)")
+    parser.add_argument("--quick", action="store_true", help="built-in data, short runs, 3 seeds (CPU)")
+    parser.add_argument("--steps", type=int, default=None,
+                        help=f"mini-batches per joint training in --quick mode (default {QUICK_STEPS}; schemes: 100)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=None,
+                        help="training seeds (default: 0 1 2 with --quick, else 0)")
+    parser.add_argument("--num-train", type=int, default=None, help="--quick: training images (default: the data's)")
+    parser.add_argument("--num-val", type=int, default=None, help="--quick: validation images (default: the data's)")
+    parser.add_argument("--all-rows", action="store_true",
+                        help="--quick: also run the rows marked quick: false (λ=3, which has no paper number)")
+    parser.add_argument("--only", nargs="+", default=(), help="schemes: indices or names to run (default: all)")
     parser.add_argument("--out", type=Path, default=None,
                         help="output dir (default outputs/reproduce/<table>[_quick]); rerun it to resume")
     args = parser.parse_args(argv)
     out = args.out or REPO_ROOT / "outputs" / "reproduce" / (args.table + ("_quick" if args.quick else ""))
+    for name, value in (("--steps", args.steps), ("--num-train", args.num_train), ("--num-val", args.num_val)):
+        if value is not None and value < 1:
+            parser.error(f"{name} must be >= 1, got {value}")
     if args.table == "schemes":
         from frcnn.cli.schemes import reproduce_schemes
 
-        rows = reproduce_schemes(out, quick=args.quick, steps=args.steps, num_train=args.num_train,
-                                 num_val=args.num_val, only=args.only, extra_overrides=args.overrides)
+        rows = reproduce_schemes(out, quick=args.quick, steps=args.steps or 100, num_train=args.num_train or 64,
+                                 num_val=args.num_val or 16, only=args.only, extra_overrides=args.overrides)
         return 0 if all(r["status"] == "ok" for r in rows) else 1
-    rows = reproduce(args.table, out, quick=args.quick, steps=args.steps, num_train=args.num_train,
-                     num_val=args.num_val, only=args.only, extra_overrides=args.overrides)
-    return 0 if all(r["status"] == "ok" for r in rows) else 1
+    if args.only:
+        parser.error("--only applies to schemes; the tables run every row (finished runs are read back)")
+    tables = TABLES if args.table == "all" else (args.table,)
+    seeds = args.seeds or (list(QUICK_SEEDS) if args.quick else [0])
+    command = "python scripts/reproduce.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    outcomes = reproduce_tables(tables, out, args.quick, args.steps or QUICK_STEPS, seeds, args.num_train,
+                                args.num_val, args.overrides, args.all_rows, fig4=args.table == "all",
+                                command=command)
+    failed = [(t, label) for t, by_label in outcomes.items() for label, by_seed in by_label.items()
+              for o in by_seed.values() if o.status != "ok"]
+    if failed:
+        print(f"{len(failed)} run(s) failed: " + ", ".join(f"{t}/{label}" for t, label in failed[:10]),
+              file=sys.stderr)
+    return 0 if not failed else 1
+
+
+__all__ = ["main", "reproduce_tables", "slug"]

@@ -30,8 +30,8 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from frcnn.cli.reproduce import CONFIG_DIR
 from frcnn.config_schema import ALTERNATING_STAGES
+from frcnn.reproduce_tables import CONFIG_DIR
 
 
 def _cpu_schedule_lengths() -> tuple[int, dict[str, int]]:
@@ -75,9 +75,13 @@ def quick_schedule_overrides(steps: int) -> list[str]:
     return overrides
 
 
-def quick_overrides(steps: int, num_train: int, num_val: int) -> list[str]:
-    return ["experiment=cpu_shapes", "recipe.val_every_n_epochs=null", f"data.num_train={num_train}",
-            f"data.num_val={num_val}", "logger=csv", *quick_schedule_overrides(steps)]
+def quick_overrides(steps: int, num_train: int | None, num_val: int | None) -> list[str]:
+    """Built-in data (``num_train`` / ``num_val`` images; None: the data config's), no validation
+    during training, CSV logs, every stage of the CPU schedule scaled to ``steps``."""
+    sizes = [f"data.{key}={value}" for key, value in (("num_train", num_train), ("num_val", num_val))
+             if value is not None]
+    return ["experiment=cpu_shapes", "recipe.val_every_n_epochs=null", *sizes, "logger=csv",
+            *quick_schedule_overrides(steps)]
 
 
 def trained_steps(run_dir: Path, recipe: str) -> int | None:
@@ -147,7 +151,7 @@ def reproduce_schemes(out_dir: Path, quick: bool = False, steps: int = 100, num_
                       only: Sequence[str] = (), extra_overrides: Sequence[str] = ()) -> list[dict]:
     """Train the schemes (all, or those whose index or name is in ``only``) on the same data and
     seed; print and write the table; return its rows."""
-    from frcnn.cli.reproduce import run_or_record_failure
+    from frcnn.reproduce_runs import compose, failed, train_in
 
     schemes = list(enumerate(SCHEMES))
     if only:
@@ -162,9 +166,12 @@ def reproduce_schemes(out_dir: Path, quick: bool = False, steps: int = 100, num_
         overrides = [*base, *extra_overrides, *scheme_overrides]
         print(f"[schemes] {label}: {' '.join(overrides)} -> {run_dir}", flush=True)
         start = time.perf_counter()
-        metrics, status = run_or_record_failure(overrides, run_dir)
+        try:
+            outcome = train_in(run_dir, compose(overrides, run_dir), label)
+        except Exception as exc:  # noqa: BLE001 - a bad override is this scheme's failure
+            outcome = failed(exc, run_dir, start)
         print(f"[schemes] {label}: {time.perf_counter() - start:.0f} s", flush=True)
-        rows.append(scheme_row(key, label, paper, run_dir, metrics, status))
+        rows.append(scheme_row(key, label, paper, run_dir, outcome.metrics, outcome.status))
     data = "built-in shapes data" if not any(o.startswith("data=") for o in extra_overrides) else "the given data"
     note = (f"quick mode: {data}, every CPU-preset stage x{steps / CPU_JOINT_STEPS:g} (joint {steps} mini-batches); "
             "not comparable with the paper's absolute numbers" if quick else f"{data}, schedules as configured")

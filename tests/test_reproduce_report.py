@@ -1,0 +1,138 @@
+"""The statistics and the report of `scripts/reproduce.py all`: mean ± spread over seeds, paired
+changes, ties, Kendall τ, the paper's claims tested, Fig. 4 averaged; on made-up outcomes."""
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from frcnn.ablation_stats import estimate, is_tie, kendall_tau, paired_difference, verdict
+from frcnn.reproduce_report import (
+    average_recall,
+    check_results,
+    paper_change,
+    table_csv,
+    table_markdown,
+    table_rows,
+    table_tau,
+)
+from frcnn.reproduce_tables import TABLES, merge_overrides, paper_table
+
+
+@dataclass
+class FakeOutcome:
+    metrics: dict | None
+    status: str = "ok"
+    run_dir: Path = Path("runs/x")
+
+
+def outcomes_of(values: dict[str, list[float | None]], metric: str = "map_voc07") -> dict:
+    """{label: [value per seed (%, None = failed)]} -> {label: {seed: outcome}}."""
+    return {label: {seed: FakeOutcome(None, "failed: RuntimeError: x") if v is None else FakeOutcome({metric: v / 100})
+                    for seed, v in enumerate(per_seed)} for label, per_seed in values.items()}
+
+
+def test_estimate_is_mean_and_sample_std_of_finite_values():
+    e = estimate([1.0, 2.0, 3.0, float("nan"), None])
+    assert (e.mean, e.spread, e.n) == (2.0, 1.0, 3)
+    assert estimate([5.0]).spread == 0.0 and estimate([]).n == 0
+    assert e.format() == "2.0 ± 1.0" and estimate([5.0]).format(signed=True) == "+5.0" and estimate([]).format() == "-"
+
+
+def test_paired_difference_pairs_seeds_and_marks_ties():
+    strong = paired_difference({0: 10.0, 1: 20.0, 2: 30.0}, {0: 9.0, 1: 19.5, 2: 28.0, 3: 0.0})
+    assert strong.n == 3 and strong.mean == pytest.approx(3.5 / 3)
+    assert not is_tie(strong) and verdict(strong) == "holds"
+    mixed = paired_difference({0: 1.0, 1: -1.0, 2: 0.5}, {0: 0.0, 1: 0.0, 2: 0.0})
+    assert is_tie(mixed) and verdict(mixed) == "tie" and verdict(mixed, strict=False) == "holds (tie)"
+    worse = paired_difference({0: 1.0, 1: 2.0}, {0: 3.0, 1: 4.5})
+    assert verdict(worse) == "reversed" and verdict(paired_difference({}, {})) == "-"
+
+
+def test_kendall_tau_of_orderings():
+    assert kendall_tau([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
+    assert kendall_tau([4, 3, 2, 1], [10, 20, 30, 40]) == pytest.approx(-1.0)
+    assert kendall_tau([1, 2, 4, 3], [10, 20, 30, 40]) == pytest.approx(4 / 6)  # one swapped pair of six
+    assert kendall_tau([1, 2], [1, 2]) is None and kendall_tau([1, 1, 1], [1, 2, 3]) is None
+
+
+@pytest.mark.parametrize("key", TABLES)
+def test_every_table_loads_with_its_default_and_checks(key):
+    table = paper_table(key, quick=True)
+    assert table.setting(table.default).test in (None, {})  # the default row is a trained model as is
+    labels = {s.label for s in table.settings}
+    assert all(set(c.better) <= labels and set(c.worse) <= labels for c in table.checks)
+
+
+def test_table2_rows_compare_with_the_papers_own_reference_row():
+    table = paper_table("proposals", quick=True)
+    assert paper_change(table, "100 proposals") == pytest.approx(55.1 - 56.8)  # the paper's SS-trained block
+    assert paper_change(table, "unshared, 300 proposals") == pytest.approx(58.7 - 59.9)
+    assert paper_change(table, "2000 proposals") is None
+    assert table.setting("no cls (random rank), 100").test == {"ranking": "random", "post_nms_top_n": 100}
+    assert table.setting("unshared, 300 proposals").training == ("recipe=alternating", "recipe.unshared=true")
+
+
+def test_quick_anchor_rows_are_scaled_to_the_small_images():
+    table = paper_table("anchors", quick=True)
+    assert table.setting("1 scale, 1 ratio (128², 1:1)").training == ("rpn.anchor_scales=[32]", "rpn.anchor_ratios=[1]")
+    assert paper_table("anchors", quick=False).setting("3 scales, 1 ratio").training[0] == \
+        "rpn.anchor_scales=[128,256,512]"
+
+
+def test_later_overrides_replace_earlier_ones_of_the_same_key():
+    assert merge_overrides(["recipe=joint", "seed=1", "logger=csv"], ["recipe=alternating", "+x=1"]) == \
+        ["seed=1", "logger=csv", "recipe=alternating", "+x=1"]
+
+
+LAMBDA_VALUES = {"λ=0.1": [60.0, 61.0, 62.0], "λ=1": [64.0, 66.0, 65.0], "λ=3": [],
+                 "λ=10": [66.0, 67.0, 66.5], "λ=100": [65.0, 66.5, None]}
+
+
+def test_table_rows_tau_ties_and_checks():
+    table = paper_table("lambda", quick=True)
+    rows = {r.label: r for r in table_rows(table, outcomes_of(LAMBDA_VALUES))}
+    assert rows["λ=10"].value.mean == pytest.approx(66.5) and rows["λ=10"].change.mean == 0.0
+    assert rows["λ=0.1"].change.mean == pytest.approx(-5.5) and not rows["λ=0.1"].tie
+    assert rows["λ=100"].change.n == 2 and rows["λ=100"].status.startswith("failed")  # seed 2 left out
+    assert rows["λ=3"].status == "not run" and rows["λ=3"].value.n == 0
+    tau, n = table_tau(list(rows.values()))
+    assert n == 4 and tau == pytest.approx(1.0)  # 0.1 < 1 < 100 < 10, as the paper
+    (_, difference, result), = check_results(table, list(rows.values()))
+    assert result == "holds" and difference.mean == pytest.approx(5.5)
+
+
+def test_difference_of_differences_check():
+    table = paper_table("proposals", quick=True)
+    values = {"shared, 300 proposals": [80, 81, 82], "100 proposals": [79, 80, 81], "300 proposals": [80, 81, 82],
+              "1000 proposals": [80, 81, 82], "no cls (random rank), 100": [60, 62, 64],
+              "no cls (random rank), 1000": [78, 79, 80], "no reg (anchors), 300": [81, 81, 83]}
+    results = {c.claim: r for c, _, r in check_results(table, table_rows(table, outcomes_of(values)))}
+    assert results["random ranking hurts most at 100 proposals, less at 1000"] == "holds"
+    assert results["100 proposals < 300 proposals"] == "holds"
+    assert results["anchors instead of regressed boxes hurt: no reg < reg at 300"] == "reversed"
+    assert results["shared >= unshared conv layers"] == "-"  # unshared not run
+
+
+def test_markdown_and_csv_say_what_was_measured():
+    table = paper_table("lambda", quick=True)
+    rows = table_rows(table, outcomes_of(LAMBDA_VALUES))
+    md = table_markdown(table, rows, quick=True)
+    assert "## Table 9:" in md and "Kendall τ (measured vs paper changes, 4 rows): **1.00**" in md
+    assert "| λ=0.1 | 61.0 ± 1.0 | -5.5 ± 0.9 | 67.2 | -2.7 |  | ok |" in md
+    assert "| λ=10 (default) | 66.5 ± 0.5 | 0 (reference) | 69.9 | +0.0 |  | ok |" in md
+    assert "measured - paper" not in md and "measured - paper" in table_markdown(table, rows, quick=False)
+    assert "-> **holds**" in md
+    lines = table_csv(table, rows, [0, 1, 2]).splitlines()
+    assert lines[0].startswith("table,setting,metric,seed0,seed1,seed2,mean,spread,change")
+    assert lines[1].startswith("Table 9,λ=0.1,map_voc07,60.00,61.00,62.00,61.00,1.00,-5.50,0.87,False,67.2,-2.7")
+
+
+def test_fig4_recall_is_averaged_over_seeds():
+    one = {"recall": {"300": {"0.50": 0.9, "0.70": 0.6}}, "average_recall": {"300": 0.5}, "num_gt": 10, "num_images": 4}
+    two = {"recall": {"300": {"0.50": 0.8, "0.70": 0.4}}, "average_recall": {"300": 0.3}, "num_gt": 10, "num_images": 4}
+    merged = average_recall([one, two])
+    assert merged["recall"]["300"]["0.50"] == pytest.approx(0.85) and merged["recall"]["300"]["0.70"] == pytest.approx(0.5)
+    assert merged["average_recall"]["300"] == pytest.approx(0.4)
+    assert merged["spread"]["300"] == pytest.approx(math.sqrt(0.02))
