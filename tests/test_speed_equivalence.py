@@ -145,6 +145,7 @@ def test_channels_last_conv_gives_the_nchw_numbers(pool_type):
             set_trainable(module, False)
     nhwc = copy.deepcopy(nchw)
     nhwc.channels_last = True
+    nhwc.nchw_backward_on_cpu = False  # the NHWC backward too (GPU's rule), to compare its gradients
     images, targets = _inputs()
     gt_boxes, gt_labels = [t["boxes"] for t in targets], [t["labels"] for t in targets]
 
@@ -196,5 +197,24 @@ def test_channels_last_is_off_while_a_batchnorm_trains():
     assert not model._conv_channels_last()
     images, _ = _inputs()
     assert model.features(images)[0].is_contiguous()
+    model.eval()
+    assert model._conv_channels_last()
+
+
+def test_channels_last_only_where_it_is_not_slower_on_the_cpu():
+    """CPU rule (BENCHMARKS.md): NHWC conv forward, NCHW wherever the conv's backward runs."""
+    model = _small_model(channels_last=True)
+    for module in model.backbone.modules():  # no training BatchNorm: VGG / ZF's case
+        if isinstance(module, torch.nn.BatchNorm2d):
+            set_trainable(module, False)
+    images, _ = _inputs()
+    model.train()
+    assert not model._conv_channels_last()  # a trainable conv: its backward runs in NCHW
+    assert model.features(images)[0].is_contiguous()
+    with torch.no_grad():
+        assert model._conv_channels_last()  # no backward: NHWC
+    set_trainable(model.backbone, False)  # the 4-step recipe's steps 3-4: frozen shared conv
+    assert model._conv_channels_last()
+    assert model.features(images)[0].is_contiguous(memory_format=torch.channels_last)
     model.eval()
     assert model._conv_channels_last()

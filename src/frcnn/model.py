@@ -77,11 +77,18 @@ class FasterRCNN(nn.Module):
     statistics (what torchvision's pretrained backbones expect). Boxes are (x1, y1, x2, y2)
     in input-image pixels.
 
-    ``channels_last``: the shared conv layers run on an NHWC (channels-last) batch, which
-    oneDNN's CPU convolutions run ~20% faster than NCHW (BENCHMARKS.md); the numbers are
-    the same up to float rounding. Not while a BatchNorm of the shared layers trains: PyTorch's
-    channels-last BatchNorm backward sums in float32 (the NCHW one in float64), and its
-    nearly cancelling sums then lose ~1% of the gradient. False gives the plain NCHW path.
+    ``channels_last``: the shared conv layers run on an NHWC (channels-last) batch when it is
+    not slower than NCHW; the numbers are the same up to float rounding. False gives the plain
+    NCHW path everywhere. The rule, measured on AVX-512 and (emulated) AVX2 code paths
+    (BENCHMARKS.md, "The channels-last shared conv"):
+
+    * forward only (eval mode, or a frozen conv such as the 4-step recipe's steps 3-4):
+      channels-last, oneDNN's NHWC convolutions are faster on both (VGG-16 conv 0.76x / 0.93x NCHW);
+    * a backward through the conv on the CPU (``nchw_backward_on_cpu``): NCHW, the NHWC
+      backward is 1.42x slower on AVX2 and no faster on AVX-512; on a GPU, channels-last;
+    * never while a BatchNorm of the shared layers trains: PyTorch's channels-last BatchNorm
+      backward sums in float32 (the NCHW one in float64), and its nearly cancelling sums then
+      lose ~1% of the gradient.
 
     Inference (``forward`` without targets, ``propose``) is batch-invariant: images are run in
     groups of one padded size (:func:`padded_size_groups`), so an image's proposals and detections
@@ -99,6 +106,7 @@ class FasterRCNN(nn.Module):
         self.register_buffer("pixel_std", torch.tensor(pixel_std).view(1, 3, 1, 1), persistent=False)
         self.size_divisible = backbone.stride
         self.channels_last = channels_last
+        self.nchw_backward_on_cpu = True  # False: channels-last also for the conv's backward on the CPU
 
     @property
     def num_classes(self) -> int:
@@ -109,10 +117,13 @@ class FasterRCNN(nn.Module):
         return batch_images(normalised, self.size_divisible)
 
     def _conv_channels_last(self) -> bool:
-        """channels_last, unless a BatchNorm of the shared layers trains (see the class doc)."""
+        """Whether the shared conv runs channels-last now (the rule of the class doc)."""
         if not self.channels_last or not self.training:
             return self.channels_last
-        return not has_training_batchnorm(self.backbone)
+        if has_training_batchnorm(self.backbone):
+            return False
+        backward_runs = torch.is_grad_enabled() and any(p.requires_grad for p in self.backbone.parameters())
+        return not (backward_runs and self.nchw_backward_on_cpu and self.pixel_mean.device.type == "cpu")
 
     def features(self, images: list[Tensor]) -> tuple[Tensor, list[tuple[int, int]]]:
         """Shared conv layers: -> (feature map [B, C, H/16, W/16], image sizes)."""
