@@ -15,6 +15,7 @@ import json
 import logging
 import sys
 import time
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -49,6 +50,8 @@ from frcnn.safe_load import read_torch_file
 from frcnn.tracking import build_logger, finish_logger, log_final_results
 
 log = logging.getLogger(__name__)
+# Lightning's PossibleUserWarning when a module is in eval mode at fit start: frcnn's frozen layers are, by design
+EVAL_MODE_WARNING = r"Found \d+ module\(s\) in eval mode at the start of training"
 SIGTERM_EXIT_STATUS = 143  # 128 + SIGTERM: stopped, not finished (a scheduler must not read it as success)
 
 
@@ -142,8 +145,10 @@ def fit_stage(cfg: Mapping[str, Any], run_dir: Path, stage_name: str, module: L.
     try:
         # Lightning reads the run's own last.ckpt; weights_only=True keeps even that file from running code
         # (frcnn's checkpoints hold only tensors and plain values; resume_checkpoint checked it the same way)
-        trainer.fit(module, datamodule=datamodule, ckpt_path=str(last) if last is not None else None,
-                    weights_only=True)
+        with warnings.catch_warnings():  # frozen BatchNorms / conv are in eval mode on purpose (set_trainable)
+            warnings.filterwarnings("ignore", message=EVAL_MODE_WARNING)
+            trainer.fit(module, datamodule=datamodule, ckpt_path=str(last) if last is not None else None,
+                        weights_only=True)
     except SIGTERMException:
         finish_logger(logger)
         raise stopped_by_sigterm(stage_name, on_sigterm) from None
