@@ -61,6 +61,7 @@ LONGEST_FIRST = (
     "tests/test_model_export.py::test_paper_preset_vgg16_exports_and_runs",
     "tests/test_paper_scale.py::test_joint_preset_runs_at_paper_scale[coco_vgg16_joint",
     "tests/test_nonapprox_joint.py::test_nonapproximate_training_beats_the_untrained_model",
+    "tests/test_reproduce_e2e.py::test_table2_quick_trains_two_models_per_seed_and_resumes",
     "tests/test_kill_resume.py::",
     "tests/test_end_to_end.py::test_joint_training_loss_falls_and_map_beats_untrained",
     "tests/test_paper_scale.py::test_alternating_preset_runs_at_paper_scale[voc07_zf_alt]",

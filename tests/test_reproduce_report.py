@@ -12,6 +12,7 @@ from frcnn.reproduce_report import (
     average_recall,
     check_results,
     paper_change,
+    summary_markdown,
     table_csv,
     table_markdown,
     table_rows,
@@ -136,3 +137,31 @@ def test_fig4_recall_is_averaged_over_seeds():
     assert merged["recall"]["300"]["0.50"] == pytest.approx(0.85) and merged["recall"]["300"]["0.70"] == pytest.approx(0.5)
     assert merged["average_recall"]["300"] == pytest.approx(0.4)
     assert merged["spread"]["300"] == pytest.approx(math.sqrt(0.02))
+
+
+def test_summary_gives_each_tables_tau_and_claims():
+    lam, anchors = paper_table("lambda", quick=True), paper_table("anchors", quick=True)
+    anchor_values = {"3 scales, 3 ratios": [70, 71, 72], "1 scale, 3 ratios (256²)": [72, 73, 74],
+                     "1 scale, 3 ratios (128²)": [69, 71, 71]}
+    md = summary_markdown([lam, anchors], {"lambda": table_rows(lam, outcomes_of(LAMBDA_VALUES)),
+                                           "anchors": table_rows(anchors, outcomes_of(anchor_values))})
+    assert "| Table 9 | 1.00 (4 rows) | 1 of 1 | 0 | 0 |" in md
+    assert "| 1 of 5 | 0 | 1: 3 scales >= 1 scale (3 ratios; 256²) |" in md  # one holds, one reversed, 3 unmeasured
+
+
+def test_compute_time_counts_each_model_and_each_evaluation_once():
+    from frcnn.cli.reproduce import compute_seconds
+
+    @dataclass
+    class Timed:
+        metrics: dict
+        run_dir: Path
+        seconds: float
+
+    model = Timed({"map_voc07": 0.5}, Path("runs/a/seed0"), 100.0)
+    same_model = Timed({"map_voc07": 0.5}, Path("runs/a/seed0"), 100.0)  # another table's row of the same run
+    hundred = Timed({"map_voc07": 0.4, "test_time": {"post_nms_top_n": 100}}, Path("runs/a/seed0"), 5.0)
+    random = Timed({"map_voc07": 0.3, "test_time": {"ranking": "random"}}, Path("runs/a/seed0"), 6.0)
+    outcomes = {"lambda": {"λ=10": {0: model}}, "anchors": {"3 scales, 3 ratios": {0: same_model}},
+                "proposals": {"100 proposals": {0: hundred}, "no cls": {0: random}}}
+    assert compute_seconds(outcomes) == 111.0

@@ -107,7 +107,8 @@ def table_markdown(table: PaperTable, rows: Sequence[Row], quick: bool) -> str:
     lines = [f"## {table.name}: {table.title}", "",
              f"Default row: **{table.default}**. Mean ± standard deviation over seeds; a change is taken "
              "seed by seed against the default row, and is a tie when its mean is inside its spread.", "",
-             f"Kendall τ (measured vs paper changes, {tau_rows} rows): **{_num(tau, '.2f')}**", "",
+             f"Kendall τ (measured vs paper changes, {tau_rows} rows): **{_num(tau, '.2f')}**"
+             + (" (needs 3 rows with a paper number)" if tau is None else ""), "",
              "| " + " | ".join(header) + " |", "|:---|" + "---:|" * (len(header) - 2) + ":---|"]
     for row in rows:
         default_row = row.label == table.default
@@ -192,3 +193,18 @@ def fig4_markdown(recall: Mapping[str, Any] | None, seeds: int, png: str | None)
     if png:
         lines += [f"![Fig. 4]({png})", ""]
     return "\n".join(lines)
+
+
+def summary_markdown(tables: Sequence[PaperTable], rows_by_table: Mapping[str, Sequence[Row]]) -> str:
+    """One line per table: its τ and how many of the paper's claims hold, tie or are reversed."""
+    lines = ["## Summary", "", "| table | Kendall τ | claims holding | ties | reversed |", "|:---|---:|---:|---:|---:|"]
+    for table in tables:
+        rows = rows_by_table[table.key]
+        tau, tau_rows = table_tau(rows)
+        verdicts = [result for _, _, result in check_results(table, rows)]
+        reversed_claims = [c.claim for c, _, r in check_results(table, rows) if r == "reversed"]
+        lines.append(f"| {table.name} | {_num(tau, '.2f')} ({tau_rows} rows) | "
+                     f"{sum(v in ('holds', 'holds (tie)') for v in verdicts)} of {len(verdicts)} | "
+                     f"{sum(v in ('tie', 'holds (tie)') for v in verdicts)} | "
+                     f"{len(reversed_claims)}{': ' + '; '.join(reversed_claims) if reversed_claims else ''} |")
+    return "\n".join(lines) + "\n"

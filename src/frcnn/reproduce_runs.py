@@ -101,7 +101,8 @@ class RunStore:
         except Exception as exc:  # noqa: BLE001
             return failed(exc, trained.run_dir, start)
         seconds = time.perf_counter() - start
-        atomic_write_json({**metrics, "test_time": dict(test), "seconds": seconds}, path)
+        metrics = {**metrics, "test_time": dict(test), "seconds": seconds}  # as read back on a rerun
+        atomic_write_json(metrics, path)
         return Outcome(metrics, "ok", trained.run_dir, seconds)
 
 

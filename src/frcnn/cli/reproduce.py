@@ -80,14 +80,16 @@ def write_report(out_dir: Path, tables: Sequence[PaperTable], outcomes: dict, se
         average_recall,
         fig4_markdown,
         plot_changes,
+        summary_markdown,
         table_csv,
         table_markdown,
         table_rows,
     )
 
-    sections = [header]
+    rows_by_table = {table.key: table_rows(table, outcomes.get(table.key, {})) for table in tables}
+    sections = [header, summary_markdown(tables, rows_by_table)]
     for table in tables:
-        rows = table_rows(table, outcomes.get(table.key, {}))
+        rows = rows_by_table[table.key]
         sections.append(table_markdown(table, rows, quick))
         atomic_write_text(table_csv(table, rows, seeds), out_dir / f"{table.key}.csv")
         if any(r.change.n for r in rows):
