@@ -47,6 +47,28 @@ def test_image_without_objects_trains_and_evaluates(model):
     assert detections[0]["boxes"].shape[1] == 4
 
 
+def test_bf16_autocast_trains_and_keeps_boxes_in_float32(model):
+    """trainer.precision=bf16-mixed: the convs and fc layers run in bfloat16, but the RPN / detector
+    outputs, the decoded boxes and RoI pooling (no bf16 CPU kernel in torchvision) stay float32."""
+    images = [torch.rand(3, 128, 160), torch.rand(3, 96, 128)]
+    targets = [{"boxes": torch.tensor([[10.0, 20.0, 60.0, 90.0]]), "labels": torch.tensor([2])},
+               {"boxes": torch.tensor([[5.0, 5.0, 50.0, 40.0]]), "labels": torch.tensor([1])}]
+    model.train()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        features, sizes = model.features(images)
+        assert features.dtype == torch.bfloat16  # the autocast really ran the shared conv in bf16
+        logits, deltas = model.rpn.head(features)
+        assert logits.dtype == deltas.dtype == torch.float32
+        losses = model(images, targets)
+    assert all(torch.isfinite(v) and v.dtype == torch.float32 for v in losses.values())
+    losses["total"].backward()
+    model.eval()
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        detections = model(images)
+    assert all(d["boxes"].dtype == torch.float32 and d["scores"].dtype == torch.float32 for d in detections)
+    model.zero_grad(set_to_none=True)
+
+
 def test_out_of_image_box_is_clipped_zero_area_box_is_an_error():
     boxes, labels = clip_and_check_boxes(np.array([[-5, 10, 300, 50]]), np.array([1]), (100, 200), "img_7.jpg")
     assert boxes.tolist() == [[0, 10, 200, 50]] and labels.tolist() == [1]

@@ -29,7 +29,8 @@ class FastRCNNPredictor(nn.Module):
         nn.init.zeros_(self.bbox_pred.bias)
 
     def forward(self, features: Tensor) -> tuple[Tensor, Tensor]:  # [R, D] -> [R, C+1], [R, (C+1)*4]
-        return self.cls_score(features), self.bbox_pred(features)
+        # float32 out (a no-op unless autocast ran the layers in bf16 / fp16): scores and boxes are decoded in float32
+        return self.cls_score(features).float(), self.bbox_pred(features).float()
 
 
 def label_rois(
@@ -115,7 +116,14 @@ class RoIHead(nn.Module):
         self.warp_boxes = warp_boxes
 
     def pool(self, features: Tensor, rois: list[Tensor]) -> Tensor:
-        """RoI max pooling (Fast R-CNN §2.1) or RoIAlign, or RoI warping with ``warp_boxes``: -> [R, C, P, P]."""
+        """RoI max pooling (Fast R-CNN §2.1) or RoIAlign, or RoI warping with ``warp_boxes``: -> [R, C, P, P].
+
+        Under mixed precision (``trainer.precision=bf16-mixed`` / ``16-mixed``) the conv features
+        arrive in bfloat16 / float16; torchvision's CPU RoI kernels have no bfloat16 version, so
+        pooling runs in float32 (the fc layers after it run in the autocast dtype again)."""
+        if features.dtype in (torch.bfloat16, torch.float16):
+            features = features.float()
+            rois = [image_rois.float() for image_rois in rois]
         if self.warp_boxes:
             reduction = "max" if self.pool_type == "max" else "avg"
             return roi_warp(features, rois, self.roi_output_size, self.spatial_scale, WARP_SAMPLING_RATIO,

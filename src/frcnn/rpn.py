@@ -45,7 +45,9 @@ class RPNHead(nn.Module):
         batch, k, height, width = logits.shape
         logits = logits.permute(0, 2, 3, 1).reshape(batch, -1)
         deltas = deltas.view(batch, k, 4, height, width).permute(0, 3, 4, 1, 2).reshape(batch, -1, 4)
-        return logits, deltas
+        # float32 out (a no-op unless autocast ran the convs in bf16 / fp16): bf16 box coordinates at
+        # 1000 px would be off by up to 4 px, so decoding, NMS and the loss stay in float32
+        return logits.float(), deltas.float()
 
 
 @dataclass
