@@ -6,6 +6,7 @@
     python scripts/benchmark.py --mode data
     python scripts/benchmark.py --mode warp --size small   # non-approximate vs approximate joint step
     python scripts/benchmark.py --mode svd --size paper    # truncated SVD of fc6 / fc7 (Fast R-CNN §3.1)
+    python scripts/benchmark.py --device cuda --size paper --mode infer --bf16   # on a GPU (scripts/gpu_check.sh)
 
 Modes (default: all of them):
   infer      inference latency per image (batch of 1), frcnn vs torchvision, alternating A B A B ...
@@ -123,6 +124,30 @@ class _BodyWithChannels(nn.Module):
 
 
 BASELINE = False  # --baseline: frcnn as before issue 6 (NCHW conv, full NMS then top-N)
+DEVICE = torch.device("cpu")  # --device: infer / train modes on a GPU (scripts/gpu_check.sh)
+AUTOCAST_BF16 = False  # --bf16: infer / train under torch.autocast(bfloat16)
+
+
+def _sync() -> None:
+    if DEVICE.type == "cuda":
+        torch.cuda.synchronize(DEVICE)
+
+
+def _autocast():
+    return torch.autocast(DEVICE.type, dtype=torch.bfloat16, enabled=AUTOCAST_BF16)
+
+
+def _on_device(images, targets=None):
+    images = [img.to(DEVICE) for img in images]
+    if targets is None:
+        return images
+    return images, [{k: v.to(DEVICE) for k, v in t.items()} for t in targets]
+
+
+def _peak_memory_line() -> str:
+    if DEVICE.type != "cuda":
+        return ""
+    return f"; peak GPU memory {torch.cuda.max_memory_allocated(DEVICE) / 2**30:.2f} GiB"
 
 
 def _full_nms_then_cut(boxes, scores, iou_thresh, top_n):
@@ -209,8 +234,10 @@ def alternate(fns: dict[str, Callable[[], object]], repeats: int, warmup: int = 
     times: dict[str, list[float]] = {name: [] for name in fns}
     for i in range(warmup + repeats):
         for name, fn in fns.items():
+            _sync()
             start = time.perf_counter()
             fn()
+            _sync()  # a GPU's queued kernels belong to the call that queued them
             elapsed = time.perf_counter() - start
             if i >= warmup:
                 times[name].append(elapsed)
@@ -228,21 +255,31 @@ def _report_pair(title: str, times: dict[str, list[float]], per: str) -> dict[st
     return {"frcnn_ms": ours, "torchvision_ms": theirs, "ratio": ours / theirs}
 
 
+def _precision_label() -> str:
+    return f"{DEVICE.type}{', bf16 autocast' if AUTOCAST_BF16 else ''}"
+
+
 def bench_infer(size: str, repeats: int) -> dict[str, float]:
     ours = build_frcnn(size).eval()
     theirs = build_torchvision_twin(ours, size).eval()
-    images, _ = make_inputs(size, 1)
-    with torch.inference_mode():
+    ours, theirs = ours.to(DEVICE), theirs.to(DEVICE)
+    images = _on_device(make_inputs(size, 1)[0])
+    with torch.inference_mode(), _autocast():
         times = alternate({"frcnn": lambda: ours(images), "torchvision": lambda: theirs(images)}, repeats)
     spec = SIZES[size]
-    return _report_pair(f"[{size}] inference, 1 image {spec['image_hw']} {spec['backbone']}", times, "per image")
+    result = _report_pair(f"[{size}] inference, 1 image {spec['image_hw']} {spec['backbone']} ({_precision_label()})",
+                          times, "per image")
+    print(f"[{size}] images/s: frcnn {1e3 / result['frcnn_ms']:.1f}, torchvision {1e3 / result['torchvision_ms']:.1f}"
+          f"{_peak_memory_line()}", flush=True)
+    return result
 
 
 def bench_train(size: str, repeats: int) -> dict[str, float]:
     spec = SIZES[size]
     ours = build_frcnn(size).train()
     theirs = build_torchvision_twin(ours, size).train()
-    images, targets = make_inputs(size, spec["train_batch"])
+    ours, theirs = ours.to(DEVICE), theirs.to(DEVICE)
+    images, targets = _on_device(*make_inputs(size, spec["train_batch"]))
     opt_ours, opt_theirs = (
         torch.optim.SGD([p for p in m.parameters() if p.requires_grad], lr=1e-4, momentum=0.9, weight_decay=5e-4)
         for m in (ours, theirs)
@@ -250,18 +287,28 @@ def bench_train(size: str, repeats: int) -> dict[str, float]:
 
     def step_ours():
         opt_ours.zero_grad(set_to_none=True)
-        ours(images, targets)["total"].backward()
+        with _autocast():
+            loss = ours(images, targets)["total"]
+        loss.backward()
         opt_ours.step()
 
     def step_theirs():
         opt_theirs.zero_grad(set_to_none=True)
-        sum(theirs(images, targets).values()).backward()
+        with _autocast():
+            loss = sum(theirs(images, targets).values())
+        loss.backward()
         opt_theirs.step()
 
     torch.manual_seed(0)
     times = alternate({"frcnn": step_ours, "torchvision": step_theirs}, repeats)
-    return _report_pair(f"[{size}] training step, {spec['train_batch']} image(s) {spec['image_hw']} {spec['backbone']}",
-                        times, "per step")
+    result = _report_pair(f"[{size}] training step, {spec['train_batch']} image(s) {spec['image_hw']} "
+                          f"{spec['backbone']} ({_precision_label()})", times, "per step")
+    if DEVICE.type == "cuda":  # one more step of each alone: its own peak memory
+        for name, step in (("frcnn", step_ours), ("torchvision", step_theirs)):
+            torch.cuda.reset_peak_memory_stats(DEVICE)
+            step()
+            print(f"[{size}] training step {name}{_peak_memory_line()}", flush=True)
+    return result
 
 
 # -- non-approximate vs approximate joint training (issue 15) ----------------------------------
@@ -530,10 +577,18 @@ def main(argv: list[str] | None = None) -> int:
                         help="--mode svd: ranks of the head's fc layers (default: 1024 256 paper, 64 32 small)")
     parser.add_argument("--baseline", action="store_true",
                         help="frcnn as before issue 6: NCHW conv and full NMS before the post-NMS cut")
+    parser.add_argument("--device", default="cpu",
+                        help="infer / train modes: cpu (default) or cuda[:i] (scripts/gpu_check.sh)")
+    parser.add_argument("--bf16", action="store_true", help="infer / train modes under torch.autocast(bfloat16)")
     parser.add_argument("--warp-memory-child", choices=WARP_SCHEMES, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    global BASELINE
+    global BASELINE, DEVICE, AUTOCAST_BF16
     BASELINE = args.baseline
+    DEVICE, AUTOCAST_BF16 = torch.device(args.device), args.bf16
+    if DEVICE.type != "cpu" and args.mode not in ("infer", "train"):
+        parser.error(f"--device {args.device}: only --mode infer or train run on a GPU")
+    if DEVICE.type == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: torch sees no CUDA device here")
     if args.head_width:
         for spec in SIZES.values():
             spec["hidden"] = args.head_width
@@ -547,6 +602,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"frcnn benchmark {_dt.datetime.now().isoformat(timespec='seconds')} | torch {torch.__version__}, "
           f"torchvision {torchvision.__version__}, python {platform.python_version()}, threads "
           f"{torch.get_num_threads()} | CPU: {cpu_description()}"
+          f"{f' | GPU: {torch.cuda.get_device_name(DEVICE)}' if DEVICE.type == 'cuda' else ''}"
           f"{f' | head width {args.head_width}' if args.head_width else ''}"
           f"{' | frcnn BASELINE (before issue 6)' if BASELINE else ''}", flush=True)
     sizes = ("small", "paper") if args.size == "all" else (args.size,)
