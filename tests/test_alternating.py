@@ -2,6 +2,8 @@
 
 import json
 
+import warnings
+
 import pytest
 import torch
 
@@ -33,13 +35,15 @@ def finished_run(tmp_path_factory):
     from tests.conftest import compose_config
 
     run_dir = tmp_path_factory.mktemp("alt")
-    metrics = recipes.run_recipe(compose_config(TINY, run_dir), run_dir)
-    return run_dir, metrics
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        metrics = recipes.run_recipe(compose_config(TINY, run_dir), run_dir)
+    return run_dir, metrics, [str(w.message) for w in caught]
 
 
 @pytest.mark.slow
 def test_stages_train_what_the_paper_says(finished_run):
-    run_dir, metrics = finished_run
+    run_dir, metrics, _ = finished_run
     det1, rpn2, det2 = (weights(run_dir / s / "model.pt") for s in ("stage1_det", "stage2_rpn", "stage2_det"))
     rpn1 = weights(run_dir / "stage1_rpn" / "model.pt")
     # stage 1 detector starts from a fresh backbone: not the stage-1 RPN's conv
@@ -63,8 +67,17 @@ def test_stages_train_what_the_paper_says(finished_run):
 
 
 @pytest.mark.slow
+@pytest.mark.slow
+def test_frozen_stages_do_not_warn_about_eval_mode_modules(finished_run):
+    """Steps 3-4 freeze the shared conv (its BatchNorms in eval mode, on purpose): Lightning's
+    "Found N module(s) in eval mode at the start of training" is not shown to the user."""
+    _, _, messages = finished_run
+    assert not [m for m in messages if "in eval mode at the start of training" in m]
+    assert messages, "no warning at all was recorded: the recording itself is broken"
+
+
 def test_proposal_files_one_sorted_entry_per_image_inside_image(finished_run):
-    run_dir, _ = finished_run
+    run_dir, _, _ = finished_run
     for stage in ("stage1_proposals", "stage2_proposals"):
         payload = load_proposal_file(run_dir / stage / "proposals.pt", num_images=6)
         assert len(payload["boxes"]) == 6

@@ -8,6 +8,7 @@ from torch import Tensor, nn
 from torchvision.ops import batched_nms, box_iou, clip_boxes_to_image, remove_small_boxes, roi_align, roi_pool
 
 from frcnn.boxes import decode_boxes, encode_boxes
+from frcnn.precision import LOW_PRECISION, full_precision
 from frcnn.roi_warp import roi_warp
 from frcnn.sampling import IGNORE, NEGATIVE, POSITIVE, sample_balanced
 
@@ -29,8 +30,8 @@ class FastRCNNPredictor(nn.Module):
         nn.init.zeros_(self.bbox_pred.bias)
 
     def forward(self, features: Tensor) -> tuple[Tensor, Tensor]:  # [R, D] -> [R, C+1], [R, (C+1)*4]
-        # float32 out (a no-op unless autocast ran the layers in bf16 / fp16): scores and boxes are decoded in float32
-        return self.cls_score(features).float(), self.bbox_pred(features).float()
+        # scores and boxes are decoded in float32 (frcnn.precision)
+        return full_precision(self.cls_score(features)), full_precision(self.bbox_pred(features))
 
 
 def label_rois(
@@ -121,9 +122,9 @@ class RoIHead(nn.Module):
         Under mixed precision (``trainer.precision=bf16-mixed`` / ``16-mixed``) the conv features
         arrive in bfloat16 / float16; torchvision's CPU RoI kernels have no bfloat16 version, so
         pooling runs in float32 (the fc layers after it run in the autocast dtype again)."""
-        if features.dtype in (torch.bfloat16, torch.float16):
+        if features.dtype in LOW_PRECISION:
             features = features.float()
-            rois = [image_rois.float() for image_rois in rois]
+            rois = [full_precision(image_rois) for image_rois in rois]
         if self.warp_boxes:
             reduction = "max" if self.pool_type == "max" else "avg"
             return roi_warp(features, rois, self.roi_output_size, self.spatial_scale, WARP_SAMPLING_RATIO,

@@ -13,6 +13,7 @@ from torchvision.ops import clip_boxes_to_image, remove_small_boxes
 from frcnn.anchors import AnchorGenerator, inside_image, label_anchors
 from frcnn.boxes import decode_boxes, encode_boxes
 from frcnn.nms import nms_top_n_per_image
+from frcnn.precision import full_precision
 from frcnn.sampling import sample_balanced
 
 REG_NORMALIZERS = ("anchor_locations", "minibatch")
@@ -45,9 +46,7 @@ class RPNHead(nn.Module):
         batch, k, height, width = logits.shape
         logits = logits.permute(0, 2, 3, 1).reshape(batch, -1)
         deltas = deltas.view(batch, k, 4, height, width).permute(0, 3, 4, 1, 2).reshape(batch, -1, 4)
-        # float32 out (a no-op unless autocast ran the convs in bf16 / fp16): bf16 box coordinates at
-        # 1000 px would be off by up to 4 px, so decoding, NMS and the loss stay in float32
-        return logits.float(), deltas.float()
+        return full_precision(logits), full_precision(deltas)  # decoding, NMS and the loss in float32
 
 
 @dataclass
