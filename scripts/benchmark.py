@@ -21,6 +21,8 @@ Modes (default: all of them):
              weights and batch, alternating; the ratio's floor is 1.3 (issue 15). Then the peak
              memory of one step of each, each in a fresh process (peak RSS above the RSS before
              the step: activations, gradients and temporaries; Linux /proc only)
+  export     one image's inference: eager frcnn against its TorchScript file and its ONNX file in
+             onnxruntime (scripts/export.py), alternating
   svd        region-wise and total inference time with the RoI head's fc layers plain and
              compressed by truncated SVD (Fast R-CNN §3.1; --svd-rank, default 1024 256 for
              VGG-16's fc6 / fc7 as in Fast R-CNN, 64 32 for the small net), alternating
@@ -481,6 +483,48 @@ def bench_breakdown(size: str, repeats: int, heads: tuple[int | None, ...] = (No
 
 # -- truncated SVD of the fc layers (Fast R-CNN §3.1) -----------------------------------------
 
+def bench_export(size: str, repeats: int) -> dict[str, float]:
+    """One image's inference: eager frcnn, its TorchScript file (torch.jit.load) and its ONNX file
+    (onnxruntime, as many intra-op threads as torch), alternating; ms and ratio to eager."""
+    import tempfile
+    from pathlib import Path
+
+    from frcnn.export import export_detector, torchscript_quietly
+
+    spec = SIZES[size]
+    ours = build_frcnn(size).eval()
+    image = make_inputs(size, 1)[0][0]
+    height, width = spec["image_hw"]
+    class_names = [f"class{i}" for i in range(1, spec["num_classes"] + 1)]
+    scale = torch.tensor(1.0)
+    with tempfile.TemporaryDirectory() as tmp:
+        fns: dict[str, Callable[[], object]] = {"eager": lambda: ours([image])}
+        ts_path = export_detector(ours, class_names, min(height, width), max(height, width), "torchscript",
+                                  Path(tmp) / "model.pt")
+        with torchscript_quietly():
+            module = torch.jit.load(str(ts_path), map_location="cpu")
+        fns["torchscript"] = lambda: module(image, scale)
+        try:
+            import onnxruntime
+        except ImportError:
+            print(f"[{size}] export: onnxruntime not installed (pip install -e '.[deploy]'): ONNX not timed")
+        else:
+            onnx_path = export_detector(ours, class_names, min(height, width), max(height, width), "onnx",
+                                        Path(tmp) / "model.onnx")
+            options = onnxruntime.SessionOptions()
+            options.intra_op_num_threads = torch.get_num_threads()
+            session = onnxruntime.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+            feed = {"image": image.numpy(), "image_scale": scale.numpy()}
+            fns["onnxruntime"] = lambda: session.run(None, feed)
+        with torch.inference_mode():
+            times = alternate(fns, repeats)
+    medians = {name: _median_ms(values) for name, values in times.items()}
+    print(f"[{size}] exported inference, 1 image {spec['image_hw']} {spec['backbone']}: "
+          + ", ".join(f"{name} {ms:.1f} ms ({ms / medians['eager']:.3f} x eager)" for name, ms in medians.items())
+          + f"  (medians of {repeats})", flush=True)
+    return medians
+
+
 SVD_RANKS = {"paper": (1024, 256), "small": (64, 32)}  # paper: Fast R-CNN's fc6 / fc7 ranks for VGG-16
 
 
@@ -566,7 +610,8 @@ def bench_data(batches: int, train_step_ms: float | None) -> dict[str, float]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--size", choices=("paper", "small", "all"), default="all")
-    parser.add_argument("--mode", choices=("infer", "train", "breakdown", "data", "nms", "warp", "svd", "all"), default="all")
+    parser.add_argument("--mode", choices=("infer", "train", "breakdown", "data", "nms", "warp", "svd", "export", "all"),
+                        default="all")
     parser.add_argument("--repeats", type=int, default=None, help="timed runs per model (default: per size)")
     parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads (default 2)")
     parser.add_argument("--data-batches", type=int, default=32)
@@ -621,6 +666,8 @@ def main(argv: list[str] | None = None) -> int:
                 bench_breakdown(size, args.repeats or spec["breakdown_repeats"])
             elif mode == "warp":
                 bench_warp(size, args.repeats or spec["train_repeats"])
+            elif mode == "export":
+                bench_export(size, args.repeats or spec["breakdown_repeats"])
             elif mode == "svd":
                 bench_svd(size, args.repeats or spec["breakdown_repeats"], tuple(args.svd_rank or SVD_RANKS[size]))
     if args.mode in ("nms", "all"):

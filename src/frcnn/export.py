@@ -107,6 +107,7 @@ class ExportableDetector(nn.Module):
         self.register_buffer("pixel_std", rpn_net.pixel_std[0].clone())
         self.register_buffer("reference_anchors", rpn_net.rpn.anchor_generator.reference.clone())  # [k, 4]
         self.stride = int(rpn_net.size_divisible)
+        self.channels_last = bool(rpn_net.channels_last)  # the eager inference path's memory format (TorchScript)
         settings = rpn_net.rpn.test_proposals
         self.pre_nms_top_n = int(settings.pre_nms_top_n)
         self.post_nms_top_n = int(settings.post_nms_top_n)
@@ -186,6 +187,8 @@ class ExportableDetector(nn.Module):
         the minimum proposal size is in original-image pixels (the authors' proposal layer)."""
         height, width = image.shape[-2], image.shape[-1]
         batch = self.padded_batch(image)
+        if self.channels_last:  # oneDNN's NHWC conv, as eager inference (TorchScript; off for ONNX)
+            batch = batch.contiguous(memory_format=torch.channels_last)
         rpn_features = self.rpn_body(batch)
         det_features = self.det_body(batch) if self.unshared else rpn_features
         proposals = self.proposals(rpn_features, height, width, self.min_size_px * image_scale)
@@ -230,10 +233,13 @@ def torchscript_quietly():
         yield
 
 
-def scripted(model) -> torch.jit.ScriptModule:
-    """The detector as a TorchScript module (eval mode, CPU)."""
+def scripted(model, channels_last: bool = True) -> torch.jit.ScriptModule:
+    """The detector as a TorchScript module (eval mode, CPU); ``channels_last=False``: the conv input
+    stays NCHW (the ONNX graph: memory formats are the runtime's business there)."""
+    exportable = ExportableDetector(model.cpu().eval()).eval()
+    exportable.channels_last = exportable.channels_last and channels_last
     with torchscript_quietly():
-        return torch.jit.script(ExportableDetector(model.cpu().eval()).eval())
+        return torch.jit.script(exportable)
 
 
 def export_torchscript(model, class_names: list[str], scale: int, max_size: int, out: str | Path) -> Path:
@@ -260,7 +266,8 @@ def export_onnx(model, class_names: list[str], scale: int, max_size: int, out: s
     example = torch.rand(3, height, width)
     buffer = io.BytesIO()  # one write of the (VGG-16: ~550 MB) file, after the metadata is added
     torch.onnx.export(
-        scripted(model), (example, torch.tensor(1.0)), buffer, dynamo=False, opset_version=ONNX_OPSET,
+        scripted(model, channels_last=False), (example, torch.tensor(1.0)), buffer, dynamo=False,
+        opset_version=ONNX_OPSET,
         input_names=["image", "image_scale"], output_names=["boxes", "scores", "labels"],
         dynamic_axes={"image": {1: "height", 2: "width"}, "boxes": {0: "detections"},
                       "scores": {0: "detections"}, "labels": {0: "detections"}},
