@@ -271,7 +271,7 @@ def bench_infer(size: str, repeats: int) -> dict[str, float]:
     spec = SIZES[size]
     result = _report_pair(f"[{size}] inference, 1 image {spec['image_hw']} {spec['backbone']} ({_precision_label()})",
                           times, "per image")
-    print(f"[{size}] images/s: frcnn {1e3 / result["frcnn_ms"]:.2f}, torchvision {1e3 / result["torchvision_ms"]:.2f}"
+    print(f"[{size}] images/s: frcnn {1e3 / result['frcnn_ms']:.2f}, torchvision {1e3 / result['torchvision_ms']:.2f}"
           f"{_peak_memory_line()}", flush=True)
     return result
 
