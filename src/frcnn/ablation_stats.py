@@ -53,11 +53,9 @@ def verdict(difference: Estimate, strict: bool = True) -> str:
     One seed has no spread: its sign decides."""
     if difference.n == 0 or math.isnan(difference.mean):
         return "-"
-    if difference.mean > difference.spread and difference.mean > 0:
-        return "holds"
-    if difference.mean < -difference.spread and difference.mean < 0:
-        return "reversed"
-    return "tie" if strict else "holds (tie)"
+    if is_tie(difference):
+        return "tie" if strict else "holds (tie)"
+    return "holds" if difference.mean > 0 else "reversed"
 
 
 def is_tie(difference: Estimate) -> bool:

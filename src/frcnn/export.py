@@ -90,9 +90,11 @@ class ExportableDetector(nn.Module):
     in operations TorchScript compiles and the ONNX exporter converts, shapes read from tensors.
 
     image float32 [3, H, W] in [0, 1] at network scale -> (boxes [D, 4], scores [D], labels [D]).
+    ``channels_last=False`` keeps the conv input NCHW even where the eager model runs channels-last
+    (the ONNX graph: memory formats are the runtime's business there).
     """
 
-    def __init__(self, model: FasterRCNN | UnsharedFasterRCNN):
+    def __init__(self, model: FasterRCNN | UnsharedFasterRCNN, channels_last: bool = True):
         super().__init__()
         rpn_net = model.rpn_net if isinstance(model, UnsharedFasterRCNN) else model
         det_net = model.det_net if isinstance(model, UnsharedFasterRCNN) else model
@@ -107,7 +109,7 @@ class ExportableDetector(nn.Module):
         self.register_buffer("pixel_std", rpn_net.pixel_std[0].clone())
         self.register_buffer("reference_anchors", rpn_net.rpn.anchor_generator.reference.clone())  # [k, 4]
         self.stride = int(rpn_net.size_divisible)
-        self.channels_last = bool(rpn_net.channels_last)  # the eager inference path's memory format (TorchScript)
+        self.channels_last = bool(rpn_net.channels_last) and channels_last  # as eager inference (TorchScript)
         settings = rpn_net.rpn.test_proposals
         self.pre_nms_top_n = int(settings.pre_nms_top_n)
         self.post_nms_top_n = int(settings.post_nms_top_n)
@@ -236,10 +238,8 @@ def torchscript_quietly():
 def scripted(model, channels_last: bool = True) -> torch.jit.ScriptModule:
     """The detector as a TorchScript module (eval mode, CPU); ``channels_last=False``: the conv input
     stays NCHW (the ONNX graph: memory formats are the runtime's business there)."""
-    exportable = ExportableDetector(model.cpu().eval()).eval()
-    exportable.channels_last = exportable.channels_last and channels_last
     with torchscript_quietly():
-        return torch.jit.script(exportable)
+        return torch.jit.script(ExportableDetector(model.cpu().eval(), channels_last).eval())
 
 
 def export_torchscript(model, class_names: list[str], scale: int, max_size: int, out: str | Path) -> Path:

@@ -10,8 +10,6 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-LOW_PRECISION = (torch.bfloat16, torch.float16)
-
 
 def full_precision(tensor: Tensor) -> Tensor:
     """``tensor`` in float32 if it is bfloat16 / float16, else unchanged (TorchScript-compatible)."""

@@ -20,8 +20,6 @@ from typing import Any
 from frcnn.ablation_stats import Estimate, estimate, is_tie, kendall_tau, paired_difference, verdict
 from frcnn.reproduce_tables import Check, PaperTable
 
-FIG4_TOP_NS = ("300", "1000", "2000")
-
 
 @dataclass
 class Row:
@@ -93,7 +91,8 @@ def table_tau(rows: Sequence[Row]) -> tuple[float | None, int]:
     return kendall_tau([m for m, _ in pairs], [p for _, p in pairs]), len(pairs)
 
 
-def _num(value: float | None, fmt: str) -> str:
+def format_number(value: float | None, fmt: str) -> str:
+    """``value`` in ``fmt``, or "-" when it is missing (None or NaN)."""
     return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else format(value, fmt)
 
 
@@ -107,16 +106,16 @@ def table_markdown(table: PaperTable, rows: Sequence[Row], quick: bool) -> str:
     lines = [f"## {table.name}: {table.title}", "",
              f"Default row: **{table.default}**. Mean ± standard deviation over seeds; a change is taken "
              "seed by seed against the default row, and is a tie when its mean is inside its spread.", "",
-             f"Kendall τ (measured vs paper changes, {tau_rows} rows): **{_num(tau, '.2f')}**"
+             f"Kendall τ (measured vs paper changes, {tau_rows} rows): **{format_number(tau, '.2f')}**"
              + (" (needs 3 rows with a paper number)" if tau is None else ""), "",
              "| " + " | ".join(header) + " |", "|:---|" + "---:|" * (len(header) - 2) + ":---|"]
     for row in rows:
         default_row = row.label == table.default
         cells = [row.label + (" (default)" if default_row else ""), row.value.format(),
-                 "0 (reference)" if default_row else row.change.format(signed=True), _num(row.paper, ".1f"),
-                 _num(row.paper_change, "+.1f"), "" if default_row else ("tie" if row.tie else "")]
+                 "0 (reference)" if default_row else row.change.format(signed=True), format_number(row.paper, ".1f"),
+                 format_number(row.paper_change, "+.1f"), "" if default_row else ("tie" if row.tie else "")]
         if not quick:
-            cells.append(_num(None if row.paper is None or row.value.n == 0 else row.value.mean - row.paper, "+.1f"))
+            cells.append(format_number(None if row.paper is None or row.value.n == 0 else row.value.mean - row.paper, "+.1f"))
         cells.append(row.status)
         lines.append("| " + " | ".join(cells) + " |")
     checks = check_results(table, rows)
@@ -186,8 +185,8 @@ def fig4_markdown(recall: Mapping[str, Any] | None, seeds: int, png: str | None)
     lines += [f"Mean over {seeds} seed(s); AR = average recall over IoU 0.50:0.95.", "",
               "| proposals | recall @0.5 | recall @0.7 | AR |", "|---:|---:|---:|---:|"]
     for n, per_iou in recall["recall"].items():
-        lines.append(f"| {n} | {_num(per_iou.get('0.50'), '.3f')} | {_num(per_iou.get('0.70'), '.3f')} | "
-                     f"{_num(recall['average_recall'][n], '.3f')} ± {_num(recall['spread'][n], '.3f')} |")
+        lines.append(f"| {n} | {format_number(per_iou.get('0.50'), '.3f')} | {format_number(per_iou.get('0.70'), '.3f')} | "
+                     f"{format_number(recall['average_recall'][n], '.3f')} ± {format_number(recall['spread'][n], '.3f')} |")
     lines += ["", "Paper (Fig. 4, VOC 2007 test): the RPN's recall drops little when the proposals go from 2000 "
               "to 300 (Selective Search and EdgeBoxes drop markedly); no numbers are printed.", ""]
     if png:
@@ -201,9 +200,10 @@ def summary_markdown(tables: Sequence[PaperTable], rows_by_table: Mapping[str, S
     for table in tables:
         rows = rows_by_table[table.key]
         tau, tau_rows = table_tau(rows)
-        verdicts = [result for _, _, result in check_results(table, rows)]
-        reversed_claims = [c.claim for c, _, r in check_results(table, rows) if r == "reversed"]
-        lines.append(f"| {table.name} | {_num(tau, '.2f')} ({tau_rows} rows) | "
+        results = check_results(table, rows)
+        verdicts = [result for _, _, result in results]
+        reversed_claims = [check.claim for check, _, result in results if result == "reversed"]
+        lines.append(f"| {table.name} | {format_number(tau, '.2f')} ({tau_rows} rows) | "
                      f"{sum(v in ('holds', 'holds (tie)') for v in verdicts)} of {len(verdicts)} | "
                      f"{sum(v in ('tie', 'holds (tie)') for v in verdicts)} | "
                      f"{len(reversed_claims)}{': ' + '; '.join(reversed_claims) if reversed_claims else ''} |")

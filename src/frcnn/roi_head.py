@@ -8,7 +8,7 @@ from torch import Tensor, nn
 from torchvision.ops import batched_nms, box_iou, clip_boxes_to_image, remove_small_boxes, roi_align, roi_pool
 
 from frcnn.boxes import decode_boxes, encode_boxes
-from frcnn.precision import LOW_PRECISION, full_precision
+from frcnn.precision import full_precision
 from frcnn.roi_warp import roi_warp
 from frcnn.sampling import IGNORE, NEGATIVE, POSITIVE, sample_balanced
 
@@ -121,10 +121,9 @@ class RoIHead(nn.Module):
 
         Under mixed precision (``trainer.precision=bf16-mixed`` / ``16-mixed``) the conv features
         arrive in bfloat16 / float16; torchvision's CPU RoI kernels have no bfloat16 version, so
-        pooling runs in float32 (the fc layers after it run in the autocast dtype again)."""
-        if features.dtype in LOW_PRECISION:
-            features = features.float()
-            rois = [full_precision(image_rois) for image_rois in rois]
+        pooling runs in float32 (the fc layers after it run in the autocast dtype again). The RoIs
+        are float32 already: the RPN's outputs leave it in float32 (:mod:`frcnn.precision`)."""
+        features = full_precision(features)
         if self.warp_boxes:
             reduction = "max" if self.pool_type == "max" else "avg"
             return roi_warp(features, rois, self.roi_output_size, self.spatial_scale, WARP_SAMPLING_RATIO,

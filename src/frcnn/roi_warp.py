@@ -37,10 +37,10 @@ joint training, :meth:`frcnn.rpn.RegionProposalNetwork.propose` with ``keep_box_
 
 Memory: the samples are read with one ``torch.nn.functional.grid_sample`` call per batch (a
 fused PyTorch kernel, no custom C++, which runs the images on parallel CPU threads), which keeps
-only the feature map and the sample grid for its backward. The one large tensor is the sampled output, R * C * (P * S)^2 values: 128
-RoIs x 512 channels x 14 x 14 = 12.8 M floats (51 MB) for VGG-16 with P = 7, S = 2; RoIs are
-processed in chunks of ``max_rois_per_call`` so a test-time batch of many proposals never holds
-more than one chunk's samples beyond the pooled result.
+only the feature map and the sample grid for its backward. The one large tensor is the sampled
+output, R * C * (P * S)^2 values: 128 RoIs x 512 channels x 14 x 14 = 12.8 M floats (51 MB) for
+VGG-16 with P = 7, S = 2; RoIs are processed in chunks of ``max_rois_per_call`` so a test-time
+batch of many proposals never holds more than one chunk's samples beyond the pooled result.
 """
 
 from __future__ import annotations

@@ -149,16 +149,14 @@ def reproduce_tables(table_keys: Sequence[str], out_dir: Path, quick: bool, step
     store = RunStore(out_dir)
     outcomes: dict = {}
     fig4_outcomes: list = []
+    fig4_table = next((t for t in tables if t.key == "proposals"), tables[0])  # its default model's recall
     start = time.perf_counter()
     for seed in seeds:
         for table in tables:
             base = base_overrides(table.key, quick, steps, num_train, num_val, extra)
             run_table(store, table, base, seed, quick, all_rows, outcomes.setdefault(table.key, {}))
         if fig4:
-            proposals = tables[[t.key for t in tables].index("proposals")] if "proposals" in table_keys else None
-            key = proposals.key if proposals else tables[0].key
-            default = proposals.default if proposals else tables[0].default
-            fig4_outcomes.append(outcomes[key][default][seed])
+            fig4_outcomes.append(outcomes[fig4_table.key][fig4_table.default][seed])
         header = report_header(command, quick, steps, seeds, time.perf_counter() - start, compute_seconds(outcomes))
         report = write_report(out_dir, tables, outcomes, seeds, quick, header, fig4_outcomes if fig4 else None)
         print(f"after seed {seed}: {report} ({(time.perf_counter() - start) / 60:.1f} min)", flush=True)

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import csv
 import io
-import math
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -31,6 +30,7 @@ from typing import Any
 from omegaconf import OmegaConf
 
 from frcnn.config_schema import ALTERNATING_STAGES
+from frcnn.reproduce_report import format_number
 from frcnn.reproduce_tables import CONFIG_DIR
 
 
@@ -114,12 +114,6 @@ def scheme_row(key: str, label: str, paper: str, run_dir: Path, metrics: Mapping
     return row
 
 
-def _num(value: Any, fmt: str) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "-"
-    return format(value, fmt)
-
-
 def format_schemes(rows: Sequence[Mapping[str, Any]], note: str) -> tuple[str, str, str]:
     """(plain text, markdown, csv) with one row per scheme; time relative to the alternating row."""
     base = next((r["train_s"] for r in rows if r["scheme"] == "alternating" and r["train_s"]), None)
@@ -128,8 +122,8 @@ def format_schemes(rows: Sequence[Mapping[str, Any]], note: str) -> tuple[str, s
     body = []
     for r in rows:
         relative = r["train_s"] / base if base and r["train_s"] else None
-        body.append([r["label"], _num(r["map_50"], ".1f"), _num(r["map_voc07"], ".1f"), _num(r["train_s"], ".0f"),
-                     _num(relative, ".2f"), _num(r["steps"], "d"), _num(r["s_per_step"], ".3f"), r["paper"],
+        body.append([r["label"], format_number(r["map_50"], ".1f"), format_number(r["map_voc07"], ".1f"), format_number(r["train_s"], ".0f"),
+                     format_number(relative, ".2f"), format_number(r["steps"], "d"), format_number(r["s_per_step"], ".3f"), r["paper"],
                      r["status"]])
     title = "Training schemes of the shared network (paper §3.2)"
     widths = [max(len(str(c)) for c in col) for col in zip(header, *body)]
