@@ -48,6 +48,7 @@ torchvision rescales its detections back to the (identical) original size.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import datetime as _dt
 import gc
@@ -75,6 +76,7 @@ from frcnn.backbones import build_backbone, freeze_prefix
 from frcnn.machine import cpu_description
 from frcnn.model import FasterRCNN
 from frcnn.nms import nms_top_n
+from frcnn.packed_linear import plain_linear
 from frcnn.roi_head import RoIHead
 from frcnn.rpn import ProposalSettings, RegionProposalNetwork
 
@@ -408,7 +410,8 @@ def warp_memory_child(size: str, scheme: str) -> None:
 # -- breakdown (paper Table 5) ---------------------------------------------------------------
 
 
-def _frcnn_stages(model: FasterRCNN, images):
+def _frcnn_stages(model: FasterRCNN, images, packed_fc: bool = True):
+    """``packed_fc=False``: the fc layers run F.linear (frcnn.packed_linear.plain_linear)."""
     state = {}
 
     def conv():
@@ -418,7 +421,8 @@ def _frcnn_stages(model: FasterRCNN, images):
         state["proposals"], _, _ = model.rpn(state["features"], state["sizes"])
 
     def region():
-        model.roi_head(state["features"], state["proposals"], state["sizes"])
+        with contextlib.nullcontext() if packed_fc else plain_linear():
+            model.roi_head(state["features"], state["proposals"], state["sizes"])
 
     return {"conv": conv, "proposal": proposal, "region": region}
 
@@ -466,15 +470,17 @@ def bench_breakdown(size: str, repeats: int, heads: tuple[int | None, ...] = (No
     spec = SIZES[size]
     ours = build_frcnn(size).eval()
     theirs = build_torchvision_twin(ours, size).eval()
-    stage_fns = {"frcnn": _frcnn_stages(ours, images), "torchvision": _torchvision_stages(theirs, images)}
+    stage_fns = {"frcnn": _frcnn_stages(ours, images), "frcnn F.linear": _frcnn_stages(ours, images, packed_fc=False),
+                 "torchvision": _torchvision_stages(theirs, images)}
     times = _time_stages(stage_fns, repeats)
     print(f"[{size}] breakdown (paper Table 5), 1 image {spec['image_hw']} {spec['backbone']}, "
-          f"medians of {repeats}:", flush=True)
-    print("    model        conv ms  proposal ms  region ms  total ms | proposal/conv region/conv total/conv "
+          f"medians of {repeats}; 'frcnn F.linear': the fc layers without packed weights (frcnn.packed_linear):",
+          flush=True)
+    print("    model           conv ms  proposal ms  region ms  total ms | proposal/conv region/conv total/conv "
           "proposal/total")
     for name, stage_times in times.items():
         med = {stage: _median_ms(v) for stage, v in stage_times.items()}
-        print(f"    {name:<11} {med['conv']:8.1f} {med['proposal']:12.1f} {med['region']:10.1f} {med['total']:9.1f} |"
+        print(f"    {name:<14} {med['conv']:8.1f} {med['proposal']:12.1f} {med['region']:10.1f} {med['total']:9.1f} |"
               f" {med['proposal'] / med['conv']:13.3f} {med['region'] / med['conv']:11.3f}"
               f" {med['total'] / med['conv']:10.3f} {med['proposal'] / med['total']:14.3f}", flush=True)
         results[name] = med

@@ -4,7 +4,8 @@
   so do the images of a batch resolved on parallel threads;
 * the RPN proposal layer == decode every anchor, sort, cut, clip, min size, full NMS, cut;
 * the cached anchor grid == anchors placed location by location in a Python loop;
-* the channels-last shared conv == the NCHW one: features, RPN outputs, losses, detections.
+* the channels-last shared conv == the NCHW one: features, RPN outputs, losses, detections;
+* the fc layers on packed oneDNN weights == F.linear: detections.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from frcnn.backbones import build_backbone, set_trainable
 from frcnn.boxes import decode_boxes
 from frcnn.model import FasterRCNN
 from frcnn.nms import nms_top_n, nms_top_n_per_image
+from frcnn.packed_linear import plain_linear
 from frcnn.roi_head import RoIHead
 from frcnn.rpn import ProposalSettings, RegionProposalNetwork
 
@@ -218,3 +220,22 @@ def test_channels_last_only_where_it_is_not_slower_on_the_cpu():
     assert model.features(images)[0].is_contiguous(memory_format=torch.channels_last)
     model.eval()
     assert model._conv_channels_last()
+
+
+def test_packed_fc_layers_give_the_f_linear_detections():
+    """The RoI head's fc layers and predictor on packed oneDNN weights (frcnn.packed_linear) give
+    the F.linear detections up to float rounding, for the proposals of the same model."""
+    model = _small_model(channels_last=True).eval()
+    images, _ = _inputs()
+    with torch.inference_mode():
+        features, sizes = model.features(images)
+        proposals, _, _ = model.rpn(features, sizes)
+        packed, _ = model.roi_head(features, proposals, sizes)
+        with plain_linear():
+            plain, _ = model.roi_head(features, proposals, sizes)
+    assert model.roi_head.predictor.cls_score._packed_weight is not None or not torch.backends.mkldnn.is_available()
+    assert sum(len(d["scores"]) for d in plain) > 0
+    for a, b in zip(plain, packed):
+        assert torch.equal(a["labels"], b["labels"])
+        torch.testing.assert_close(b["boxes"], a["boxes"], rtol=1e-4, atol=1e-3)
+        torch.testing.assert_close(b["scores"], a["scores"], rtol=1e-4, atol=1e-5)

@@ -40,6 +40,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.ops.misc import FrozenBatchNorm2d
 
+from frcnn.packed_linear import PackedLinear
 from frcnn.pretrained import WeightsUnavailableError, ensure_torchvision_file, fold_caffe_input, unavailable_message
 from frcnn.safe_load import read_torch_file
 
@@ -166,9 +167,10 @@ def _conv(in_ch: int, out_ch: int, kernel: int, stride: int = 1, padding: int = 
     return conv
 
 
-def _linear(in_features: int, out_features: int, std: float | None = 0.01) -> nn.Linear:
-    """Linear layer: N(0, std) weights (torchvision's VGG fc init) or He init when std is None."""
-    fc = nn.Linear(in_features, out_features)
+def _linear(in_features: int, out_features: int, std: float | None = 0.01) -> PackedLinear:
+    """Linear layer: N(0, std) weights (torchvision's VGG fc init) or He init when std is None;
+    its CPU inference runs on packed weights (:mod:`frcnn.packed_linear`)."""
+    fc = PackedLinear(in_features, out_features)
     if std is None:
         nn.init.kaiming_normal_(fc.weight, nonlinearity="relu")
     else:

@@ -22,6 +22,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from frcnn.packed_linear import PackedLinear
+
 
 def truncated_svd_linear(fc: nn.Linear, rank: int) -> nn.Sequential:
     """fc (W [u, v], b [u]) -> Sequential(Linear(v, t, bias=False), Linear(t, u)) with W ≈ U_t Σ_t V_t^T."""
@@ -30,8 +32,8 @@ def truncated_svd_linear(fc: nn.Linear, rank: int) -> nn.Sequential:
         raise ValueError(f"rank {rank} for a {in_features} -> {out_features} layer; allowed: 1..{min(out_features, in_features)}")
     with torch.no_grad():
         u, s, vh = torch.linalg.svd(fc.weight.double(), full_matrices=False)  # [u, k], [k], [k, v]
-        first = nn.Linear(in_features, rank, bias=False, device=fc.weight.device, dtype=fc.weight.dtype)
-        second = nn.Linear(rank, out_features, bias=fc.bias is not None, device=fc.weight.device,
+        first = PackedLinear(in_features, rank, bias=False, device=fc.weight.device, dtype=fc.weight.dtype)
+        second = PackedLinear(rank, out_features, bias=fc.bias is not None, device=fc.weight.device,
                            dtype=fc.weight.dtype)
         first.weight.copy_(s[:rank, None] * vh[:rank])  # Σ_t V_t^T [t, v]
         second.weight.copy_(u[:, :rank])  # U_t [u, t]
