@@ -74,9 +74,12 @@ from torchvision.ops import nms, roi_pool
 import frcnn.rpn
 from frcnn.backbones import build_backbone, freeze_prefix
 from frcnn.machine import cpu_description
+from frcnn.lit.optim import fused
+from frcnn.max_pool import MaxPool2x2
 from frcnn.model import FasterRCNN
 from frcnn.nms import nms_top_n
-from frcnn.packed_linear import plain_linear
+from frcnn.fast_paths import torch_layers_only
+from frcnn.onednn_linear import OneDNNLinear
 from frcnn.roi_head import RoIHead
 from frcnn.rpn import ProposalSettings, RegionProposalNetwork
 
@@ -178,10 +181,26 @@ def build_frcnn(size: str) -> FasterRCNN:
     return model
 
 
+def _with_torch_layers(module: nn.Module) -> nn.Module:
+    """A copy of ``module`` whose frcnn layers with CPU fast paths (OneDNNLinear, MaxPool2x2) are
+    torch's own (``nn.Linear``: F.linear, MKL on the CPU; ``nn.MaxPool2d``) with the same weights:
+    torchvision's twin runs what torchvision would."""
+    twin = copy.deepcopy(module)
+    for parent in twin.modules():
+        for name, child in list(parent.named_children()):
+            if isinstance(child, OneDNNLinear):
+                plain = nn.Linear(child.in_features, child.out_features, bias=child.bias is not None)
+                plain.load_state_dict(child.state_dict())
+                setattr(parent, name, plain)
+            elif isinstance(child, MaxPool2x2):
+                setattr(parent, name, nn.MaxPool2d(2, 2))
+    return twin
+
+
 def build_torchvision_twin(ours: FasterRCNN, size: str) -> TVFasterRCNN:
     """torchvision's FasterRCNN with frcnn's modules' weights and the same settings."""
     spec = SIZES[size]
-    body = _BodyWithChannels(copy.deepcopy(ours.backbone), ours.backbone_info.out_channels)
+    body = _BodyWithChannels(_with_torch_layers(ours.backbone), ours.backbone_info.out_channels)
     rpn_head = TVRPNHead(body.out_channels, ours.rpn.anchor_generator.num_anchors_per_location)
     ours_head = ours.rpn.head
     rpn_head.load_state_dict({
@@ -199,7 +218,7 @@ def build_torchvision_twin(ours: FasterRCNN, size: str) -> TVFasterRCNN:
         rpn_pre_nms_top_n_test=6000, rpn_post_nms_top_n_test=300,
         rpn_nms_thresh=0.7, rpn_fg_iou_thresh=0.7, rpn_bg_iou_thresh=0.3,
         rpn_batch_size_per_image=256, rpn_positive_fraction=0.5,
-        box_head=copy.deepcopy(ours.roi_head.head),
+        box_head=_with_torch_layers(ours.roi_head.head),
         box_predictor=predictor, box_score_thresh=0.05, box_nms_thresh=0.3, box_detections_per_img=100,
         box_fg_iou_thresh=0.5, box_bg_iou_thresh=0.5, box_batch_size_per_image=128, box_positive_fraction=0.25,
         bbox_reg_weights=(10.0, 10.0, 5.0, 5.0),
@@ -259,6 +278,25 @@ def _report_pair(title: str, times: dict[str, list[float]], per: str) -> dict[st
     return {"frcnn_ms": ours, "torchvision_ms": theirs, "ratio": ours / theirs}
 
 
+PLAIN = "frcnn, torch layers"  # frcnn with its layers' CPU fast paths off (frcnn.fast_paths.torch_layers_only)
+
+
+def _report_plain_layers(title: str, times: dict[str, list[float]], per: str) -> None:
+    """The PLAIN entry (frcnn's fc layers on F.linear instead of oneDNN, VGG's pools on
+    F.max_pool2d) against torchvision and frcnn, from the same alternating run."""
+    plain, ours, theirs = (_median_ms(times[name]) for name in (PLAIN, "frcnn", "torchvision"))
+    print(f"{title}: frcnn with torch's layers (F.linear, F.max_pool2d) {plain:.1f} ms {per}; ratio to torchvision = "
+          f"{plain / theirs:.3f}; frcnn's layers / torch's = {ours / plain:.3f}", flush=True)
+
+
+def _torch_layers(fn: Callable[[], object]) -> Callable[[], object]:
+    def run():
+        with torch_layers_only():
+            return fn()
+
+    return run
+
+
 def _precision_label() -> str:
     return f"{DEVICE.type}{', bf16 autocast' if AUTOCAST_BF16 else ''}"
 
@@ -269,10 +307,12 @@ def bench_infer(size: str, repeats: int) -> dict[str, float]:
     ours, theirs = ours.to(DEVICE), theirs.to(DEVICE)
     images = _on_device(make_inputs(size, 1)[0])
     with torch.inference_mode(), _autocast():
-        times = alternate({"frcnn": lambda: ours(images), "torchvision": lambda: theirs(images)}, repeats)
+        times = alternate({"frcnn": lambda: ours(images), PLAIN: _torch_layers(lambda: ours(images)),
+                           "torchvision": lambda: theirs(images)}, repeats)
     spec = SIZES[size]
-    result = _report_pair(f"[{size}] inference, 1 image {spec['image_hw']} {spec['backbone']} ({_precision_label()})",
-                          times, "per image")
+    title = f"[{size}] inference, 1 image {spec['image_hw']} {spec['backbone']} ({_precision_label()})"
+    result = _report_pair(title, times, "per image")
+    _report_plain_layers(title, times, "per image")
     print(f"[{size}] images/s: frcnn {1e3 / result['frcnn_ms']:.2f}, torchvision {1e3 / result['torchvision_ms']:.2f}"
           f"{_peak_memory_line()}", flush=True)
     return result
@@ -284,10 +324,12 @@ def bench_train(size: str, repeats: int) -> dict[str, float]:
     theirs = build_torchvision_twin(ours, size).train()
     ours, theirs = ours.to(DEVICE), theirs.to(DEVICE)
     images, targets = _on_device(*make_inputs(size, spec["train_batch"]))
-    opt_ours, opt_theirs = (
-        torch.optim.SGD([p for p in m.parameters() if p.requires_grad], lr=1e-4, momentum=0.9, weight_decay=5e-4)
-        for m in (ours, theirs)
-    )
+    # each framework's own SGD: frcnn's build_optimizer takes torch's fused kernel (the same floats),
+    # torchvision's reference script (references/detection/train.py) the default one
+    opt_ours = fused(torch.optim.SGD, [p for p in ours.parameters() if p.requires_grad], lr=1e-4, momentum=0.9,
+                     weight_decay=5e-4)
+    opt_theirs = torch.optim.SGD([p for p in theirs.parameters() if p.requires_grad], lr=1e-4, momentum=0.9,
+                                 weight_decay=5e-4)
 
     def step_ours():
         opt_ours.zero_grad(set_to_none=True)
@@ -304,9 +346,10 @@ def bench_train(size: str, repeats: int) -> dict[str, float]:
         opt_theirs.step()
 
     torch.manual_seed(0)
-    times = alternate({"frcnn": step_ours, "torchvision": step_theirs}, repeats)
-    result = _report_pair(f"[{size}] training step, {spec['train_batch']} image(s) {spec['image_hw']} "
-                          f"{spec['backbone']} ({_precision_label()})", times, "per step")
+    times = alternate({"frcnn": step_ours, PLAIN: _torch_layers(step_ours), "torchvision": step_theirs}, repeats)
+    title = f"[{size}] training step, {spec['train_batch']} image(s) {spec['image_hw']} {spec['backbone']} ({_precision_label()})"
+    result = _report_pair(title, times, "per step")
+    _report_plain_layers(title, times, "per step")
     if DEVICE.type == "cuda":  # one more step of each alone: its own peak memory
         for name, step in (("frcnn", step_ours), ("torchvision", step_theirs)):
             torch.cuda.reset_peak_memory_stats(DEVICE)
@@ -322,7 +365,8 @@ WARP_FLOOR = 1.3  # issue 15: a non-approximate step costs at most 1.3x an appro
 
 
 def _joint_step(model: FasterRCNN, images, targets) -> Callable[[], None]:
-    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-4, momentum=0.9, weight_decay=5e-4)
+    opt = fused(torch.optim.SGD, [p for p in model.parameters() if p.requires_grad], lr=1e-4, momentum=0.9,
+                weight_decay=5e-4)  # frcnn's optimizer (frcnn.lit.optim.build_optimizer)
 
     def step():
         opt.zero_grad(set_to_none=True)
@@ -410,18 +454,20 @@ def warp_memory_child(size: str, scheme: str) -> None:
 # -- breakdown (paper Table 5) ---------------------------------------------------------------
 
 
-def _frcnn_stages(model: FasterRCNN, images, packed_fc: bool = True):
-    """``packed_fc=False``: the fc layers run F.linear (frcnn.packed_linear.plain_linear)."""
+def _frcnn_stages(model: FasterRCNN, images, fast_layers: bool = True):
+    """``fast_layers=False``: torch's own layers (frcnn.fast_paths.torch_layers_only)."""
     state = {}
+    layers = contextlib.nullcontext if fast_layers else torch_layers_only
 
     def conv():
-        state["features"], state["sizes"] = model.features(images)
+        with layers():
+            state["features"], state["sizes"] = model.features(images)
 
     def proposal():
         state["proposals"], _, _ = model.rpn(state["features"], state["sizes"])
 
     def region():
-        with contextlib.nullcontext() if packed_fc else plain_linear():
+        with layers():
             model.roi_head(state["features"], state["proposals"], state["sizes"])
 
     return {"conv": conv, "proposal": proposal, "region": region}
@@ -470,17 +516,18 @@ def bench_breakdown(size: str, repeats: int, heads: tuple[int | None, ...] = (No
     spec = SIZES[size]
     ours = build_frcnn(size).eval()
     theirs = build_torchvision_twin(ours, size).eval()
-    stage_fns = {"frcnn": _frcnn_stages(ours, images), "frcnn F.linear": _frcnn_stages(ours, images, packed_fc=False),
+    stage_fns = {"frcnn": _frcnn_stages(ours, images), PLAIN: _frcnn_stages(ours, images, fast_layers=False),
                  "torchvision": _torchvision_stages(theirs, images)}
     times = _time_stages(stage_fns, repeats)
     print(f"[{size}] breakdown (paper Table 5), 1 image {spec['image_hw']} {spec['backbone']}, "
-          f"medians of {repeats}; 'frcnn F.linear': the fc layers without packed weights (frcnn.packed_linear):",
+          f"medians of {repeats}; '{PLAIN}': frcnn's fc layers on F.linear (MKL) instead of oneDNN, VGG's "
+          "pools on F.max_pool2d (frcnn.fast_paths):",
           flush=True)
-    print("    model           conv ms  proposal ms  region ms  total ms | proposal/conv region/conv total/conv "
+    print("    model                conv ms  proposal ms  region ms  total ms | proposal/conv region/conv total/conv "
           "proposal/total")
     for name, stage_times in times.items():
         med = {stage: _median_ms(v) for stage, v in stage_times.items()}
-        print(f"    {name:<14} {med['conv']:8.1f} {med['proposal']:12.1f} {med['region']:10.1f} {med['total']:9.1f} |"
+        print(f"    {name:<19} {med['conv']:8.1f} {med['proposal']:12.1f} {med['region']:10.1f} {med['total']:9.1f} |"
               f" {med['proposal'] / med['conv']:13.3f} {med['region'] / med['conv']:11.3f}"
               f" {med['total'] / med['conv']:10.3f} {med['proposal'] / med['total']:14.3f}", flush=True)
         results[name] = med

@@ -2,6 +2,8 @@
 the paper presets' values (paper §3.1-§4.2, Tables 2, 3, 8, 9, 11) and the reproduce script."""
 
 
+import copy
+
 import pytest
 import yaml
 
@@ -308,6 +310,36 @@ def test_paper_solver_gives_biases_twice_the_lr_and_the_weight_decay(compose_cfg
         [(0.001, 0.0005, [(2, 3)]), (0.002, 0.0005, [(2,)])]
     default = build_optimizer(nn.Linear(3, 2), compose_cfg([], tmp_path)["optim"], [10])["optimizer"].param_groups
     assert [(g["initial_lr"], g["weight_decay"]) for g in default] == [(0.001, 0.0001), (0.001, 0.0)]  # as before
+
+
+def test_fused_sgd_gives_the_plain_sgd_weights_bit_for_bit(compose_cfg, tmp_path):
+    """build_optimizer's SGD uses torch's fused kernel where there is one: same floats as the
+    for-loop SGD (momentum, weight decay, biases' own lr and decay, the step schedule)."""
+    import torch
+    from torch import nn
+
+    from frcnn.lit.optim import build_optimizer
+
+    cfg = compose_preset(compose_cfg, tmp_path, "voc07_vgg16_alt", "voc")
+    torch.manual_seed(0)
+    models = [nn.Sequential(nn.Conv2d(3, 8, 3), nn.Flatten(), nn.Linear(8 * 4 * 4, 5))]
+    models.append(copy.deepcopy(models[0]))
+    built = [build_optimizer(m, cfg["optim"], [2]) for m in models]
+    assert built[0]["optimizer"].defaults.get("fused") is True
+    reference = built[1]["optimizer"]
+    reference.defaults["fused"] = None
+    for group in reference.param_groups:
+        group["fused"], group["foreach"] = None, False
+    gen = torch.Generator().manual_seed(1)
+    for _ in range(5):
+        grads = [torch.randn(p.shape, generator=gen) for p in models[0].parameters()]
+        for model, entry in zip(models, built):
+            for param, grad in zip(model.parameters(), grads):
+                param.grad = grad.clone()
+            entry["optimizer"].step()
+            entry["lr_scheduler"]["scheduler"].step()
+    for fused_param, plain_param in zip(models[0].parameters(), models[1].parameters()):
+        assert torch.equal(fused_param, plain_param)
 
 
 def test_coco_preset_runs_on_eight_gpus(compose_cfg, tmp_path):

@@ -5,11 +5,12 @@
 * the RPN proposal layer == decode every anchor, sort, cut, clip, min size, full NMS, cut;
 * the cached anchor grid == anchors placed location by location in a Python loop;
 * the channels-last shared conv == the NCHW one: features, RPN outputs, losses, detections;
-* the fc layers on packed oneDNN weights == F.linear: detections.
+* the fc layers in oneDNN == F.linear (MKL): detections, losses and gradients.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 
 import pytest
@@ -21,7 +22,7 @@ from frcnn.backbones import build_backbone, set_trainable
 from frcnn.boxes import decode_boxes
 from frcnn.model import FasterRCNN
 from frcnn.nms import nms_top_n, nms_top_n_per_image
-from frcnn.packed_linear import plain_linear
+from frcnn.fast_paths import torch_layers_only
 from frcnn.roi_head import RoIHead
 from frcnn.rpn import ProposalSettings, RegionProposalNetwork
 
@@ -222,20 +223,77 @@ def test_channels_last_only_where_it_is_not_slower_on_the_cpu():
     assert model._conv_channels_last()
 
 
-def test_packed_fc_layers_give_the_f_linear_detections():
-    """The RoI head's fc layers and predictor on packed oneDNN weights (frcnn.packed_linear) give
-    the F.linear detections up to float rounding, for the proposals of the same model."""
-    model = _small_model(channels_last=True).eval()
-    images, _ = _inputs()
+def test_onednn_fc_layers_give_the_f_linear_numbers():
+    """The RoI head's fc layers and predictor in oneDNN (frcnn.onednn_linear) give the F.linear
+    detections, losses and gradients up to float rounding, for the same proposals."""
+    model = _small_model(channels_last=False)
+    images, targets = _inputs()
+    gt_boxes, gt_labels = [t["boxes"] for t in targets], [t["labels"] for t in targets]
+    model.eval()
     with torch.inference_mode():
         features, sizes = model.features(images)
         proposals, _, _ = model.rpn(features, sizes)
-        packed, _ = model.roi_head(features, proposals, sizes)
-        with plain_linear():
+        onednn, _ = model.roi_head(features, proposals, sizes)
+        with torch_layers_only():
             plain, _ = model.roi_head(features, proposals, sizes)
-    assert model.roi_head.predictor.cls_score._packed_weight is not None or not torch.backends.mkldnn.is_available()
     assert sum(len(d["scores"]) for d in plain) > 0
-    for a, b in zip(plain, packed):
+    for a, b in zip(plain, onednn):
         assert torch.equal(a["labels"], b["labels"])
         torch.testing.assert_close(b["boxes"], a["boxes"], rtol=1e-4, atol=1e-3)
         torch.testing.assert_close(b["scores"], a["scores"], rtol=1e-4, atol=1e-5)
+
+    model.train()
+    features, sizes = model.features(images)
+    features = features.detach()
+    results = {}
+    for name, context in (("onednn", contextlib.nullcontext), ("plain", torch_layers_only)):
+        model.zero_grad()
+        torch.manual_seed(3)
+        with context():
+            _, losses = model.roi_head(features, proposals, sizes, gt_boxes, gt_labels)
+            losses["det"].backward()
+        results[name] = ({k: v.detach() for k, v in losses.items()},
+                         {n: p.grad.clone() for n, p in model.roi_head.named_parameters() if p.grad is not None})
+    (losses_a, grads_a), (losses_b, grads_b) = results["plain"], results["onednn"]
+    for key, value in losses_a.items():
+        torch.testing.assert_close(losses_b[key], value, rtol=1e-5, atol=1e-6)
+    assert grads_a.keys() == grads_b.keys() and grads_a
+    for name, grad in grads_a.items():
+        torch.testing.assert_close(grads_b[name], grad, rtol=1e-4, atol=1e-6)
+
+
+def test_fixed_leading_layers_run_channels_last_while_the_rest_trains_nchw():
+    """VGG-16's conv1_1 .. pool2 (fixed, §3.1.3) run forward only even in training: channels-last
+    there, NCHW from the first trained layer; same features and gradients as all-NCHW."""
+    model = _small_model(channels_last=True)
+    for module in model.backbone.modules():  # no training BatchNorm: VGG / ZF's case
+        if isinstance(module, torch.nn.BatchNorm2d):
+            set_trainable(module, False)
+    set_trainable(model.backbone.stage1, False)
+    set_trainable(model.backbone.stage2, False)
+    plain = copy.deepcopy(model)
+    plain.channels_last = False
+    model.train(), plain.train()
+    assert model._forward_only_prefix() == 2 and plain._forward_only_prefix() == 0
+    formats = []
+    hook = model.backbone.stage3.register_forward_pre_hook(
+        lambda _, args: formats.append(args[0].is_contiguous(memory_format=torch.channels_last)))
+    stage2_formats = []
+    model.backbone.stage2.register_forward_hook(
+        lambda _, args, out: stage2_formats.append(out.is_contiguous(memory_format=torch.channels_last)))
+    images, _ = _inputs()
+    features, _ = model.features(images)
+    hook.remove()
+    assert stage2_formats == [True] and formats == [False] and features.is_contiguous()
+    reference, _ = plain.features(images)
+    torch.testing.assert_close(features, reference, rtol=1e-4, atol=1e-4)
+    features.square().mean().backward()
+    reference.square().mean().backward()
+    for (name, param), ref in zip(model.backbone.named_parameters(), plain.backbone.parameters()):
+        assert (param.grad is None) == (ref.grad is None), name
+        if param.grad is not None:
+            torch.testing.assert_close(param.grad, ref.grad, rtol=1e-3, atol=1e-5)
+    with torch.no_grad():
+        assert model._forward_only_prefix() == 0  # no backward at all: the whole conv channels-last
+    set_trainable(model.backbone.stage1, True)
+    assert model._forward_only_prefix() == 0

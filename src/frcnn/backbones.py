@@ -40,7 +40,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.ops.misc import FrozenBatchNorm2d
 
-from frcnn.packed_linear import PackedLinear
+from frcnn.max_pool import MaxPool2x2
+from frcnn.onednn_linear import OneDNNLinear
 from frcnn.pretrained import WeightsUnavailableError, ensure_torchvision_file, fold_caffe_input, unavailable_message
 from frcnn.safe_load import read_torch_file
 
@@ -167,10 +168,10 @@ def _conv(in_ch: int, out_ch: int, kernel: int, stride: int = 1, padding: int = 
     return conv
 
 
-def _linear(in_features: int, out_features: int, std: float | None = 0.01) -> PackedLinear:
+def _linear(in_features: int, out_features: int, std: float | None = 0.01) -> OneDNNLinear:
     """Linear layer: N(0, std) weights (torchvision's VGG fc init) or He init when std is None;
-    its CPU inference runs on packed weights (:mod:`frcnn.packed_linear`)."""
-    fc = PackedLinear(in_features, out_features)
+    its CPU products run in oneDNN (:mod:`frcnn.onednn_linear`)."""
+    fc = OneDNNLinear(in_features, out_features)
     if std is None:
         nn.init.kaiming_normal_(fc.weight, nonlinearity="relu")
     else:
@@ -243,7 +244,7 @@ def _vgg16_body() -> nn.Sequential:
             layers[f"relu{stage}_{k}"] = nn.ReLU(inplace=True)
             in_ch = out_ch
         if stage < 5:
-            layers[f"pool{stage}"] = nn.MaxPool2d(2, 2)
+            layers[f"pool{stage}"] = MaxPool2x2()  # nn.MaxPool2d(2, 2), faster without gradient on CPUs
     return nn.Sequential(layers)
 
 

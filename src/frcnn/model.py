@@ -85,7 +85,10 @@ class FasterRCNN(nn.Module):
     * forward only (eval mode, or a frozen conv such as the 4-step recipe's steps 3-4):
       channels-last, oneDNN's NHWC convolutions are faster on both (VGG-16 conv 0.76x / 0.93x NCHW);
     * a backward through the conv on the CPU (``nchw_backward_on_cpu``): NCHW, the NHWC
-      backward is 1.42x slower on AVX2 and no faster on AVX-512; on a GPU, channels-last;
+      backward is 1.42x slower on AVX2 and no faster on AVX-512; on a GPU, channels-last.
+      The leading layers no gradient reaches (VGG-16's conv1_1 .. pool2, fixed by §3.1.3) still
+      run forward only: channels-last, then the batch turns NCHW at the first trained layer
+      (:meth:`_forward_only_prefix`; VGG-16 600x1000: 846 -> 507 ms for those layers);
     * never while a BatchNorm of the shared layers trains: PyTorch's channels-last BatchNorm
       backward sums in float32 (the NCHW one in float64), and its nearly cancelling sums then
       lose ~1% of the gradient.
@@ -125,11 +128,29 @@ class FasterRCNN(nn.Module):
         backward_runs = torch.is_grad_enabled() and any(p.requires_grad for p in self.backbone.parameters())
         return not (backward_runs and self.nchw_backward_on_cpu and self.pixel_mean.device.type == "cpu")
 
+    def _forward_only_prefix(self) -> int:
+        """How many leading layers of the shared conv (a Sequential) run forward only while the
+        rest trains NCHW on the CPU: those before the first layer with a trainable parameter
+        (the images need no gradient). 0 where the class rule gives one format for all layers."""
+        if (not self.channels_last or not self.training or self._conv_channels_last()
+                or has_training_batchnorm(self.backbone) or not isinstance(self.backbone, nn.Sequential)):
+            return 0
+        count = 0
+        for layer in self.backbone:
+            if any(p.requires_grad for p in layer.parameters()):
+                break
+            count += 1
+        return count if count < len(self.backbone) else 0
+
     def features(self, images: list[Tensor]) -> tuple[Tensor, list[tuple[int, int]]]:
         """Shared conv layers: -> (feature map [B, C, H/16, W/16], image sizes)."""
         batch, image_sizes = self.preprocess(images)
         if self._conv_channels_last():
             batch = batch.contiguous(memory_format=torch.channels_last)
+        prefix = self._forward_only_prefix()
+        if prefix:  # the fixed leading layers channels-last, the trained ones NCHW (class doc)
+            batch = self.backbone[:prefix](batch.contiguous(memory_format=torch.channels_last))
+            return self.backbone[prefix:](batch.contiguous()), image_sizes
         return self.backbone(batch), image_sizes
 
     def forward(self, images: list[Tensor], targets: list[dict[str, Tensor]] | None = None,

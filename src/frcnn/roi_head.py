@@ -8,7 +8,7 @@ from torch import Tensor, nn
 from torchvision.ops import batched_nms, box_iou, clip_boxes_to_image, remove_small_boxes, roi_align, roi_pool
 
 from frcnn.boxes import decode_boxes, encode_boxes
-from frcnn.packed_linear import PackedLinear
+from frcnn.onednn_linear import OneDNNLinear
 from frcnn.precision import full_precision
 from frcnn.roi_warp import roi_warp
 from frcnn.sampling import IGNORE, NEGATIVE, POSITIVE, sample_balanced
@@ -23,8 +23,8 @@ class FastRCNNPredictor(nn.Module):
 
     def __init__(self, representation_size: int, num_classes_with_bg: int):
         super().__init__()
-        self.cls_score = PackedLinear(representation_size, num_classes_with_bg)
-        self.bbox_pred = PackedLinear(representation_size, num_classes_with_bg * 4)
+        self.cls_score = OneDNNLinear(representation_size, num_classes_with_bg)
+        self.bbox_pred = OneDNNLinear(representation_size, num_classes_with_bg * 4)
         nn.init.normal_(self.cls_score.weight, std=0.01)
         nn.init.normal_(self.bbox_pred.weight, std=0.001)
         nn.init.zeros_(self.cls_score.bias)

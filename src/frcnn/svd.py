@@ -22,7 +22,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from frcnn.packed_linear import PackedLinear
+from frcnn.onednn_linear import OneDNNLinear
 
 
 def truncated_svd_linear(fc: nn.Linear, rank: int) -> nn.Sequential:
@@ -32,8 +32,8 @@ def truncated_svd_linear(fc: nn.Linear, rank: int) -> nn.Sequential:
         raise ValueError(f"rank {rank} for a {in_features} -> {out_features} layer; allowed: 1..{min(out_features, in_features)}")
     with torch.no_grad():
         u, s, vh = torch.linalg.svd(fc.weight.double(), full_matrices=False)  # [u, k], [k], [k, v]
-        first = PackedLinear(in_features, rank, bias=False, device=fc.weight.device, dtype=fc.weight.dtype)
-        second = PackedLinear(rank, out_features, bias=fc.bias is not None, device=fc.weight.device,
+        first = OneDNNLinear(in_features, rank, bias=False, device=fc.weight.device, dtype=fc.weight.dtype)
+        second = OneDNNLinear(rank, out_features, bias=fc.bias is not None, device=fc.weight.device,
                            dtype=fc.weight.dtype)
         first.weight.copy_(s[:rank, None] * vh[:rank])  # Σ_t V_t^T [t, v]
         second.weight.copy_(u[:, :rank])  # U_t [u, t]
