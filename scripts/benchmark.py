@@ -284,9 +284,16 @@ PLAIN = "frcnn, torch layers"  # frcnn with its layers' CPU fast paths off (frcn
 def _report_plain_layers(title: str, times: dict[str, list[float]], per: str) -> None:
     """The PLAIN entry (frcnn's fc layers on F.linear instead of oneDNN, VGG's pools on
     F.max_pool2d) against torchvision and frcnn, from the same alternating run."""
+    if PLAIN not in times:  # a GPU: the fast paths are CPU-only, nothing to compare
+        return
     plain, ours, theirs = (_median_ms(times[name]) for name in (PLAIN, "frcnn", "torchvision"))
     print(f"{title}: frcnn with torch's layers (F.linear, F.max_pool2d) {plain:.1f} ms {per}; ratio to torchvision = "
           f"{plain / theirs:.3f}; frcnn's layers / torch's = {ours / plain:.3f}", flush=True)
+
+
+def _cpu_only_plain(fns: dict[str, Callable[[], object]]) -> dict[str, Callable[[], object]]:
+    """Drop the PLAIN entry on a GPU, where it would time the same code again."""
+    return fns if DEVICE.type == "cpu" else {name: fn for name, fn in fns.items() if name != PLAIN}
 
 
 def _torch_layers(fn: Callable[[], object]) -> Callable[[], object]:
@@ -307,8 +314,9 @@ def bench_infer(size: str, repeats: int) -> dict[str, float]:
     ours, theirs = ours.to(DEVICE), theirs.to(DEVICE)
     images = _on_device(make_inputs(size, 1)[0])
     with torch.inference_mode(), _autocast():
-        times = alternate({"frcnn": lambda: ours(images), PLAIN: _torch_layers(lambda: ours(images)),
-                           "torchvision": lambda: theirs(images)}, repeats)
+        fns = {"frcnn": lambda: ours(images), PLAIN: _torch_layers(lambda: ours(images)),
+               "torchvision": lambda: theirs(images)}
+        times = alternate(_cpu_only_plain(fns), repeats)
     spec = SIZES[size]
     title = f"[{size}] inference, 1 image {spec['image_hw']} {spec['backbone']} ({_precision_label()})"
     result = _report_pair(title, times, "per image")
@@ -346,7 +354,8 @@ def bench_train(size: str, repeats: int) -> dict[str, float]:
         opt_theirs.step()
 
     torch.manual_seed(0)
-    times = alternate({"frcnn": step_ours, PLAIN: _torch_layers(step_ours), "torchvision": step_theirs}, repeats)
+    times = alternate(_cpu_only_plain({"frcnn": step_ours, PLAIN: _torch_layers(step_ours), "torchvision": step_theirs}),
+                      repeats)
     title = f"[{size}] training step, {spec['train_batch']} image(s) {spec['image_hw']} {spec['backbone']} ({_precision_label()})"
     result = _report_pair(title, times, "per step")
     _report_plain_layers(title, times, "per step")
