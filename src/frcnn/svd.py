@@ -34,7 +34,7 @@ def truncated_svd_linear(fc: nn.Linear, rank: int) -> nn.Sequential:
         u, s, vh = torch.linalg.svd(fc.weight.double(), full_matrices=False)  # [u, k], [k], [k, v]
         first = OneDNNLinear(in_features, rank, bias=False, device=fc.weight.device, dtype=fc.weight.dtype)
         second = OneDNNLinear(rank, out_features, bias=fc.bias is not None, device=fc.weight.device,
-                           dtype=fc.weight.dtype)
+                              dtype=fc.weight.dtype)
         first.weight.copy_(s[:rank, None] * vh[:rank])  # Σ_t V_t^T [t, v]
         second.weight.copy_(u[:, :rank])  # U_t [u, t]
         if fc.bias is not None:
