@@ -107,7 +107,7 @@ def test_result_of_a_row_does_not_depend_on_how_many_rows_share_the_call():
         assert torch.equal(layer(rows), together)  # and deterministic
 
 
-def test_torch_layers_only_switch_gives_f_linear_bit_for_bit(monkeypatch):
+def test_the_torch_layers_only_switch_gives_f_linear_bit_for_bit(monkeypatch):
     calls = _count_onednn_calls(monkeypatch)
     layer, rows = _layer(), _rows(21)
     with torch_layers_only():
@@ -141,7 +141,7 @@ def test_same_state_dict_as_nn_linear_and_copies_work():
     assert torch.equal(restored.weight, layer.weight) and isinstance(restored, OneDNNLinear)
 
 
-def test_a_scripted_or_traced_layer_holds_torch_layers_only():
+def test_a_scripted_or_traced_layer_holds_plain_linear_ops():
     layer, rows = _layer(), _rows(6)
     with torch.no_grad():
         scripted = torch.jit.script(torch.nn.Sequential(layer, torch.nn.ReLU()))

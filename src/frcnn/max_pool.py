@@ -41,6 +41,8 @@ class MaxPool2x2(nn.MaxPool2d):
 
     @torch.jit.unused
     def _fast_path_applies(self, features: Tensor) -> bool:
+        if not fast_paths_allowed():  # first: a trace must not record the shape test below
+            return False
         needs_grad = torch.is_grad_enabled() and features.requires_grad
         return (not needs_grad and features.device.type == "cpu" and features.dim() in (3, 4)
-                and min(features.shape[-2:]) >= 2 and fast_paths_allowed())  # smaller: F.max_pool2d's error
+                and min(features.shape[-2:]) >= 2)  # smaller: F.max_pool2d's error

@@ -108,13 +108,13 @@ class OneDNNLinear(nn.Linear):
     @torch.jit.unused
     def _onednn_applies(self, inputs: Tensor) -> bool:
         return (
-            inputs.dim() == 2
+            fast_paths_allowed()  # first: a trace must not record the tests below
+            and inputs.dim() == 2
             and inputs.dtype == torch.float32
             and inputs.device.type == "cpu"
             and self.weight.dtype == torch.float32
             and self.weight.device.type == "cpu"
             and not torch.is_autocast_enabled("cpu")
-            and fast_paths_allowed()
             and _onednn_works()
         )
 
