@@ -73,12 +73,12 @@ from torchvision.ops import nms, roi_pool
 
 import frcnn.rpn
 from frcnn.backbones import build_backbone, freeze_prefix
-from frcnn.machine import cpu_description
+from frcnn.fast_paths import torch_layers_only
 from frcnn.lit.optim import fused
+from frcnn.machine import cpu_description
 from frcnn.max_pool import MaxPool2x2
 from frcnn.model import FasterRCNN
 from frcnn.nms import nms_top_n
-from frcnn.fast_paths import torch_layers_only
 from frcnn.onednn_linear import OneDNNLinear
 from frcnn.roi_head import RoIHead
 from frcnn.rpn import ProposalSettings, RegionProposalNetwork

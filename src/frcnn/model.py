@@ -132,8 +132,8 @@ class FasterRCNN(nn.Module):
         """How many leading layers of the shared conv (a Sequential) run forward only while the
         rest trains NCHW on the CPU: those before the first layer with a trainable parameter
         (the images need no gradient). 0 where the class rule gives one format for all layers."""
-        if (not self.channels_last or not self.training or self._conv_channels_last()
-                or has_training_batchnorm(self.backbone) or not isinstance(self.backbone, nn.Sequential)):
+        if (not self.channels_last or self._conv_channels_last() or has_training_batchnorm(self.backbone)
+                or not isinstance(self.backbone, nn.Sequential)):
             return 0
         count = 0
         for layer in self.backbone:
@@ -145,12 +145,12 @@ class FasterRCNN(nn.Module):
     def features(self, images: list[Tensor]) -> tuple[Tensor, list[tuple[int, int]]]:
         """Shared conv layers: -> (feature map [B, C, H/16, W/16], image sizes)."""
         batch, image_sizes = self.preprocess(images)
-        if self._conv_channels_last():
-            batch = batch.contiguous(memory_format=torch.channels_last)
-        prefix = self._forward_only_prefix()
+        prefix = self._forward_only_prefix()  # 0 unless the shared conv trains NCHW on the CPU
         if prefix:  # the fixed leading layers channels-last, the trained ones NCHW (class doc)
             batch = self.backbone[:prefix](batch.contiguous(memory_format=torch.channels_last))
             return self.backbone[prefix:](batch.contiguous()), image_sizes
+        if self._conv_channels_last():
+            batch = batch.contiguous(memory_format=torch.channels_last)
         return self.backbone(batch), image_sizes
 
     def forward(self, images: list[Tensor], targets: list[dict[str, Tensor]] | None = None,

@@ -122,9 +122,9 @@ def format_schemes(rows: Sequence[Mapping[str, Any]], note: str) -> tuple[str, s
     body = []
     for r in rows:
         relative = r["train_s"] / base if base and r["train_s"] else None
-        body.append([r["label"], format_number(r["map_50"], ".1f"), format_number(r["map_voc07"], ".1f"), format_number(r["train_s"], ".0f"),
-                     format_number(relative, ".2f"), format_number(r["steps"], "d"), format_number(r["s_per_step"], ".3f"), r["paper"],
-                     r["status"]])
+        body.append([r["label"], format_number(r["map_50"], ".1f"), format_number(r["map_voc07"], ".1f"),
+                     format_number(r["train_s"], ".0f"), format_number(relative, ".2f"), format_number(r["steps"], "d"),
+                     format_number(r["s_per_step"], ".3f"), r["paper"], r["status"]])
     title = "Training schemes of the shared network (paper §3.2)"
     widths = [max(len(str(c)) for c in col) for col in zip(header, *body)]
     line = lambda cells: "  ".join(str(c).ljust(w) for c, w in zip(cells, widths)).rstrip()  # noqa: E731
