@@ -83,3 +83,39 @@ def test_chunks_and_empty_rois_give_the_same_result():
     torch.testing.assert_close(roi_warp(features, rois, 5, SCALE, max_rois_per_call=1), whole, atol=0, rtol=0)
     empty = roi_warp(features, [rois[0][:0], rois[1][:0]], 5, SCALE)
     assert empty.shape == (0, 3, 5, 5)
+
+
+@pytest.mark.parametrize("reduction", ["max", "avg"])
+def test_feature_gradient_equals_roi_align_and_pooling_with_ties(reduction):
+    """The feature gradient of the warp equals that of roi_align on the (2*5)^2 sub-bin grid followed by
+    max_pool2d / avg_pool2d, on ReLU features whose zero regions make samples tie: a tied bin sends its
+    gradient to its first arg-max, as max_pool2d does."""
+    generator = torch.Generator().manual_seed(3)
+    features = torch.randn(2, 4, 9, 12, generator=generator, dtype=torch.float64).relu()
+    rois = [torch.tensor([[0.0, 0.0, 150.0, 120.0], [30.0, 20.0, 90.0, 140.0]], dtype=torch.float64),
+            torch.tensor([[100.0, 10.0, 180.0, 60.0]], dtype=torch.float64)]
+    upstream = torch.randn(3, 4, 5, 5, generator=generator, dtype=torch.float64)
+    pool = F.max_pool2d if reduction == "max" else F.avg_pool2d
+
+    def feature_grad(warp):
+        leaf = features.clone().requires_grad_()
+        (warp(leaf) * upstream).sum().backward()
+        return leaf.grad
+
+    warped = feature_grad(lambda f: roi_warp(f, rois, 5, SCALE, 2, True, reduction))
+    expected = feature_grad(lambda f: pool(roi_align(f, rois, 10, SCALE, 1, True), 2))
+    assert (roi_align(features, rois, 10, SCALE, 1, True) == 0).any()  # the ties the test is about
+    torch.testing.assert_close(warped, expected, atol=1e-12, rtol=0)
+
+
+def test_repeated_backward_is_bitwise_identical():
+    generator = torch.Generator().manual_seed(1)
+    features = torch.randn(2, 8, 10, 13, generator=generator)
+    rois = [torch.rand(40, 4, generator=generator).mul(100).sort(dim=1).values[:, [0, 2, 1, 3]] for _ in range(2)]
+
+    def grads():
+        leaf, boxes = features.clone().requires_grad_(), [r.clone().requires_grad_() for r in rois]
+        roi_warp(leaf, boxes, 7, SCALE).pow(2).sum().backward()
+        return [leaf.grad, *(b.grad for b in boxes)]
+
+    assert all(torch.equal(a, b) for a, b in zip(grads(), grads()))

@@ -35,12 +35,19 @@ joint training, :meth:`frcnn.rpn.RegionProposalNetwork.propose` with ``keep_box_
     without gradient, like the class labels; the box gradient comes from the features the RoI
     warps.
 
-Memory: the samples are read with one ``torch.nn.functional.grid_sample`` call per batch (a
-fused PyTorch kernel, no custom C++, which runs the images on parallel CPU threads), which keeps
-only the feature map and the sample grid for its backward. The one large tensor is the sampled
-output, R * C * (P * S)^2 values: 128 RoIs x 512 channels x 14 x 14 = 12.8 M floats (51 MB) for
-VGG-16 with P = 7, S = 2; RoIs are processed in chunks of ``max_rois_per_call`` so a test-time
-batch of many proposals never holds more than one chunk's samples beyond the pooled result.
+How the samples are read (PyTorch primitives, no custom C++): the feature map is laid out as
+rows, one per cell ([B*H*W, C], channels-last), and each sample is an ``embedding_bag`` "bag"
+of its 4 neighbouring cells' rows weighted by the bilinear weights (mode "sum" with
+per-sample weights): one fused kernel reads all samples of a batch, and its backward gives the
+gradient w.r.t. the rows (the features) and w.r.t. the weights, from which autograd takes the
+gradient w.r.t. the sample positions (hence the boxes). The S x S max is max_pool2d's forward
+with its arg-max index; its backward scatters the gradient to the arg-max samples.
+
+Memory: the one large tensor is the samples, R * C * (P * S)^2 values: 128 RoIs x 512 channels
+x 14 x 14 = 12.8 M floats (51 MB) for VGG-16 with P = 7, S = 2, and its gradient in the
+backward; the max keeps only its int64 arg-max index ([R, C, P, P]). RoIs are processed in
+chunks of ``max_rois_per_call`` so a test-time batch of many proposals never holds more than
+one chunk's samples beyond the pooled result.
 """
 
 from __future__ import annotations
@@ -74,65 +81,89 @@ def _sample_coordinates(
     return xs, ys
 
 
-def _sample_grid(
-    rois_xyxy: Tensor, output_size: int, sampling_ratio: int, spatial_scale: float, aligned: bool, height: int,
-    width: int,
+def _axis_weights(positions: Tensor, size: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """roi_align's 1-D bilinear rule on an axis of ``size`` cells: positions [...] in cells ->
+    (low cell, high cell, weight of low, weight of high), all [...].
+
+    A position more than one cell outside the map gets weight 0 on both (it reads 0); one within
+    a cell of the border is clamped to the border (its gradient is 0 there). The weights are
+    differentiable w.r.t. the position (d weight_high / d position = 1 between two cells); the
+    cell indices are constants.
+    """
+    inside = ((positions >= -1.0) & (positions <= size)).to(positions.dtype)
+    clamped = positions.clamp(0.0, size - 1)
+    low = clamped.detach().floor()
+    fraction = clamped - low  # in [0, 1): the high cell's weight
+    high = (low + 1).clamp(max=size - 1)
+    return low.long(), high.long(), (1 - fraction) * inside, fraction * inside
+
+
+def _bilinear_bags(
+    rois_xyxy: Tensor, image_index: Tensor, output_size: int, sampling_ratio: int, spatial_scale: float,
+    aligned: bool, height: int, width: int,
 ) -> tuple[Tensor, Tensor]:
-    """rois [R, 4] -> (grid_sample grid [R*P*S, P*S, 2] for a [height, width] map, inside [R*P*S, P*S] bool).
+    """Each sample as a weighted sum of its 4 neighbouring cells (bilinear interpolation):
+    rois [R, 4], image_index [R] -> (cells [R*(P*S)^2, 4], weights [R*(P*S)^2, 4]), the samples in
+    (RoI, row, column) order.
 
-    ``inside``: roi_align's rule, a sample more than one cell outside the map reads 0.
+    cells index the rows of the batch's feature map laid out as [B*H*W, C] (image b's cell (y, x)
+    is row (b*H + y)*W + x).
     """
-    steps = output_size * sampling_ratio
-    xs, ys = _sample_coordinates(rois_xyxy, output_size, sampling_ratio, spatial_scale, aligned)  # [R, P*S]
-    # grid_sample, align_corners=True: normalised -1 / +1 are the centres of the first / last cell
-    grid_x = xs * (2.0 / max(width - 1, 1)) - 1.0
-    grid_y = ys * (2.0 / max(height - 1, 1)) - 1.0
-    grid = torch.stack(
-        (grid_x[:, None, :].expand(-1, steps, -1), grid_y[:, :, None].expand(-1, -1, steps)), dim=-1
-    )  # [R, P*S (y), P*S (x), 2]
-    with torch.no_grad():
-        inside_x = (xs >= -1.0) & (xs <= width)  # [R, P*S]
-        inside_y = (ys >= -1.0) & (ys <= height)
-        inside = inside_y[:, :, None] & inside_x[:, None, :]
-    return grid.reshape(-1, steps, 2), inside.reshape(-1, steps)
+    p, s = output_size, sampling_ratio
+    xs, ys = _sample_coordinates(rois_xyxy, p, s, spatial_scale, aligned)  # [R, P*S] each
+    x_low, x_high, wx_low, wx_high = _axis_weights(xs, width)
+    y_low, y_high, wy_low, wy_high = _axis_weights(ys, height)
+    first_row = (image_index * height)[:, None]  # [R, 1]: the image's row 0 in the [B*H] rows
+    corners = [(first_row + y, wy, x, wx) for y, wy in ((y_low, wy_low), (y_high, wy_high))
+               for x, wx in ((x_low, wx_low), (x_high, wx_high))]  # (y, x) = (low, low), (low, high), ...
+    cells = torch.stack([y[:, :, None] * width + x[:, None, :] for y, _, x, _ in corners], -1)  # [R, P*S, P*S, 4]
+    weights = torch.stack([wy[:, :, None] * wx[:, None, :] for _, wy, _, wx in corners], -1)  # as cells
+    return cells.reshape(-1, 4), weights.reshape(-1, 4)
 
 
-def _warp_batch(
-    features: Tensor, rois: list[Tensor], output_size: int, sampling_ratio: int, spatial_scale: float,
-    aligned: bool, reduction: str,
+class _BinMax(torch.autograd.Function):
+    """samples [R, (P*S)^2, C] (each RoI's (P*S) x (P*S) grid, row-major, C contiguous) -> the max
+    over each bin's S x S samples, [R, C, P, P] (channels-last strides).
+
+    max_pool2d's forward and rule (the gradient goes to a bin's first arg-max); the backward
+    scatters the output gradient to the arg-max rows in place of max_pool2d's channels-last
+    backward, which copies the sample-sized gradient twice."""
+
+    @staticmethod
+    def forward(ctx, samples: Tensor, grid_size: int, sampling_ratio: int) -> Tensor:
+        rois, cells, channels = samples.shape
+        grid = samples.view(rois, grid_size, grid_size, channels).permute(0, 3, 1, 2)  # [R, C, P*S, P*S]
+        pooled, argmax = F.max_pool2d(grid, sampling_ratio, return_indices=True)  # argmax: index in the P*S x P*S grid
+        ctx.save_for_backward(argmax)
+        ctx.cells = cells
+        return pooled
+
+    @staticmethod
+    def backward(ctx, grad_pooled: Tensor) -> tuple[Tensor, None, None]:
+        (argmax,) = ctx.saved_tensors  # [R, C, P, P]
+        rois, channels = argmax.shape[:2]
+        grad_samples = grad_pooled.new_zeros((rois, ctx.cells, channels))
+        grad_samples.scatter_(1, argmax.permute(0, 2, 3, 1).reshape(rois, -1, channels),
+                              grad_pooled.permute(0, 2, 3, 1).reshape(rois, -1, channels))
+        return grad_samples, None, None
+
+
+def _warp_rois(
+    cell_rows: Tensor, rois_xyxy: Tensor, image_index: Tensor, height: int, width: int, output_size: int,
+    sampling_ratio: int, spatial_scale: float, aligned: bool, reduction: str,
 ) -> Tensor:
-    """features [B, C, H, W], rois: per image [R_b, 4] -> [sum R_b, C, P, P] in image order.
-
-    One ``grid_sample`` call for the whole batch (its CPU kernel runs the images on parallel
-    threads; one call per image would leave all but one idle): each image's sample grid is padded
-    to the batch's largest R with samples that are read and dropped.
-    """
-    batch, channels, height, width = features.shape
-    steps = output_size * sampling_ratio
-    counts = [image_rois.shape[0] for image_rois in rois]
-    rows = max(counts)
-    grids, insides = [], []
-    for image_rois, count in zip(rois, counts):
-        grid, inside = _sample_grid(image_rois, output_size, sampling_ratio, spatial_scale, aligned, height, width)
-        padding = (rows - count) * steps
-        grids.append(F.pad(grid, (0, 0, 0, 0, 0, padding)))  # padded samples read the map's centre, dropped below
-        insides.append(F.pad(inside, (0, 0, 0, padding)))
-    grid = torch.stack(grids).to(features.dtype)  # [B, rows*P*S, P*S, 2]
-    inside = torch.stack(insides)[:, None]  # [B, 1, rows*P*S, P*S]
-    samples = F.grid_sample(features, grid, mode="bilinear", padding_mode="border", align_corners=True)
-    if not bool(inside.all()):  # [B, C, rows*P*S, P*S]
-        samples = samples * inside.to(samples.dtype)
-    # S x S windows of the [rows*P*S, P*S] sample grid never straddle two RoIs (each spans P*S rows)
+    """cell_rows [B*H*W, C] (the feature map, one row per cell), rois [R, 4] of images image_index [R]
+    -> [R, C, P, P] (channels-last strides): one embedding_bag call reads the (P*S)^2 samples of
+    every RoI, then a bin's S x S samples are reduced."""
+    p, s = output_size, sampling_ratio
+    channels = cell_rows.shape[1]
+    cells, weights = _bilinear_bags(rois_xyxy, image_index, p, s, spatial_scale, aligned, height, width)
+    samples = F.embedding_bag(cells, cell_rows, per_sample_weights=weights, mode="sum")  # [R*(P*S)^2, C]
+    samples = samples.view(-1, (p * s) ** 2, channels)
     if reduction == "max":
-        pooled = F.max_pool2d(samples, sampling_ratio)  # [B, C, rows*P, P]
-    else:
-        pooled = F.avg_pool2d(samples, sampling_ratio)
-    pooled = pooled.view(batch, channels, rows, output_size, output_size).transpose(1, 2)
-    pooled = pooled.reshape(batch * rows, channels, output_size, output_size)  # [B*rows, C, P, P], image-major
-    if any(count != rows for count in counts):  # drop the padding rows (one gather, one scatter in backward)
-        keep = torch.cat([torch.arange(count, device=features.device) + b * rows for b, count in enumerate(counts)])
-        pooled = pooled.index_select(0, keep)
-    return pooled  # [sum R_b, C, P, P]
+        return _BinMax.apply(samples, p * s, s)  # [R, C, P, P], channels-last strides
+    grid = samples.view(-1, p * s, p * s, channels).permute(0, 3, 1, 2)  # [R, C, P*S, P*S]
+    return F.avg_pool2d(grid, s)
 
 
 def roi_warp(
@@ -158,15 +189,16 @@ def roi_warp(
         raise ValueError(f"roi_warp sampling_ratio must be >= 1 (a fixed grid), got {sampling_ratio}")
     if len(rois) != features.shape[0]:
         raise ValueError(f"roi_warp: {len(rois)} RoI lists for a batch of {features.shape[0]} feature maps")
-    longest = max((image_rois.shape[0] for image_rois in rois), default=0)
-    if longest == 0:
-        return features.new_zeros((0, features.shape[1], output_size, output_size))
-    per_image: list[list[Tensor]] = [[] for _ in rois]
-    for start in range(0, longest, max_rois_per_call):
-        chunks = [image_rois[start : start + max_rois_per_call].to(features.dtype) for image_rois in rois]
-        pooled = _warp_batch(features, chunks, output_size, sampling_ratio, spatial_scale, aligned, reduction)
-        if start == 0 and longest <= max_rois_per_call:  # one call (training: 128 RoIs per mini-batch)
-            return pooled
-        for image_chunks, image_pooled in zip(per_image, pooled.split([chunk.shape[0] for chunk in chunks])):
-            image_chunks.append(image_pooled)
-    return torch.cat([chunk for image_chunks in per_image for chunk in image_chunks])  # image-major
+    batch, channels, height, width = features.shape
+    rois_xyxy = torch.cat([image_rois.to(features.dtype) for image_rois in rois])  # [R, 4], image-major
+    if rois_xyxy.shape[0] == 0:
+        return features.new_zeros((0, channels, output_size, output_size))
+    counts = torch.tensor([image_rois.shape[0] for image_rois in rois], device=features.device)
+    image_index = torch.repeat_interleave(torch.arange(batch, device=features.device), counts)  # [R]
+    cell_rows = features.permute(0, 2, 3, 1).reshape(batch * height * width, channels)  # [B*H*W, C]
+    chunks = [
+        _warp_rois(cell_rows, rois_xyxy[start : start + max_rois_per_call], image_index[start : start + max_rois_per_call],
+                   height, width, output_size, sampling_ratio, spatial_scale, aligned, reduction)
+        for start in range(0, rois_xyxy.shape[0], max_rois_per_call)
+    ]
+    return chunks[0] if len(chunks) == 1 else torch.cat(chunks)
