@@ -5,6 +5,7 @@ import torch
 import torch.nn.functional as F
 from torchvision.ops import roi_align
 
+import frcnn.roi_warp as roi_warp_module
 from frcnn.roi_warp import roi_warp
 
 SCALE = 1.0 / 16
@@ -119,3 +120,19 @@ def test_repeated_backward_is_bitwise_identical():
         return [leaf.grad, *(b.grad for b in boxes)]
 
     assert all(torch.equal(a, b) for a, b in zip(grads(), grads()))
+
+
+def test_byte_budget_chunks_give_the_same_values_and_gradients(monkeypatch):
+    features, rois = _features_and_rois()
+
+    def warp_and_grads():
+        leaf, boxes = features.clone().requires_grad_(), [r.clone().requires_grad_() for r in rois]
+        out = roi_warp(leaf, boxes, 5, SCALE)
+        out.pow(2).sum().backward()
+        return [out, leaf.grad, *(b.grad for b in boxes)]
+
+    whole = warp_and_grads()
+    monkeypatch.setattr(roi_warp_module, "SAMPLE_BYTES_PER_CALL", 1)  # one RoI per call
+    chunked = warp_and_grads()
+    for a, b in zip(whole, chunked):
+        torch.testing.assert_close(a, b, atol=1e-12, rtol=0)
