@@ -111,6 +111,10 @@ def test_export_refuses_what_it_cannot_reproduce():
     model = built(model_cfg(["rpn.test.ranking=random"]))
     with pytest.raises(ExportError, match=r"rpn\.test\.ranking='random'.*deterministic"):
         ExportableDetector(model)
+    warping = built(model_cfg())
+    warping.roi_head.warp_boxes = True  # what recipe=joint recipe.approximate=false trains
+    with pytest.raises(ExportError, match=r"roi_head\.warp_boxes=true.*approximate=false"):
+        ExportableDetector(warping)
 
 
 def test_export_command_writes_the_file_and_checks_it(model, tmp_path, capsys):

@@ -98,7 +98,7 @@ class ExportableDetector(nn.Module):
         super().__init__()
         rpn_net = model.rpn_net if isinstance(model, UnsharedFasterRCNN) else model
         det_net = model.det_net if isinstance(model, UnsharedFasterRCNN) else model
-        check_exportable(rpn_net)
+        check_exportable(rpn_net, det_net)
         self.unshared = isinstance(model, UnsharedFasterRCNN)
         self.rpn_body = rpn_net.backbone
         self.det_body = det_net.backbone if self.unshared else nn.Identity()  # shared: the RPN's features
@@ -197,14 +197,21 @@ class ExportableDetector(nn.Module):
         return self.detections(det_features, proposals, height, width)
 
 
-def check_exportable(rpn_net: FasterRCNN) -> None:
-    """Settings the graph cannot reproduce are refused, naming the key and why (the proposal
-    ranking is the only one: every other test-time setting of the paper is in the graph)."""
+def check_exportable(rpn_net: FasterRCNN, det_net: FasterRCNN | None = None) -> None:
+    """Settings the graph cannot reproduce are refused, naming the key and why: the proposal
+    ranking of the Table 2 ablation, and the RoI warping of non-approximate joint training (the
+    graph pools with torchvision's roi_pool / roi_align kernels; every other test-time setting of
+    the paper is in the graph)."""
     settings = rpn_net.rpn.test_proposals
     if settings.ranking != "cls":
         raise ExportError(f"rpn.test.ranking={settings.ranking!r} (the Table 2 ablation that ranks proposals "
                           "by a random permutation) is not exportable: an exported detector must be deterministic; "
                           "export a detector with rpn.test.ranking=cls")
+    if (det_net or rpn_net).roi_head.warp_boxes:
+        raise ExportError("roi_head.warp_boxes=true (RoI warping: a detector trained with recipe=joint "
+                          "recipe.approximate=false) is not exportable: the exported graph pools with RoI max pooling "
+                          "or RoIAlign, which would give other detections than the model; run it with "
+                          "scripts/detect.py / scripts/eval.py instead")
 
 
 def export_metadata(model, class_names: list[str], scale: int, max_size: int, export_format: str) -> dict[str, Any]:
