@@ -5,7 +5,7 @@ from omegaconf import OmegaConf
 
 from frcnn.cli.reproduce import main as reproduce_main
 from frcnn.cli.schemes import (CPU_ALTERNATING_STEPS, CPU_JOINT_STEPS, SCHEMES, format_schemes, quick_schedule_overrides,
-                               scheme_row)
+                               reproduce_schemes, scheme_row)
 from tests.conftest import REPO_ROOT
 
 
@@ -48,7 +48,7 @@ def test_rows_hold_map_wall_time_and_time_per_step_beside_the_paper(tmp_path):
     assert "| alternating (4-step) | 50.0 | 48.0 | 60 | 1.00 | 50 | 1.000 | 69.9 VOC07 mAP (VGG-16, Table 3) | ok |" in md
     assert "| approximate joint | 45.0 | 44.0 | 30 | 0.50 | 25 | 1.200 |" in md
     assert "| non-approximate joint | - | - | - | - | - | - | no number" in md
-    assert csv_text.splitlines()[0] == "scheme,map_50,map_voc07,train_s,steps,s_per_step,paper,status,run_dir"
+    assert csv_text.splitlines()[0] == "scheme,seed,map_50,map_voc07,train_s,steps,s_per_step,paper,status,run_dir"
     assert len(csv_text.splitlines()) == 4 and "approximate joint" in text
 
 
@@ -64,3 +64,32 @@ def test_schemes_quick_trains_the_three_schemes_on_the_same_data(tmp_path, capsy
     assert all(",ok," in line for line in csv_lines[1:])
     assert (tmp_path / "2_nonapproximate_joint" / "joint" / "DONE").read_text().strip() == "4"
     assert (tmp_path / "0_alternating" / "stage2_det" / "DONE").exists()
+
+
+def test_seeds_train_in_their_own_dirs_and_add_a_row_of_means(tmp_path, monkeypatch):
+    """--seeds 0 1: seed 0 keeps the directory (and overrides) of a run without --seeds, seed 1 trains with
+    seed=1 in <i>_<scheme>_seed1; each scheme gets its seed rows and then a row of their means."""
+    import frcnn.reproduce_runs as runs
+
+    trained = []
+
+    def fake_train(run_dir, cfg, name):
+        seed = int(cfg["seed"])
+        trained.append((run_dir.name, seed))
+        _finished(run_dir, {"joint": 10})
+        metrics = {"recipe": "joint", "map_50": 0.40 + 0.1 * seed, "map_voc07": 0.30 + 0.1 * seed,
+                   "stage_seconds": {"joint": 20.0 + 10 * seed}}
+        return runs.Outcome(metrics, "ok", run_dir, 1.0)
+
+    monkeypatch.setattr(runs, "compose", lambda overrides, run_dir: {"seed": next(
+        (o.split("=")[1] for o in overrides if o.startswith("seed=")), 0)})
+    monkeypatch.setattr(runs, "train_in", fake_train)
+    rows = reproduce_schemes(tmp_path, only=["approximate_joint"], seeds=[0, 1])
+    assert trained == [("1_approximate_joint", 0), ("1_approximate_joint_seed1", 1)]
+    assert [r["label"] for r in rows] == ["approximate joint, seed 0", "approximate joint, seed 1",
+                                          "approximate joint, mean of 2 seeds"]
+    mean = rows[-1]
+    assert mean["map_50"] == pytest.approx(45.0) and mean["train_s"] == pytest.approx(25.0) and mean["status"] == "ok"
+    assert mean["s_per_step"] == pytest.approx(2.5)
+    assert "| approximate joint, mean of 2 seeds | 45.0 | 35.0 | 25 |" in (tmp_path / "schemes.md").read_text()
+    assert (tmp_path / "schemes.csv").read_text().splitlines()[3].startswith("approximate_joint,mean,45.0,35.0,")

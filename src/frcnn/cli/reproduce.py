@@ -176,7 +176,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=None,
                         help=f"mini-batches per joint training in --quick mode (default {QUICK_STEPS}; schemes: 100)")
     parser.add_argument("--seeds", type=int, nargs="+", default=None,
-                        help="training seeds (default: 0 1 2 with --quick, else 0)")
+                        help="training seeds (default: 0 1 2 with --quick, else 0; schemes: 0)")
     parser.add_argument("--num-train", type=int, default=None, help="--quick: training images (default: the data's)")
     parser.add_argument("--num-val", type=int, default=None, help="--quick: validation images (default: the data's)")
     parser.add_argument("--all-rows", action="store_true",
@@ -193,7 +193,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         from frcnn.cli.schemes import reproduce_schemes
 
         rows = reproduce_schemes(out, quick=args.quick, steps=args.steps or 100, num_train=args.num_train or 64,
-                                 num_val=args.num_val or 16, only=args.only, extra_overrides=args.overrides)
+                                 num_val=args.num_val or 16, only=args.only, extra_overrides=args.overrides,
+                                 seeds=args.seeds or [0])
         return 0 if all(r["status"] == "ok" for r in rows) else 1
     if args.only:
         parser.error("--only applies to schemes; the tables run every row (finished runs are read back)")

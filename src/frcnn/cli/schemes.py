@@ -13,8 +13,10 @@ Hydra overrides (``data=voc data.root=... backbone=vgg16 schedule=paper_voc ...`
 scheme, so any VOC tree works. ``--quick`` scales every stage of that schedule down by the same
 factor (joint = ``--steps``), keeping the preset's ratio of alternating to joint length.
 
-Each scheme trains in ``<out>/<i>_<scheme>/`` (a finished one is read back, not rerun); the table
-is printed and written as ``<out>/schemes.md`` / ``.csv``. Wall times are measured in-process
+Each scheme trains in ``<out>/<i>_<scheme>/`` (seed 0; ``--seeds 0 1 2``: seed s > 0 in
+``<out>/<i>_<scheme>_seed<s>/``, with ``seed=<s>``; a finished run is read back, not rerun); the
+table, one row per scheme and seed and with several seeds a row of their means per scheme, is
+printed and written as ``<out>/schemes.md`` / ``.csv``. Wall times are measured in-process
 (stage_seconds of metrics.json): they mean something only on an otherwise idle machine.
 """
 
@@ -114,9 +116,29 @@ def scheme_row(key: str, label: str, paper: str, run_dir: Path, metrics: Mapping
     return row
 
 
+MEAN_FIELDS = ("map_50", "map_voc07", "train_s", "steps", "s_per_step")
+
+
+def mean_row(rows: Sequence[Mapping[str, Any]]) -> dict:
+    """One scheme's row of means over its seeds' rows (the finished ones); status says how many finished."""
+    finished = [r for r in rows if r["status"] == "ok" and r["map_50"] is not None]
+    first = rows[0]
+    row = {"scheme": first["scheme"], "label": f"{first['scheme_label']}, mean of {len(finished)} seeds",
+           "scheme_label": first["scheme_label"], "paper": first["paper"], "run_dir": "", "seed": "mean",
+           "status": "ok" if len(finished) == len(rows) else f"{len(finished)} of {len(rows)} seeds finished"}
+    for key in MEAN_FIELDS:
+        values = [r[key] for r in finished if r[key] is not None]
+        row[key] = sum(values) / len(values) if values and len(values) == len(finished) else None
+    if row["steps"] is not None:
+        row["steps"] = round(row["steps"])
+    return row
+
+
 def format_schemes(rows: Sequence[Mapping[str, Any]], note: str) -> tuple[str, str, str]:
     """(plain text, markdown, csv) with one row per scheme; time relative to the alternating row."""
-    base = next((r["train_s"] for r in rows if r["scheme"] == "alternating" and r["train_s"]), None)
+    alternating = [r for r in rows if r["scheme"] == "alternating" and r["train_s"]]
+    base = next((r["train_s"] for r in alternating if r.get("seed") == "mean"),  # several seeds: their mean
+                alternating[0]["train_s"] if alternating else None)
     header = ["scheme", "map_50 (%)", "map_voc07 (%)", "train wall (s)", "vs alternating", "steps", "s / step",
               "paper", "status"]
     body = []
@@ -133,18 +155,20 @@ def format_schemes(rows: Sequence[Mapping[str, Any]], note: str) -> tuple[str, s
                     "|:---|---:|---:|---:|---:|---:|---:|:---|:---|", *("| " + " | ".join(b) + " |" for b in body)])
     buffer = io.StringIO()
     writer = csv.writer(buffer)
-    writer.writerow(["scheme", "map_50", "map_voc07", "train_s", "steps", "s_per_step", "paper", "status", "run_dir"])
+    writer.writerow(["scheme", "seed", "map_50", "map_voc07", "train_s", "steps", "s_per_step", "paper", "status",
+                     "run_dir"])
     for r in rows:
-        writer.writerow([r["scheme"], *("" if r[k] is None else r[k] for k in
-                                        ("map_50", "map_voc07", "train_s", "steps", "s_per_step")),
+        writer.writerow([r["scheme"], r.get("seed", 0), *("" if r[k] is None else r[k] for k in MEAN_FIELDS),
                          r["paper"], r["status"], r["run_dir"]])
     return text, md + "\n", buffer.getvalue()
 
 
 def reproduce_schemes(out_dir: Path, quick: bool = False, steps: int = 100, num_train: int = 64, num_val: int = 16,
-                      only: Sequence[str] = (), extra_overrides: Sequence[str] = ()) -> list[dict]:
-    """Train the schemes (all, or those whose index or name is in ``only``) on the same data and
-    seed; print and write the table; return its rows."""
+                      only: Sequence[str] = (), extra_overrides: Sequence[str] = (), seeds: Sequence[int] = (0,)
+                      ) -> list[dict]:
+    """Train the schemes (all, or those whose index or name is in ``only``) on the same data, for
+    each of ``seeds``; print and write the table; return its rows (with several seeds, each
+    scheme's seed rows and then its row of means)."""
     from frcnn.reproduce_runs import compose, failed, train_in
 
     schemes = list(enumerate(SCHEMES))
@@ -156,16 +180,22 @@ def reproduce_schemes(out_dir: Path, quick: bool = False, steps: int = 100, num_
     base = quick_overrides(steps, num_train, num_val) if quick else []
     rows = []
     for i, (key, label, scheme_overrides, paper) in schemes:
-        run_dir = out_dir / f"{i}_{key}"
-        overrides = [*base, *extra_overrides, *scheme_overrides]
-        print(f"[schemes] {label}: {' '.join(overrides)} -> {run_dir}", flush=True)
-        start = time.perf_counter()
-        try:
-            outcome = train_in(run_dir, compose(overrides, run_dir), label)
-        except Exception as exc:  # noqa: BLE001 - a bad override is this scheme's failure
-            outcome = failed(exc, run_dir, start)
-        print(f"[schemes] {label}: {time.perf_counter() - start:.0f} s", flush=True)
-        rows.append(scheme_row(key, label, paper, run_dir, outcome.metrics, outcome.status))
+        seed_rows = []
+        for seed in seeds:
+            # seed 0 (the config's) keeps the directory and overrides of a run made without --seeds
+            run_dir = out_dir / (f"{i}_{key}" if seed == 0 else f"{i}_{key}_seed{seed}")
+            seed_label = label if len(seeds) == 1 else f"{label}, seed {seed}"
+            overrides = [*base, *extra_overrides, *scheme_overrides, *([f"seed={seed}"] if seed else [])]
+            print(f"[schemes] {seed_label}: {' '.join(overrides)} -> {run_dir}", flush=True)
+            start = time.perf_counter()
+            try:
+                outcome = train_in(run_dir, compose(overrides, run_dir), seed_label)
+            except Exception as exc:  # noqa: BLE001 - a bad override is this scheme's failure
+                outcome = failed(exc, run_dir, start)
+            print(f"[schemes] {seed_label}: {time.perf_counter() - start:.0f} s", flush=True)
+            row = scheme_row(key, seed_label, paper, run_dir, outcome.metrics, outcome.status)
+            seed_rows.append({**row, "seed": seed, "scheme_label": label})
+        rows += seed_rows + ([mean_row(seed_rows)] if len(seeds) > 1 else [])
     data = "built-in shapes data" if not any(o.startswith("data=") for o in extra_overrides) else "the given data"
     note = (f"quick mode: {data}, every CPU-preset stage x{steps / CPU_JOINT_STEPS:g} (joint {steps} mini-batches); "
             "not comparable with the paper's absolute numbers" if quick else f"{data}, schedules as configured")
