@@ -131,7 +131,7 @@ class _BodyWithChannels(nn.Module):
 
 
 BASELINE = False  # --baseline: frcnn as before issue 6 (NCHW conv, full NMS then top-N)
-DEVICE = torch.device("cpu")  # --device: infer / train modes on a GPU (scripts/gpu_check.sh)
+DEVICE = torch.device("cpu")  # --device: infer / train / warp modes on a GPU (scripts/gpu_check.sh)
 AUTOCAST_BF16 = False  # --bf16: infer / train under torch.autocast(bfloat16)
 
 
@@ -392,8 +392,10 @@ def alternate_wall_and_cpu(fns: dict[str, Callable[[], object]], repeats: int, w
     cpu: dict[str, list[float]] = {name: [] for name in fns}
     for i in range(warmup + repeats):
         for name, fn in fns.items():
+            _sync()
             start, start_cpu = time.perf_counter(), time.process_time()
             fn()
+            _sync()
             if i >= warmup:
                 wall[name].append(time.perf_counter() - start)
                 cpu[name].append(time.process_time() - start_cpu)
@@ -402,14 +404,14 @@ def alternate_wall_and_cpu(fns: dict[str, Callable[[], object]], repeats: int, w
 
 def _warp_model(size: str, scheme: str) -> FasterRCNN:
     torch.manual_seed(0)
-    model = build_frcnn(size).train()
+    model = build_frcnn(size).to(DEVICE).train()
     model.roi_head.warp_boxes = scheme == "nonapproximate"  # RoI warping (max of 2 x 2 samples) + proposal graph
     return model
 
 
 def bench_warp(size: str, repeats: int) -> dict[str, float]:
     spec = SIZES[size]
-    images, targets = make_inputs(size, spec["train_batch"])
+    images, targets = _on_device(*make_inputs(size, spec["train_batch"]))
     steps = {scheme: _joint_step(_warp_model(size, scheme), images, targets) for scheme in WARP_SCHEMES}
     torch.manual_seed(0)
     wall, cpu = alternate_wall_and_cpu(steps, repeats)
@@ -424,7 +426,7 @@ def bench_warp(size: str, repeats: int) -> dict[str, float]:
     peaks = {}
     for scheme in WARP_SCHEMES:
         cmd = [sys.executable, __file__, "--warp-memory-child", scheme, "--size", size, "--threads",
-               str(torch.get_num_threads())]
+               str(torch.get_num_threads()), "--device", str(DEVICE)]
         result = subprocess.run(cmd, capture_output=True, text=True, check=False)
         lines = [line for line in result.stdout.splitlines() if line.startswith("{")]
         if result.returncode != 0 or not lines:
@@ -432,7 +434,8 @@ def bench_warp(size: str, repeats: int) -> dict[str, float]:
             continue
         peaks[scheme] = json.loads(lines[-1])["peak_step_mib"]
     if peaks:
-        print(f"[{size}] peak memory of one training step (RSS above the pre-step RSS, fresh process): "
+        what = "GPU memory allocated above the pre-step" if DEVICE.type == "cuda" else "RSS above the pre-step RSS"
+        print(f"[{size}] peak memory of one training step ({what}, fresh process): "
               + ", ".join(f"{k} {v:.0f} MiB" for k, v in peaks.items()), flush=True)
     return {"approximate_ms": approx_ms, "nonapproximate_ms": exact_ms, "ratio": ratio, "cpu_ratio": cpu_ratio,
             **{f"{k}_peak_mib": v for k, v in peaks.items()}}
@@ -447,17 +450,26 @@ def _proc_status_kib(field: str) -> int:
 
 
 def warp_memory_child(size: str, scheme: str) -> None:
-    """One training step in this (fresh) process; prints {"peak_step_mib": ...} as JSON."""
+    """One training step in this (fresh) process; prints {"peak_step_mib": ...} as JSON: the peak
+    RSS above the pre-step RSS, or on a GPU the peak allocated memory above the pre-step's."""
     spec = SIZES[size]
-    images, targets = make_inputs(size, spec["train_batch"])
+    images, targets = _on_device(*make_inputs(size, spec["train_batch"]))
     step = _joint_step(_warp_model(size, scheme), images, targets)
     gc.collect()
-    with open("/proc/self/clear_refs", "w") as clear:  # "5": reset the peak RSS (VmHWM) to the current RSS
-        clear.write("5")
-    before = _proc_status_kib("VmRSS")
-    step()
-    peak = _proc_status_kib("VmHWM")
-    print(json.dumps({"scheme": scheme, "size": size, "peak_step_mib": (peak - before) / 1024}), flush=True)
+    if DEVICE.type == "cuda":
+        torch.cuda.synchronize(DEVICE)
+        before = torch.cuda.memory_allocated(DEVICE)
+        torch.cuda.reset_peak_memory_stats(DEVICE)
+        step()
+        torch.cuda.synchronize(DEVICE)
+        peak_mib = (torch.cuda.max_memory_allocated(DEVICE) - before) / 2**20
+    else:
+        with open("/proc/self/clear_refs", "w") as clear:  # "5": reset the peak RSS (VmHWM) to the current RSS
+            clear.write("5")
+        before = _proc_status_kib("VmRSS")
+        step()
+        peak_mib = (_proc_status_kib("VmHWM") - before) / 1024
+    print(json.dumps({"scheme": scheme, "size": size, "peak_step_mib": peak_mib}), flush=True)
 
 
 # -- breakdown (paper Table 5) ---------------------------------------------------------------
@@ -685,15 +697,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--baseline", action="store_true",
                         help="frcnn as before issue 6: NCHW conv and full NMS before the post-NMS cut")
     parser.add_argument("--device", default="cpu",
-                        help="infer / train modes: cpu (default) or cuda[:i] (scripts/gpu_check.sh)")
+                        help="infer / train / warp modes: cpu (default) or cuda[:i] (scripts/gpu_check.sh)")
     parser.add_argument("--bf16", action="store_true", help="infer / train modes under torch.autocast(bfloat16)")
     parser.add_argument("--warp-memory-child", choices=WARP_SCHEMES, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     global BASELINE, DEVICE, AUTOCAST_BF16
     BASELINE = args.baseline
     DEVICE, AUTOCAST_BF16 = torch.device(args.device), args.bf16
-    if DEVICE.type != "cpu" and args.mode not in ("infer", "train"):
-        parser.error(f"--device {args.device}: only --mode infer or train run on a GPU")
+    if DEVICE.type != "cpu" and args.mode not in ("infer", "train", "warp"):
+        parser.error(f"--device {args.device}: only --mode infer, train or warp run on a GPU")
     if DEVICE.type == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: torch sees no CUDA device here")
     if args.head_width:
