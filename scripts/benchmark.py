@@ -252,19 +252,34 @@ def make_inputs(size: str, batch: int, seed: int = 0) -> tuple[list[torch.Tensor
 # ---------------------------------------------------------------------------------------------
 
 
-def alternate(fns: dict[str, Callable[[], object]], repeats: int, warmup: int = 1) -> dict[str, list[float]]:
-    """Run the callables in turn (A B A B ...) ``warmup`` + ``repeats`` times; seconds per call."""
-    times: dict[str, list[float]] = {name: [] for name in fns}
+def alternate_wall_and_cpu(fns: dict[str, Callable[[], object]], repeats: int, warmup: int = 1
+                           ) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
+    """Run the callables in turn (A B A B ...) ``warmup`` + ``repeats`` times: (wall seconds,
+    process CPU seconds of all threads) per call."""
+    wall: dict[str, list[float]] = {name: [] for name in fns}
+    cpu: dict[str, list[float]] = {name: [] for name in fns}
     for i in range(warmup + repeats):
         for name, fn in fns.items():
             _sync()
-            start = time.perf_counter()
+            start, start_cpu = time.perf_counter(), time.process_time()
             fn()
             _sync()  # a GPU's queued kernels belong to the call that queued them
-            elapsed = time.perf_counter() - start
             if i >= warmup:
-                times[name].append(elapsed)
-    return times
+                wall[name].append(time.perf_counter() - start)
+                cpu[name].append(time.process_time() - start_cpu)
+    return wall, cpu
+
+
+def alternate(fns: dict[str, Callable[[], object]], repeats: int, warmup: int = 1) -> dict[str, list[float]]:
+    """:func:`alternate_wall_and_cpu`'s wall seconds per call."""
+    return alternate_wall_and_cpu(fns, repeats, warmup)[0]
+
+
+def frcnn_sgd(model: nn.Module) -> torch.optim.Optimizer:
+    """frcnn's optimizer (frcnn.lit.optim.build_optimizer: torch's fused SGD, the same floats as the
+    default one) on the trainable parameters, at the benchmark's settings."""
+    return fused(torch.optim.SGD, [p for p in model.parameters() if p.requires_grad], lr=1e-4, momentum=0.9,
+                 weight_decay=5e-4)
 
 
 def _median_ms(values: list[float]) -> float:
@@ -334,8 +349,7 @@ def bench_train(size: str, repeats: int) -> dict[str, float]:
     images, targets = _on_device(*make_inputs(size, spec["train_batch"]))
     # each framework's own SGD: frcnn's build_optimizer takes torch's fused kernel (the same floats),
     # torchvision's reference script (references/detection/train.py) the default one
-    opt_ours = fused(torch.optim.SGD, [p for p in ours.parameters() if p.requires_grad], lr=1e-4, momentum=0.9,
-                     weight_decay=5e-4)
+    opt_ours = frcnn_sgd(ours)
     opt_theirs = torch.optim.SGD([p for p in theirs.parameters() if p.requires_grad], lr=1e-4, momentum=0.9,
                                  weight_decay=5e-4)
 
@@ -374,8 +388,7 @@ WARP_FLOOR = 1.3  # issue 15: a non-approximate step costs at most 1.3x an appro
 
 
 def _joint_step(model: FasterRCNN, images, targets) -> Callable[[], None]:
-    opt = fused(torch.optim.SGD, [p for p in model.parameters() if p.requires_grad], lr=1e-4, momentum=0.9,
-                weight_decay=5e-4)  # frcnn's optimizer (frcnn.lit.optim.build_optimizer)
+    opt = frcnn_sgd(model)
 
     def step():
         opt.zero_grad(set_to_none=True)
@@ -383,23 +396,6 @@ def _joint_step(model: FasterRCNN, images, targets) -> Callable[[], None]:
         opt.step()
 
     return step
-
-
-def alternate_wall_and_cpu(fns: dict[str, Callable[[], object]], repeats: int, warmup: int = 1
-                           ) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
-    """:func:`alternate`, also recording the process CPU time (all threads) of each call."""
-    wall: dict[str, list[float]] = {name: [] for name in fns}
-    cpu: dict[str, list[float]] = {name: [] for name in fns}
-    for i in range(warmup + repeats):
-        for name, fn in fns.items():
-            _sync()
-            start, start_cpu = time.perf_counter(), time.process_time()
-            fn()
-            _sync()
-            if i >= warmup:
-                wall[name].append(time.perf_counter() - start)
-                cpu[name].append(time.process_time() - start_cpu)
-    return wall, cpu
 
 
 def _warp_model(size: str, scheme: str) -> FasterRCNN:
