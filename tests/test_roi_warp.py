@@ -109,30 +109,26 @@ def test_feature_gradient_equals_roi_align_and_pooling_with_ties(reduction):
     torch.testing.assert_close(warped, expected, atol=1e-12, rtol=0)
 
 
+def _warp_with_grads(features, rois, output_size):
+    """[warped, d/d features, d/d boxes per image] of sum(warped^2)."""
+    leaf, boxes = features.clone().requires_grad_(), [r.clone().requires_grad_() for r in rois]
+    warped = roi_warp(leaf, boxes, output_size, SCALE)
+    warped.pow(2).sum().backward()
+    return [warped, leaf.grad, *(b.grad for b in boxes)]
+
+
 def test_repeated_backward_is_bitwise_identical():
     generator = torch.Generator().manual_seed(1)
     features = torch.randn(2, 8, 10, 13, generator=generator)
     rois = [torch.rand(40, 4, generator=generator).mul(100).sort(dim=1).values[:, [0, 2, 1, 3]] for _ in range(2)]
-
-    def grads():
-        leaf, boxes = features.clone().requires_grad_(), [r.clone().requires_grad_() for r in rois]
-        roi_warp(leaf, boxes, 7, SCALE).pow(2).sum().backward()
-        return [leaf.grad, *(b.grad for b in boxes)]
-
-    assert all(torch.equal(a, b) for a, b in zip(grads(), grads()))
+    first, second = _warp_with_grads(features, rois, 7), _warp_with_grads(features, rois, 7)
+    assert all(torch.equal(a, b) for a, b in zip(first, second))
 
 
 def test_byte_budget_chunks_give_the_same_values_and_gradients(monkeypatch):
     features, rois = _features_and_rois()
-
-    def warp_and_grads():
-        leaf, boxes = features.clone().requires_grad_(), [r.clone().requires_grad_() for r in rois]
-        out = roi_warp(leaf, boxes, 5, SCALE)
-        out.pow(2).sum().backward()
-        return [out, leaf.grad, *(b.grad for b in boxes)]
-
-    whole = warp_and_grads()
+    whole = _warp_with_grads(features, rois, 5)
     monkeypatch.setattr(roi_warp_module, "SAMPLE_BYTES_PER_CALL", 1)  # one RoI per call
-    chunked = warp_and_grads()
+    chunked = _warp_with_grads(features, rois, 5)
     for a, b in zip(whole, chunked):
         torch.testing.assert_close(a, b, atol=1e-12, rtol=0)
