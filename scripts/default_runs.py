@@ -27,9 +27,8 @@ import sys
 import time
 from pathlib import Path
 
-
-from frcnn.cli.schemes import TRAIN_STAGES, stage_length_overrides
-from frcnn.machine import cpu_description
+from frcnn.reproduce.schemes import TRAIN_STAGES, stage_length_overrides
+from frcnn.utils.host_info import cpu_description
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 BEFORE = ["backbone.weights=null"] + [

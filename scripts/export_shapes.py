@@ -9,8 +9,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from frcnn.data.export import export_shapes_coco, export_shapes_voc
 from frcnn.data.synthetic import ShapesDataset
+from frcnn.data.writers import export_shapes_coco, export_shapes_voc
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -5,7 +5,7 @@
 `backbone=small backbone.weights=builtin` (the default run's choice) loads the file. The run is
 deterministic (fixed seeds, deterministic kernels, one thread): on the same machine and library
 versions it rebuilds the committed file bit for bit (compare the printed sha256). See
-frcnn/pretrain.py for the task and the file's layout.
+frcnn/engine/pretrain_small.py for the task and the file's layout.
 """
 
 from __future__ import annotations
@@ -14,8 +14,14 @@ import argparse
 from dataclasses import replace
 from pathlib import Path
 
-from frcnn.backbones import BUILTIN_SMALL_WEIGHTS
-from frcnn.pretrain import PretrainConfig, make_deterministic, pretrain_small_backbone, save_pretrained, timed
+from frcnn.engine.pretrain_small import (
+    PretrainConfig,
+    make_deterministic,
+    pretrain_small_backbone,
+    save_pretrained,
+    timed,
+)
+from frcnn.modeling.backbone import BUILTIN_SMALL_WEIGHTS
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -2,7 +2,7 @@
 [--quick] [--seeds ...] [overrides]`.
 
 Tables: conf/experiment/paper/ablation_{lambda,anchors,proposals,training}.yaml; logic:
-frcnn.cli.reproduce (report: frcnn.reproduce_report); schemes (§3.2): frcnn.cli.schemes.
+frcnn.cli.reproduce (report: frcnn.reproduce.report); schemes (§3.2): frcnn.reproduce.schemes.
 """
 
 import logging

@@ -27,7 +27,7 @@ from pathlib import Path
 
 from tests.conftest import REPO_ROOT
 
-PRELOAD = ["torch", "torchvision", "lightning", "hydra", "omegaconf", "frcnn.cli.train", "frcnn.recipes",
+PRELOAD = ["torch", "torchvision", "lightning", "hydra", "omegaconf", "frcnn.cli.train", "frcnn.engine.recipes",
            "frcnn.cli.eval", "frcnn.cli.detect"]
 _CONTEXT = None
 

@@ -11,7 +11,7 @@ The contract each case is held to (:func:`_classify`), one result per case:
 * ``ok``: the data set loads and every item is finite: image float32 [3, H, W] in [0, 1], boxes
   float32 [N, 4] with x1 < x2, y1 < y2 inside the image, labels in 1..C. Mutations marked
   ``harmless`` (CRLF, BOM, blank lines, spaces around ids) must end here.
-* ``skipped``: a :class:`frcnn.data.validation.DataError` whose message names the damaged file
+* ``skipped``: a :class:`frcnn.data.checks.DataError` whose message names the damaged file
   and, for a field mutation, the field; the same case under ``on_bad_sample="skip"`` then loads,
   reads every item and counts at least one skip.
 * ``file_error``: such a DataError about a whole JSON or ImageSets file (not COCO-shaped, not
@@ -35,9 +35,9 @@ from pathlib import Path
 import torch
 from PIL import Image
 
+from frcnn.data.checks import DataError
 from frcnn.data.coco import COCODataset
 from frcnn.data.transforms import DetectionTransform
-from frcnn.data.validation import DataError
 from frcnn.data.voc import VOCDataset
 from tests.data_trees import TREE_CLASSES, write_coco_tree, write_voc_tree
 from tests.fuzz_mutations import MUTATIONS, VOC_PNG_ID, Mutation

@@ -1,16 +1,15 @@
 """The 4-step alternating recipe (paper §3.2) on tiny runs: weights, proposals, resume."""
 
 import json
-
 import warnings
 
 import pytest
 import torch
 
-from frcnn import recipes
-from frcnn.checkpoints import load_detector
+from frcnn.engine import recipes
+from frcnn.engine.proposal_files import load_proposal_file
+from frcnn.inference.detector_file import load_detector
 from frcnn.lit.stages import StageModule
-from frcnn.proposals import load_proposal_file
 
 STEPS = [f"schedule.alternating.{s}.{k}" for s in ("stage1_rpn", "stage1_det", "stage2_rpn", "stage2_det")
          for k in ("max_steps=4", "lr_steps=[3]", "images_per_batch=2")]
@@ -92,7 +91,7 @@ def test_last_detector_step_starts_from_stage4_with_fresh_or_carried_output_laye
                                                                                    reinit_outputs):
     """recipe.reinit_det_outputs: stage2_det keeps its fresh cls_score / bbox_pred (the authors' code) and
     takes everything else (conv, RPN, fc layers) from stage 4; false: everything from stage 4."""
-    from frcnn.factory import build_model
+    from frcnn.modeling.build import build_model
 
     model_cfg = recipes.model_config(compose_cfg(TINY, tmp_path))
     torch.manual_seed(1)

@@ -3,7 +3,7 @@ import math
 import torch
 from torchvision.ops import box_area
 
-from frcnn.anchors import AnchorGenerator, grid_anchors, inside_image, label_anchors, reference_anchors
+from frcnn.modeling.anchors import AnchorGenerator, grid_anchors, inside_image, label_anchors, reference_anchors
 
 
 def test_paper_default_gives_nine_anchors_with_stated_areas_and_ratios():

@@ -11,16 +11,16 @@ import torch
 import torchvision
 from torch import nn
 
-from frcnn import backbones
-from frcnn.backbones import (
+from frcnn.checkpoint.pretrained import CAFFE_BGR_MEAN, IMAGENET_MEAN, IMAGENET_STD
+from frcnn.modeling.backbone import (
     WEIGHTS_FROM_DETECTOR,
     Backbone,
     available_backbones,
     build_backbone,
     freeze_prefix,
     set_trainable,
+    vgg,
 )
-from frcnn.pretrained import CAFFE_BGR_MEAN, IMAGENET_MEAN, IMAGENET_STD
 
 ALL = ["resnet50_c4", "small", "vgg16", "zf"]
 # VGG's 2x2/2 max pools floor odd sizes; the others pad every stride-2 layer: n -> ceil(n / 2).
@@ -202,7 +202,7 @@ def test_vgg16_loads_caffe_layer_names(tv_vgg16, tmp_path):
     caffe = {}
     for key, value in ref.items():  # features.0.weight -> conv1_1.weight, classifier.0.bias -> fc6.bias, ...
         module, _, leaf = key.rpartition(".")
-        target = backbones.VGG16_TORCHVISION_KEYS[module]
+        target = vgg.VGG16_TORCHVISION_KEYS[module]
         caffe[f"{target.split('.')[-1] if target else 'fc8'}.{leaf}"] = value
     assert {"conv1_1.weight", "conv4_3.bias", "fc6.weight", "fc8.weight"} <= set(caffe)
     torch.save(caffe, tmp_path / "vgg16_caffe.pth")
@@ -270,7 +270,8 @@ def test_imagenet_download_failure_explains_the_fix(offline_hub):
 def test_imagenet_without_network_is_a_start_up_config_error(offline_hub):
     """What train.py checks before any data or training: one message with the file torchvision wanted
     (its URL and the cache path it looked in) and how to pass a local state dict."""
-    from frcnn.config import ConfigError, check_backbone_weights
+    from frcnn.config.checks import check_backbone_weights
+    from frcnn.errors import ConfigError
 
     with pytest.raises(ConfigError) as err:
         check_backbone_weights({"backbone": {"name": "vgg16", "weights": "imagenet"}})
@@ -292,13 +293,13 @@ def test_imagenet_from_the_hub_cache_needs_no_network(offline_hub, tv_vgg16):
 
 
 def test_random_init_warns(caplog):
-    with caplog.at_level(logging.WARNING, logger="frcnn.backbones"):
+    with caplog.at_level(logging.WARNING, logger="frcnn.modeling.backbone"):
         build_backbone("small")
     assert any("random init" in r.getMessage().lower() for r in caplog.records)
 
 
 def test_backbone_for_a_saved_detector_does_not_warn_about_random_init(caplog):
-    with caplog.at_level(logging.WARNING, logger="frcnn.backbones"):
+    with caplog.at_level(logging.WARNING, logger="frcnn.modeling.backbone"):
         build_backbone("small", weights=WEIGHTS_FROM_DETECTOR)  # load_detector loads the weights next
     assert not caplog.records
 

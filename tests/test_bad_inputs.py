@@ -14,14 +14,15 @@ import pytest
 import torch
 from PIL import Image
 
-from frcnn.checkpoints import load_detector, save_detector
-from frcnn.config import ConfigError, validate_config
+from frcnn.config.checks import validate_config
 from frcnn.data.build import build_dataset
+from frcnn.data.checks import BadAnnotationError, BadImageError
 from frcnn.data.coco import COCODataset
 from frcnn.data.transforms import DetectionTransform
-from frcnn.data.validation import BadAnnotationError, BadImageError
 from frcnn.data.voc import VOCDataset
-from frcnn.factory import build_model
+from frcnn.errors import ConfigError
+from frcnn.inference.detector_file import load_detector, save_detector
+from frcnn.modeling.build import build_model
 from tests.data_trees import TREE_CLASSES, coco_json, truncate_file, voc_xml, write_coco_tree, write_voc_tree
 
 TRANSFORM = DetectionTransform(scales=(64,), max_size=200, hflip_prob=0.5, train=True, seed=0)

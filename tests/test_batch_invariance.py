@@ -10,14 +10,14 @@ detections, metrics and proposal files on the CPU.
 import pytest
 import torch
 
-from frcnn.cli.eval import build_eval_loader
 from frcnn.data.build import build_dataset
-from frcnn.evaluation.evaluate import evaluate_full
-from frcnn.factory import build_model
-from frcnn.model import padded_size_groups
-from frcnn.proposals import generate_proposal_file
-from frcnn.recipes import model_config
-from frcnn.rpn import ProposalSettings
+from frcnn.engine.proposal_files import generate_proposal_file
+from frcnn.engine.recipes import model_config
+from frcnn.evaluation.eval_data import build_eval_loader
+from frcnn.evaluation.evaluate import evaluate_split
+from frcnn.modeling.build import build_model
+from frcnn.modeling.faster_rcnn import padded_size_groups
+from frcnn.modeling.rpn import ProposalSettings
 from tests.data_trees import TREE_CLASSES, write_voc_tree
 
 # id -> (width, height, objects): landscape, portrait and square images of five padded sizes at scale 120
@@ -62,7 +62,7 @@ def test_evaluation_is_identical_for_batch_size_1_and_4(mixed_voc):
     results = {}
     for batch_size in (1, 4):
         detections = []
-        metrics, _ = evaluate_full(model, build_eval_loader(cfg["data"], "val", batch_size), list(TREE_CLASSES),
+        metrics, _ = evaluate_split(model, build_eval_loader(cfg["data"], "val", batch_size), list(TREE_CLASSES),
                                    on_batch=lambda images, targets, found, out=detections: out.extend(found))
         results[batch_size] = detections, metrics
     (dets_1, metrics_1), (dets_4, metrics_4) = results[1], results[4]

@@ -1,7 +1,7 @@
 import torch
 from torchvision.models.detection._utils import BoxCoder
 
-from frcnn.boxes import DEFAULT_MAX_LOG_SCALE, decode_boxes, encode_boxes
+from frcnn.modeling.boxes import DEFAULT_MAX_LOG_SCALE, decode_boxes, encode_boxes
 
 
 def random_boxes(n, generator):

@@ -7,9 +7,10 @@ import copy
 import pytest
 import yaml
 
-from frcnn.reproduce_tables import load_table, setting_overrides
 from frcnn.cli.train import preflight
-from frcnn.config import ConfigError, validate_config
+from frcnn.config.checks import validate_config
+from frcnn.errors import ConfigError
+from frcnn.reproduce.tables import load_table, setting_overrides
 from tests.cli_runner import run_script
 from tests.conftest import REPO_ROOT
 

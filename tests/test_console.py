@@ -87,7 +87,7 @@ def test_deprecation_warnings_of_other_packages_are_ignored_and_frcnns_kept():
         _ignore_foreign_deprecations()
         for category in (DeprecationWarning, FutureWarning):
             warnings.warn_explicit("old API", category, "pytree.py", 21, module="lightning.pytorch.utilities._pytree")
-            warnings.warn_explicit("old key", category, "config.py", 1, module="frcnn.config")
+            warnings.warn_explicit("old key", category, "config.py", 1, module="frcnn.config.checks")
         warnings.warn_explicit("few batches", UserWarning, "fit_loop.py", 3, module="lightning.pytorch.loops")
     assert [(w.category, str(w.message)) for w in caught] == [
         (DeprecationWarning, "old key"), (FutureWarning, "old key"), (UserWarning, "few batches")]

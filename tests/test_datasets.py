@@ -14,17 +14,23 @@ import pytest
 import torch
 from torch.utils.data import DistributedSampler, RandomSampler, SequentialSampler
 
-from frcnn.config import ConfigError
 from frcnn.data.build import build_dataset
+from frcnn.data.checks import BadAnnotationError, BadImageError
 from frcnn.data.coco import COCODataset
 from frcnn.data.datamodule import DetectionDataModule
 from frcnn.data.records import ConcatDetectionDataset
 from frcnn.data.sampler import AspectRatioBatchSampler, aspect_group_ids
 from frcnn.data.transforms import DetectionTransform
-from frcnn.data.validation import BadAnnotationError, BadImageError
 from frcnn.data.voc import VOCDataset, voc_box_to_xyxy
+from frcnn.errors import ConfigError
 from tests.data_trees import (
-    TREE_CLASSES, VOC_IMAGES, coco_json, truncate_file, voc_xml, write_coco_tree, write_voc_tree,
+    TREE_CLASSES,
+    VOC_IMAGES,
+    coco_json,
+    truncate_file,
+    voc_xml,
+    write_coco_tree,
+    write_voc_tree,
 )
 
 CLASSES_OVERRIDE = "data.classes=[box,disc]"
@@ -396,7 +402,7 @@ def test_datamodule_rejects_val_classes_that_differ(voc_root):
 # ----------------------------------------------------------------------------- end to end
 @pytest.mark.slow
 def test_joint_training_on_voc_tree_writes_metrics_with_its_classes(compose_cfg, tmp_path, voc_root):
-    from frcnn.recipes import run_recipe
+    from frcnn.engine.recipes import run_recipe
 
     run_dir = tmp_path / "run"
     cfg = compose_cfg([

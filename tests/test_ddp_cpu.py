@@ -4,6 +4,7 @@ checkpoints, and logs from rank 0 only. Inside a -m sweep DDP is refused before 
 
 import csv
 import json
+
 import pytest
 
 from tests.cli_runner import run_script

@@ -1,4 +1,4 @@
-"""Full disks and failing devices: ENOSPC / EIO injected (FRCNN_WRITE_FAULT, frcnn/faults.py) at every
+"""Full disks and failing devices: ENOSPC / EIO injected (FRCNN_WRITE_FAULT, frcnn/utils/fault_injection.py) at every
 kind of file frcnn writes. Each failed write names the file and the errno, leaves the previous version
 intact and loadable and no temporary file behind; train.py stops with one line (exit 74); a rerun
 resumes and ends as an uninterrupted run does."""
@@ -12,16 +12,26 @@ import pytest
 import torch
 from PIL import Image
 
-from frcnn import recipes
-from frcnn.atomic_io import (WRITE_ERROR_EXIT_STATUS, WriteFailed, atomic_save_figure, atomic_torch_save,
-                             atomic_write, atomic_write_bytes, atomic_write_json, atomic_write_text,
-                             describe_write_error, is_write_error, naming_write_errors)
+from frcnn.engine import recipes
+from frcnn.engine.proposal_files import _write as write_proposals
+from frcnn.engine.proposal_files import load_proposal_file
 from frcnn.evaluation.plots import _new_figure
-from frcnn.faults import WRITE_FAULT_ENV, parse_write_fault, reset_write_faults
 from frcnn.lit.checkpoint_io import AtomicCheckpointIO
-from frcnn.proposals import _write as write_proposals
-from frcnn.proposals import load_proposal_file
-from frcnn.rpn import ProposalSettings
+from frcnn.modeling.rpn import ProposalSettings
+from frcnn.utils.atomic_io import (
+    WRITE_ERROR_EXIT_STATUS,
+    WriteFailed,
+    atomic_save_figure,
+    atomic_torch_save,
+    atomic_write,
+    atomic_write_bytes,
+    atomic_write_json,
+    atomic_write_text,
+    describe_write_error,
+    is_write_error,
+    naming_write_errors,
+)
+from frcnn.utils.fault_injection import WRITE_FAULT_ENV, parse_write_fault, reset_write_faults
 from tests.cli_runner import run_script
 from tests.conftest import REPO_ROOT
 

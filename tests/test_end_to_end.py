@@ -6,9 +6,10 @@ import json
 import pytest
 import torch
 
-from frcnn.checkpoints import load_detector
-from frcnn.config import ConfigError, validate_config
-from frcnn.recipes import run_recipe
+from frcnn.config.checks import validate_config
+from frcnn.engine.recipes import run_recipe
+from frcnn.errors import ConfigError
+from frcnn.inference.detector_file import load_detector
 from tests.cli_runner import run_fresh
 from tests.test_console import console_problems
 
@@ -61,7 +62,7 @@ def test_cli_runs_with_overrides_and_writes_metrics(tmp_path):
     assert "mAP" in result.stdout
     assert console_problems(result.stdout, result.stderr) == []  # each line once, no foreign tips / deprecations
     # frcnn's own log lines are kept: the default loads the built-in weights and says so
-    assert "[frcnn.backbones][INFO] - backbone 'small': loaded weights from built-in small_shapes_pretrained.pt" \
+    assert "[frcnn.modeling.backbone.build][INFO] - backbone 'small': loaded weights from built-in small_shapes_pretrained.pt" \
         in result.stdout
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert {"map_50", "map_voc07", "ap_per_class", "num_images"} <= set(metrics)

@@ -8,8 +8,6 @@ import torch
 from omegaconf import OmegaConf
 from PIL import Image
 
-from frcnn.checkpoints import save_detector
-from frcnn.checkpoints import checkpoint_input_scale
 from frcnn.cli.detect import BadImageError, detect_files, draw_detections
 from frcnn.cli.detect import main as detect_main
 from frcnn.cli.eval import evaluate_checkpoint
@@ -17,7 +15,8 @@ from frcnn.data.synthetic import CLASS_NAMES, ShapesDataset
 from frcnn.evaluation.detections_io import check_coco_results, coco_result_records
 from frcnn.evaluation.plots import plot_pr_curves
 from frcnn.evaluation.voc_ap import DetectionEvaluator
-from frcnn.factory import build_model
+from frcnn.inference.detector_file import checkpoint_input_scale, save_detector
+from frcnn.modeling.build import build_model
 from tests.cli_runner import run_script
 from tests.conftest import REPO_ROOT, compose_config
 
@@ -109,7 +108,7 @@ def test_pr_curves_come_from_the_voc_evaluator_and_are_drawn(tmp_path):
 
 # ----------------------------------------------------------------------------- detect
 def test_detect_maps_boxes_back_to_original_pixels():
-    from frcnn.predictor import Detector
+    from frcnn.inference.predictor import Detector
 
     class OneBox(torch.nn.Module):  # one box in network-input pixels
         def __init__(self):
@@ -239,10 +238,10 @@ def test_detect_command_line_exits_2_naming_the_bad_file(run_dir, image_folder, 
 
 
 def test_coco_boxes_are_mapped_back_to_original_pixels():
-    from frcnn.evaluation.evaluate import to_original_pixels
+    from frcnn.evaluation.evaluate import detections_in_original_pixels
 
     image = torch.zeros(3, 200, 400)  # network input: the 100 x 200 original rescaled x2
-    dets, targets = to_original_pixels([{"boxes": torch.tensor([[20.0, 40.0, 100.0, 120.0]])}],
+    dets, targets = detections_in_original_pixels([{"boxes": torch.tensor([[20.0, 40.0, 100.0, 120.0]])}],
                                        [{"boxes": torch.tensor([[0.0, 0.0, 40.0, 20.0]]), "orig_size": (100, 200)}],
                                        [image])
     assert dets[0]["boxes"].tolist() == [[10.0, 20.0, 50.0, 60.0]]

@@ -3,9 +3,9 @@
 import numpy as np
 
 from frcnn.data.coco import COCODataset
-from frcnn.data.export import export_shapes_coco, export_shapes_voc
 from frcnn.data.synthetic import ShapesDataset
 from frcnn.data.voc import VOCDataset
+from frcnn.data.writers import export_shapes_coco, export_shapes_voc
 
 
 def rounded(boxes):

@@ -8,16 +8,16 @@ import pytest
 import torch
 from torch.utils.data import BatchSampler, RandomSampler
 
-from frcnn import recipes
 from frcnn.data.resumable import ResumeBatchSampler, StepSeededDataset
 from frcnn.data.synthetic import ShapesDataset
 from frcnn.data.transforms import DetectionTransform
-from frcnn.faults import parse_fault
+from frcnn.engine import recipes
+from frcnn.engine.loggers import read_csv_rows_before
+from frcnn.engine.proposal_files import load_proposal_file
+from frcnn.engine.resume import RunConfigMismatch, check_run_config, resume_checkpoint
 from frcnn.lit.guards import LossGuard, NonFiniteLossError
-from frcnn.model import FasterRCNN
-from frcnn.proposals import load_proposal_file
-from frcnn.resume import RunConfigMismatch, check_run_config, resume_checkpoint
-from frcnn.tracking import read_csv_rows_before
+from frcnn.modeling.faster_rcnn import FasterRCNN
+from frcnn.utils.fault_injection import parse_fault
 
 JOINT = ["recipe=joint", "logger=none", "data.num_train=4", "data.num_val=2", "schedule.joint.images_per_batch=2",
          "schedule.joint.max_steps=3", "schedule.joint.lr_steps=[2]", "recipe.val_every_n_epochs=null",
@@ -157,7 +157,8 @@ def test_csv_rows_from_before_the_resume_step_are_kept(tmp_path):
 
 
 def test_config_key_on_nonfinite_loss_is_checked(compose_cfg, tmp_path):
-    from frcnn.config import ConfigError, validate_config
+    from frcnn.config.checks import validate_config
+    from frcnn.errors import ConfigError
 
     with pytest.raises(ConfigError, match=r"recipe\.on_nonfinite_loss='ignore' is not allowed; allowed: error, skip"):
         validate_config(compose_cfg(["recipe.on_nonfinite_loss=ignore"], tmp_path))

@@ -1,5 +1,5 @@
 """Config fuzzing: random command-line overrides of wrong types, out-of-range values and unknown
-keys, drawn from the schema (frcnn/config_schema.py), end in one message that names the key --
+keys, drawn from the schema (frcnn/config/schema.py), end in one message that names the key --
 never in another exception or a traceback.
 
 Three depths, cheapest first:
@@ -22,9 +22,10 @@ import pytest
 from hydra.core.override_parser.overrides_parser import OverridesParser
 
 from frcnn.cli.train import preflight
-from frcnn.config import AnyOf, Bool, Choice, ConfigError, Free, ListOf, Node, Number, Rule, Text, Variant, \
-    check_override_keys, validate_config
-from frcnn.config_schema import TRAIN_CONFIG
+from frcnn.config.checks import check_override_keys, validate_config
+from frcnn.config.rules import AnyOf, Bool, Choice, Free, ListOf, Node, Number, Rule, Text, Variant
+from frcnn.config.schema import TRAIN_CONFIG
+from frcnn.errors import ConfigError
 from tests.cli_runner import run_script
 from tests.conftest import REPO_ROOT, compose_config
 

@@ -10,9 +10,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+from frcnn.data.checks import DataError
 from frcnn.data.transforms import collate_detection
-from frcnn.data.validation import DataError
-from frcnn.factory import build_model
+from frcnn.modeling.build import build_model
 from tests.conftest import compose_config
 from tests.fuzz_trees import (
     CASE_TIME_LIMIT_S,
@@ -89,7 +89,7 @@ def test_a_training_step_on_fuzzed_boxes_has_finite_losses(trees, kind, tmp_path
 def test_data_errors_share_one_base_and_keep_their_old_types():
     import pickle
 
-    from frcnn.data.validation import BadAnnotationError, BadImageError, DatasetLayoutError, NoUsableImagesError
+    from frcnn.data.checks import BadAnnotationError, BadImageError, DatasetLayoutError, NoUsableImagesError
 
     for error in (BadAnnotationError("a.xml: x"), BadImageError("a.jpg: x"), NoUsableImagesError("VOC: none"),
                   DatasetLayoutError("/data", "no Annotations/ folder")):

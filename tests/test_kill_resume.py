@@ -1,7 +1,7 @@
 """Kill the 4-step recipe with SIGKILL at a random point of each of its six stages (and once with
 SIGTERM), rerun the same command each time, and compare the end with an uninterrupted run.
 
-The kill is real: ``FRCNN_FAULT=<stage>:<index>`` (frcnn/faults.py) makes the process send itself
+The kill is real: ``FRCNN_FAULT=<stage>:<index>`` (frcnn/utils/fault_injection.py) makes the process send itself
 SIGKILL before training step ``index`` of a training stage, or after ``index`` images of a
 proposal stage; the points are drawn from a seeded RNG (FRCNN_KILL_SEED, default 2022: steps 3, 2, 3, 3
 of the training stages, image 4 of both proposal stages), so the test is random but repeatable.

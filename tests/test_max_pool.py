@@ -1,4 +1,4 @@
-"""frcnn.max_pool: the no-gradient CPU path gives F.max_pool2d(x, 2, 2) bit for bit; a pool whose
+"""frcnn.layers.max_pool: the no-gradient CPU path gives F.max_pool2d(x, 2, 2) bit for bit; a pool whose
 input needs a gradient runs F.max_pool2d (one arg-max cell per bin gets the gradient)."""
 
 from __future__ import annotations
@@ -7,8 +7,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from frcnn import max_pool
-from frcnn.max_pool import MaxPool2x2, max_pool_2x2
+from frcnn.layers import max_pool
+from frcnn.layers.max_pool import MaxPool2x2, max_pool_2x2
 
 
 @pytest.mark.parametrize("shape", [(1, 4, 8, 10), (2, 3, 9, 7), (1, 5, 2, 3), (3, 6, 5)])

@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 import torch
 
+from frcnn.data.checks import BadAnnotationError, clip_and_check_boxes
 from frcnn.data.transforms import DetectionTransform
-from frcnn.data.validation import BadAnnotationError, clip_and_check_boxes
-from frcnn.factory import build_model
-from frcnn.model import batch_images
+from frcnn.modeling.build import build_model
+from frcnn.modeling.faster_rcnn import batch_images
 from tests.conftest import compose_config
 
 

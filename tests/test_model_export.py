@@ -11,13 +11,13 @@ import zipfile
 import pytest
 import torch
 
-from frcnn.checkpoints import save_detector
-from frcnn.cli.export import main as export_main
+from frcnn.cli.export_detector import main as export_main
 from frcnn.data.synthetic import CLASS_NAMES, ShapesDataset
-from frcnn.export import ExportableDetector, ExportError, export_detector, parity, run_exported
-from frcnn.factory import build_model
-from frcnn.model import UnsharedFasterRCNN
-from frcnn.predictor import network_input
+from frcnn.inference.detector_file import save_detector
+from frcnn.inference.exportable import ExportableDetector, ExportError, export_detector, parity, run_exported
+from frcnn.inference.predictor import network_input
+from frcnn.modeling.build import build_model
+from frcnn.modeling.faster_rcnn import UnsharedFasterRCNN
 from tests.cli_runner import run_fresh
 from tests.conftest import compose_config, memory_backed_dir
 

@@ -7,10 +7,10 @@ import pytest
 import torch
 from torch import nn
 
-from frcnn.checkpoints import load_detector
-from frcnn.factory import build_model
-from frcnn.recipes import model_config, run_recipe
-from frcnn.roi_head import RoIHead
+from frcnn.engine.recipes import model_config, run_recipe
+from frcnn.inference.detector_file import load_detector
+from frcnn.modeling.build import build_model
+from frcnn.modeling.roi_head import RoIHead
 from tests.conftest import compose_config
 
 IMAGES = [torch.rand(3, 128, 160, generator=torch.Generator().manual_seed(3)),

@@ -1,4 +1,4 @@
-"""frcnn.onednn_linear: oneDNN's products give F.linear's numbers and gradients up to float
+"""frcnn.layers.onednn_linear: oneDNN's products give F.linear's numbers and gradients up to float
 rounding, run only where they should (float32 CPU, no autocast, never in an exported graph),
 and do not change with how many rows share a call (the batch-invariance rule)."""
 
@@ -12,9 +12,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from frcnn import onednn_linear
-from frcnn.fast_paths import torch_layers_only
-from frcnn.onednn_linear import OneDNNLinear
+from frcnn.layers import onednn_linear
+from frcnn.layers.fast_paths import torch_layers_only
+from frcnn.layers.onednn_linear import OneDNNLinear
 
 needs_onednn = pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="torch built without oneDNN")
 

@@ -19,9 +19,9 @@ import shutil
 import pytest
 import torch
 
-from frcnn.checkpoints import load_detector
 from frcnn.cli.train import train
-from frcnn.proposals import load_proposal_file
+from frcnn.engine.proposal_files import load_proposal_file
+from frcnn.inference.detector_file import load_detector
 from tests.conftest import compose_config, memory_backed_dir
 from tests.data_trees import coco_json, draw_image, write_voc_tree
 

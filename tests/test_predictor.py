@@ -7,11 +7,11 @@ from omegaconf import OmegaConf
 from PIL import Image
 
 from frcnn import Detections, Detector
-from frcnn.checkpoints import save_detector
 from frcnn.data.synthetic import CLASS_NAMES, ShapesDataset
 from frcnn.data.transforms import DetectionTransform
-from frcnn.factory import build_model
-from frcnn.predictor import same_size_batches
+from frcnn.inference.detector_file import save_detector
+from frcnn.inference.predictor import same_size_batches
+from frcnn.modeling.build import build_model
 from tests.conftest import compose_config
 
 

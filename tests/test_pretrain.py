@@ -9,10 +9,16 @@ from pathlib import Path
 import pytest
 import torch
 
-from frcnn.backbones import BUILTIN_SMALL_WEIGHTS, build_backbone
-from frcnn.config import ConfigError
-from frcnn.config_schema import BACKBONE
-from frcnn.pretrain import PretrainConfig, pretrain_small_backbone, render_crop, save_pretrained, weights_sha256
+from frcnn.config.schema import BACKBONE
+from frcnn.engine.pretrain_small import (
+    PretrainConfig,
+    pretrain_small_backbone,
+    render_crop,
+    save_pretrained,
+    weights_sha256,
+)
+from frcnn.errors import ConfigError
+from frcnn.modeling.backbone import BUILTIN_SMALL_WEIGHTS, build_backbone
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = PretrainConfig(seed=3, steps=2, batch_size=4, num_eval=0)
@@ -53,8 +59,8 @@ def test_builtin_is_refused_for_backbones_without_shipped_weights():
 def test_start_up_check_accepts_builtin_and_names_a_missing_shipped_file(monkeypatch, tmp_path):
     """train.py's start-up check (check_backbone_weights) must take `backbone.weights=builtin`
     (it once looked for a file literally named "builtin"), and name the shipped file if it is gone."""
-    from frcnn import backbones
-    from frcnn.config import check_backbone_weights
+    from frcnn.config.checks import check_backbone_weights
+    from frcnn.modeling.backbone import build as backbones
 
     check_backbone_weights({"backbone": {"name": "small", "weights": "builtin"}})
     gone = tmp_path / "small_shapes_pretrained.pt"

@@ -7,12 +7,12 @@ import torch
 from frcnn.data.datamodule import build_shapes_datamodule
 from frcnn.data.synthetic import ShapesDataset
 from frcnn.data.transforms import DetectionTransform
-from frcnn.evaluation.evaluate import evaluate_full
-from frcnn.factory import build_model
+from frcnn.engine.proposal_files import propose_images
+from frcnn.engine.recipes import model_config
+from frcnn.evaluation.evaluate import evaluate_split
 from frcnn.lit.joint import JointModule
-from frcnn.proposals import propose_images
-from frcnn.recipes import model_config
-from frcnn.rpn import ProposalSettings
+from frcnn.modeling.build import build_model
+from frcnn.modeling.rpn import ProposalSettings
 
 CLASSES = list(ShapesDataset.class_names)
 
@@ -57,7 +57,7 @@ def test_evaluation_and_joint_training_pass_each_images_resize_factor(compose_cf
                                    val_batch_size=2)  # 64 x 96 -> 96 x 144: factor 1.5
     data.setup("fit")
     seen = spy_on_image_scales(model)
-    evaluate_full(model, data.val_dataloader(), CLASSES, top_ns=(10,), coco=False)
+    evaluate_split(model, data.val_dataloader(), CLASSES, top_ns=(10,), coco=False)
     assert seen == [[1.5, 1.5], [1.5, 1.5]]  # detections, then the recall's proposals
     module = JointModule(model_config(cfg), dict(cfg["optim"]), [10], CLASSES)
     seen = spy_on_image_scales(module.model, stop=True)  # the rest of the step needs a Trainer

@@ -17,7 +17,7 @@ from frcnn.evaluation.proposal_recall import (
     ranked_proposals,
     recall_at_iou,
 )
-from frcnn.factory import build_model
+from frcnn.modeling.build import build_model
 from tests.conftest import compose_config
 
 KEYS = ["0.50", "0.55", "0.60", "0.65", "0.70", "0.75", "0.80", "0.85", "0.90", "0.95"]

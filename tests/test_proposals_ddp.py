@@ -8,9 +8,9 @@ import torch.multiprocessing as mp
 
 from frcnn.data.synthetic import ShapesDataset
 from frcnn.data.transforms import DetectionTransform
-from frcnn.factory import build_model
-from frcnn.proposals import generate_proposal_file, load_proposal_file, propose_images
-from frcnn.rpn import ProposalSettings
+from frcnn.engine.proposal_files import generate_proposal_file, load_proposal_file, propose_images
+from frcnn.modeling.build import build_model
+from frcnn.modeling.rpn import ProposalSettings
 from tests.cli_runner import fork_server
 from tests.conftest import compose_config
 
@@ -32,7 +32,7 @@ def _worker(rank, world, port, out_path, run_dir):
     try:
         model, dataset = make_model_and_data(run_dir)
         calls = []
-        import frcnn.proposals as proposals
+        import frcnn.engine.proposal_files as proposals
 
         original = proposals.propose_images
 

@@ -7,8 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from frcnn.ablation_stats import estimate, is_tie, kendall_tau, paired_difference, verdict
-from frcnn.reproduce_report import (
+from frcnn.reproduce.report import (
     average_recall,
     check_results,
     paper_change,
@@ -18,7 +17,8 @@ from frcnn.reproduce_report import (
     table_rows,
     table_tau,
 )
-from frcnn.reproduce_tables import TABLES, merge_overrides, paper_table
+from frcnn.reproduce.stats import estimate, is_tie, kendall_tau, paired_difference, verdict
+from frcnn.reproduce.tables import TABLES, merge_overrides, paper_table
 
 
 @dataclass

@@ -1,7 +1,7 @@
 import torch
 from torch import nn
 
-from frcnn.roi_head import RoIHead, label_rois
+from frcnn.modeling.roi_head import RoIHead, label_rois
 
 
 def make_head(num_classes=3, **kwargs):

@@ -5,8 +5,8 @@ import torch
 import torch.nn.functional as F
 from torchvision.ops import roi_align
 
-import frcnn.roi_warp as roi_warp_module
-from frcnn.roi_warp import roi_warp
+import frcnn.layers.roi_warp as roi_warp_module
+from frcnn.layers.roi_warp import roi_warp
 
 SCALE = 1.0 / 16
 

@@ -1,7 +1,7 @@
 import torch
 
-from frcnn.rpn import ProposalSettings, RegionProposalNetwork, RPNHead
-from frcnn.sampling import sample_balanced
+from frcnn.modeling.rpn import ProposalSettings, RegionProposalNetwork, RPNHead
+from frcnn.modeling.sampling import sample_balanced
 
 
 def make_rpn(**kwargs):

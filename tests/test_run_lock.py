@@ -1,4 +1,4 @@
-"""One writer per run directory (frcnn/run_lock.py): a second process is refused naming the holder,
+"""One writer per run directory (frcnn/utils/run_lock.py): a second process is refused naming the holder,
 a SIGKILLed holder's lock is taken over with a line saying so, the lock is released at the end of a
 run and on errors, only rank 0 takes it, and file systems without locks fall back to the record."""
 
@@ -13,15 +13,16 @@ import textwrap
 
 import pytest
 
-from frcnn import recipes, run_lock
-from frcnn.run_lock import LOCK_FILE, RunDirLock, RunDirLocked
+from frcnn.engine import recipes
+from frcnn.utils import run_lock
+from frcnn.utils.run_lock import LOCK_FILE, RunDirLock, RunDirLocked
 from tests.conftest import REPO_ROOT
 
 # a tiny holder: takes the lock of argv[1], says so, sleeps (killed by the test)
 HOLDER = textwrap.dedent("""
     import logging, sys, time
     logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s")
-    from frcnn.run_lock import RunDirLock
+    from frcnn.utils.run_lock import RunDirLock
     RunDirLock(sys.argv[1]).acquire()
     print("locked", flush=True)
     time.sleep(120)
@@ -188,7 +189,7 @@ def test_a_further_ddp_rank_is_not_refused_by_the_command_line_lock_check(tmp_pa
     """Lightning re-runs train.py for rank 1 with rank 0's hydra.run.dir: rank 0 holds the lock, and
     the further rank (LOCAL_RANK / RANK / NODE_RANK / SLURM_PROCID > 0) must not be refused by it."""
     from frcnn.cli.train import run_dir_in_use
-    from frcnn.run_lock import RunDirLock
+    from frcnn.utils.run_lock import RunDirLock
 
     for name in ("RANK", "LOCAL_RANK", "NODE_RANK", "SLURM_PROCID"):
         monkeypatch.delenv(name, raising=False)

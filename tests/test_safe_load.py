@@ -12,14 +12,14 @@ import torch
 from omegaconf import OmegaConf
 from PIL import Image
 
-from frcnn.backbones import build_backbone
-from frcnn.checkpoints import DetectorFileError, load_detector, save_detector
+from frcnn.checkpoint.safe_load import UnreadableFileError, UnsafeFileError, read_torch_file
 from frcnn.cli.convert_detector import main as convert_main
 from frcnn.cli.detect import main as detect_main
-from frcnn.factory import build_model
-from frcnn.proposals import load_proposal_file
-from frcnn.resume import resume_checkpoint
-from frcnn.safe_load import UnreadableFileError, UnsafeFileError, read_torch_file
+from frcnn.engine.proposal_files import load_proposal_file
+from frcnn.engine.resume import resume_checkpoint
+from frcnn.inference.detector_file import DetectorFileError, load_detector, save_detector
+from frcnn.modeling.backbone import build_backbone
+from frcnn.modeling.build import build_model
 from tests.cli_runner import run_script
 from tests.conftest import compose_config
 
@@ -202,9 +202,8 @@ def test_an_older_detector_file_with_omegaconf_values_is_refused_then_converted(
 @pytest.mark.parametrize("bad", ["crafted backbone weights", "truncated image"])
 def test_train_stops_with_one_line_naming_a_bad_file_from_outside(tmp_path, capsys, bad):
     """run_job (the train.py task): a bad weights file or data file -> exit 2, one line naming it."""
-    from tests.data_trees import TREE_CLASSES, truncate_file, write_voc_tree
-
     from frcnn.cli.train import run_job
+    from tests.data_trees import TREE_CLASSES, truncate_file, write_voc_tree
 
     overrides = ["recipe=joint", "logger=none", "schedule.joint.max_steps=1", "schedule.joint.lr_steps=[1]"]
     if bad == "crafted backbone weights":

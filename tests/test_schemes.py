@@ -4,8 +4,15 @@ import pytest
 from omegaconf import OmegaConf
 
 from frcnn.cli.reproduce import main as reproduce_main
-from frcnn.cli.schemes import (CPU_ALTERNATING_STEPS, CPU_JOINT_STEPS, SCHEMES, format_schemes, quick_schedule_overrides,
-                               reproduce_schemes, scheme_row)
+from frcnn.reproduce.schemes import (
+    CPU_ALTERNATING_STEPS,
+    CPU_JOINT_STEPS,
+    SCHEMES,
+    format_schemes,
+    quick_schedule_overrides,
+    reproduce_schemes,
+    scheme_row,
+)
 from tests.conftest import REPO_ROOT
 
 
@@ -69,7 +76,7 @@ def test_schemes_quick_trains_the_three_schemes_on_the_same_data(tmp_path, capsy
 def test_seeds_train_in_their_own_dirs_and_add_a_row_of_means(tmp_path, monkeypatch):
     """--seeds 0 1: seed 0 keeps the directory (and overrides) of a run without --seeds, seed 1 trains with
     seed=1 in <i>_<scheme>_seed1; each scheme gets its seed rows and then a row of their means."""
-    import frcnn.reproduce_runs as runs
+    import frcnn.reproduce.runs as runs
 
     trained = []
 

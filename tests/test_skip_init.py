@@ -1,11 +1,11 @@
-"""frcnn.skip_init: a model built to be loaded is not filled first, and nothing else changes."""
+"""frcnn.checkpoint.skip_init: a model built to be loaded is not filled first, and nothing else changes."""
 
 import pytest
 import torch
 
-from frcnn.checkpoints import load_detector, save_detector
-from frcnn.factory import build_model
-from frcnn.skip_init import INIT_FILLERS, weights_left_unfilled
+from frcnn.checkpoint.skip_init import INIT_FILLERS, weights_left_unfilled
+from frcnn.inference.detector_file import load_detector, save_detector
+from frcnn.modeling.build import build_model
 from tests.conftest import compose_config
 
 

@@ -17,14 +17,14 @@ import pytest
 import torch
 from torchvision.ops import clip_boxes_to_image, nms, remove_small_boxes
 
-from frcnn.anchors import AnchorGenerator, reference_anchors
-from frcnn.backbones import build_backbone, set_trainable
-from frcnn.boxes import decode_boxes
-from frcnn.model import FasterRCNN
-from frcnn.nms import nms_top_n, nms_top_n_per_image
-from frcnn.fast_paths import torch_layers_only
-from frcnn.roi_head import RoIHead
-from frcnn.rpn import ProposalSettings, RegionProposalNetwork
+from frcnn.layers.fast_paths import torch_layers_only
+from frcnn.layers.nms import nms_top_n, nms_top_n_per_image
+from frcnn.modeling.anchors import AnchorGenerator, reference_anchors
+from frcnn.modeling.backbone import build_backbone, set_trainable
+from frcnn.modeling.boxes import decode_boxes
+from frcnn.modeling.faster_rcnn import FasterRCNN
+from frcnn.modeling.roi_head import RoIHead
+from frcnn.modeling.rpn import ProposalSettings, RegionProposalNetwork
 
 
 def _random_boxes(gen: torch.Generator, num: int, extent: float = 600.0, quantise: float | None = None):
@@ -224,7 +224,7 @@ def test_channels_last_only_where_it_is_not_slower_on_the_cpu():
 
 
 def test_onednn_fc_layers_give_the_f_linear_numbers():
-    """The RoI head's fc layers and predictor in oneDNN (frcnn.onednn_linear) give the F.linear
+    """The RoI head's fc layers and predictor in oneDNN (frcnn.layers.onednn_linear) give the F.linear
     detections, losses and gradients up to float rounding, for the same proposals."""
     model = _small_model(channels_last=False)
     images, targets = _inputs()

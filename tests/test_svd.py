@@ -8,10 +8,10 @@ import torch
 from PIL import Image
 from torch import nn
 
-from frcnn.checkpoints import save_detector
-from frcnn.factory import build_model
-from frcnn.predictor import Detector
-from frcnn.svd import compress_roi_head, truncated_svd_linear
+from frcnn.inference.detector_file import save_detector
+from frcnn.inference.predictor import Detector
+from frcnn.inference.svd import compress_roi_head, truncated_svd_linear
+from frcnn.modeling.build import build_model
 from tests.cli_runner import run_script
 from tests.conftest import compose_config
 
@@ -87,7 +87,7 @@ def test_eval_and_detect_take_the_svd_rank(detector_file, tmp_path):
 
 
 def test_exported_file_holds_the_compressed_head_and_matches_it(detector_file, tmp_path, capsys):
-    from frcnn.cli.export import main as export_main
+    from frcnn.cli.export_detector import main as export_main
 
     assert export_main([str(detector_file), "--format", "torchscript", "--out", str(tmp_path / "d.pt"),
                         "--svd-rank", "32", "16"]) == 0

@@ -8,9 +8,9 @@ import pytest
 import yaml
 
 from frcnn.cli import train as cli_train
-from frcnn.config import ConfigError
-from frcnn.sweep import sweep_keys, write_summary
-from frcnn.tracking import build_logger, sweep_group_name, sweep_run_name
+from frcnn.engine.loggers import build_logger, sweep_group_name, sweep_run_name
+from frcnn.engine.sweep_summary import sweep_keys, write_summary
+from frcnn.errors import ConfigError
 from tests.cli_runner import run_script
 
 TINY = ["recipe=joint", "schedule.joint.max_steps=2", "data.num_train=8", "data.num_val=4", "logger=csv"]
@@ -117,7 +117,7 @@ def test_sweep_group_and_run_names():
 
 def test_jobs_of_a_sweep_share_a_wandb_group(compose_cfg, tmp_path, monkeypatch):
     seen = []
-    monkeypatch.setattr("frcnn.recipes.run_recipe", lambda cfg, run_dir: seen.append(cfg) or {"map_50": 0.5})
+    monkeypatch.setattr("frcnn.engine.recipes.run_recipe", lambda cfg, run_dir: seen.append(cfg) or {"map_50": 0.5})
     for num, lam in ((0, 1), (1, 10)):
         monkeypatch.setattr(cli_train, "_hydra_run", lambda num=num, lam=lam: {
             "multirun": True, "sweep_dir": str(tmp_path / "multirun" / "s1"), "cwd": str(tmp_path),

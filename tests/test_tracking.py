@@ -4,8 +4,8 @@ import os
 
 import pytest
 
-from frcnn.recipes import run_recipe
-from frcnn.tracking import build_logger, resolve_wandb_mode
+from frcnn.engine.loggers import build_logger, resolve_wandb_mode
+from frcnn.engine.recipes import run_recipe
 
 TINY = ["recipe=joint", "data.num_train=4", "data.num_val=2", "schedule.joint.max_steps=2",
         "schedule.joint.images_per_batch=2", "recipe.val_every_n_epochs=null"]

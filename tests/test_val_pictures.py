@@ -7,9 +7,9 @@ import pytest
 import torch
 from PIL import Image
 
-from frcnn.drawing import GROUND_TRUTH_COLOUR, PALETTE, draw_ground_truth_and_detections, tensor_to_pil
+from frcnn.engine.recipes import run_recipe
+from frcnn.inference.drawing import GROUND_TRUTH_COLOUR, PALETTE, draw_ground_truth_and_detections, tensor_to_pil
 from frcnn.lit.val_images import log_pictures
-from frcnn.recipes import run_recipe
 
 CLASSES = ["circle", "square"]
 
@@ -58,7 +58,7 @@ def test_wandb_logger_takes_pictures_offline(tmp_path, monkeypatch):
 def test_final_metrics_become_the_wandb_run_summary(tmp_path, monkeypatch):
     from lightning.pytorch.loggers import WandbLogger
 
-    from frcnn.tracking import flat_scalar_metrics, log_final_results
+    from frcnn.engine.loggers import flat_scalar_metrics, log_final_results
 
     monkeypatch.setenv("WANDB_MODE", "offline")
     metrics = {"map_50": 0.75, "ap_per_class": {"circle": 0.5, "square": 1.0}, "recipe": "joint", "num_images": 4}

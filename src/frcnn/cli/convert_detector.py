@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from frcnn.checkpoints import DETECTOR_FORMAT, atomic_torch_save, load_detector
+from frcnn.inference.detector_file import DETECTOR_FORMAT, atomic_torch_save, load_detector
 
 
 def to_plain(value: Any) -> Any:

@@ -19,10 +19,10 @@ from pathlib import Path
 
 from PIL import Image
 
-from frcnn.data.validation import BadImageError
-from frcnn.drawing import draw_detections
+from frcnn.data.checks import BadImageError
 from frcnn.evaluation.detections_io import coco_result_records, write_coco_results
-from frcnn.predictor import Detector, read_image
+from frcnn.inference.drawing import draw_detections
+from frcnn.inference.predictor import Detector, read_image
 
 log = logging.getLogger(__name__)
 

@@ -5,11 +5,11 @@ Tables (conf/experiment/paper/ablation_<table>.yaml): ``lambda`` Table 9 (λ of 
 ``anchors`` Table 8 (anchor scales and ratios), ``proposals`` Table 2 (RPN proposals at test time
 on one trained model per seed, shared vs unshared), ``training`` Table 3 (shared vs unshared,
 alternating vs approximate joint); ``all`` runs the four and Fig. 4 (proposal recall vs IoU of
-the default model). ``schemes`` (:mod:`frcnn.cli.schemes`) is the §3.2 comparison.
+the default model). ``schemes`` (:mod:`frcnn.reproduce.schemes`) is the §3.2 comparison.
 
 Every (training, seed) runs once under ``<out>/runs/`` and is shared by the rows and tables that
-need the same model (:mod:`frcnn.reproduce_runs`); a rerun reads finished runs back and resumes an
-interrupted one. The report (:mod:`frcnn.reproduce_report`) is rewritten after every seed:
+need the same model (:mod:`frcnn.reproduce.runs`); a rerun reads finished runs back and resumes an
+interrupted one. The report (:mod:`frcnn.reproduce.report`) is rewritten after every seed:
 ``<out>/REPORT.md``, ``<out>/<table>.csv``, ``<out>/<table>_changes.png``, ``<out>/fig4_recall.png``.
 
 ``--quick``: the built-in shapes data (experiment=cpu_shapes), the joint recipe for ``--steps``
@@ -28,7 +28,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from frcnn.reproduce_tables import QUICK_ANCHOR_SCALE, REPO_ROOT, TABLES, PaperTable, merge_overrides, paper_table, slug
+from frcnn.reproduce.tables import QUICK_ANCHOR_SCALE, REPO_ROOT, TABLES, PaperTable, merge_overrides, paper_table, slug
 
 QUICK_SEEDS = (0, 1, 2)
 QUICK_STEPS = 200
@@ -37,7 +37,7 @@ PAPER_EXPERIMENT = {table: f"experiment=paper/ablation_{table}" for table in TAB
 
 def quick_base(steps: int, num_train: int | None, num_val: int | None) -> list[str]:
     """Built-in data, joint recipe of ``steps`` mini-batches, every alternating stage scaled alike."""
-    from frcnn.cli.schemes import quick_overrides
+    from frcnn.reproduce.schemes import quick_overrides
 
     return merge_overrides(quick_overrides(steps, num_train, num_val), ["recipe=joint"])
 
@@ -74,9 +74,8 @@ def run_table(store, table: PaperTable, base: Sequence[str], seed: int, quick: b
 def write_report(out_dir: Path, tables: Sequence[PaperTable], outcomes: dict, seeds: Sequence[int], quick: bool,
                  header: str, fig4_outcomes: Sequence | None) -> Path:
     """REPORT.md, one CSV and one PNG per table, and Fig. 4's PNG, from what has run so far."""
-    from frcnn.atomic_io import atomic_write_text
     from frcnn.evaluation.plots import plot_proposal_recall
-    from frcnn.reproduce_report import (
+    from frcnn.reproduce.report import (
         average_recall,
         fig4_markdown,
         plot_changes,
@@ -85,6 +84,7 @@ def write_report(out_dir: Path, tables: Sequence[PaperTable], outcomes: dict, se
         table_markdown,
         table_rows,
     )
+    from frcnn.utils.atomic_io import atomic_write_text
 
     rows_by_table = {table.key: table_rows(table, outcomes.get(table.key, {})) for table in tables}
     sections = [header, summary_markdown(tables, rows_by_table)]
@@ -122,7 +122,7 @@ def compute_seconds(outcomes: dict) -> float:
 
 
 def report_header(command: str, quick: bool, steps: int, seeds: Sequence[int], seconds: float, compute: float) -> str:
-    from frcnn.machine import cpu_description
+    from frcnn.utils.host_info import cpu_description
 
     mode = (f"quick mode: built-in shapes data, joint recipe {steps} mini-batches of 4 images (alternating stages "
             f"scaled alike), anchor scales x{QUICK_ANCHOR_SCALE:g}; compares changes and orderings, not absolute "
@@ -142,7 +142,7 @@ def reproduce_tables(table_keys: Sequence[str], out_dir: Path, quick: bool, step
                      all_rows: bool = False, fig4: bool = False, command: str = "") -> dict:
     """Run ``table_keys`` for every seed (seed by seed, the report rewritten after each) -> outcomes
     ``{table: {label: {seed: Outcome}}}``."""
-    from frcnn.reproduce_runs import RunStore
+    from frcnn.reproduce.runs import RunStore
 
     out_dir.mkdir(parents=True, exist_ok=True)
     tables = [paper_table(key, quick) for key in table_keys]
@@ -190,7 +190,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if value is not None and value < 1:
             parser.error(f"{name} must be >= 1, got {value}")
     if args.table == "schemes":
-        from frcnn.cli.schemes import reproduce_schemes
+        from frcnn.reproduce.schemes import reproduce_schemes
 
         rows = reproduce_schemes(out, quick=args.quick, steps=args.steps or 100, num_train=args.num_train or 64,
                                  num_val=args.num_val or 16, only=args.only, extra_overrides=args.overrides,

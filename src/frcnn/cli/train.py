@@ -19,11 +19,12 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from frcnn.atomic_io import WRITE_ERROR_EXIT_STATUS, describe_write_error, is_write_error
-from frcnn.config import ConfigError, check_backbone_weights, check_override_keys, validate_config
-from frcnn.data.validation import DataError
-from frcnn.run_lock import LOCKED_EXIT_STATUS, RunDirLock, RunDirLocked
-from frcnn.safe_load import UnreadableFileError
+from frcnn.checkpoint.safe_load import UnreadableFileError
+from frcnn.config.checks import check_backbone_weights, check_override_keys, validate_config
+from frcnn.data.checks import DataError
+from frcnn.errors import ConfigError
+from frcnn.utils.atomic_io import WRITE_ERROR_EXIT_STATUS, describe_write_error, is_write_error
+from frcnn.utils.run_lock import LOCKED_EXIT_STATUS, RunDirLock, RunDirLocked
 
 log = logging.getLogger(__name__)
 
@@ -138,7 +139,7 @@ def run_dir_in_use(argv: Sequence[str]) -> str | None:
     """The refusal when the command names its run dir (``hydra.run.dir=<path>``, single run) and
     another process holds that run dir's lock, else None. Checked before Hydra starts, because Hydra
     writes ``.hydra/`` and ``train.log`` into the run dir before the task runs; the task itself takes
-    the lock (frcnn.recipes.run_recipe), so a run dir Hydra names by the time of day is covered there."""
+    the lock (frcnn.engine.recipes.run_recipe), so a run dir Hydra names by the time of day is covered there."""
     if any(arg in ("-m", "--multirun") for arg in argv) or _launched_as_a_further_rank():
         return None
     for arg in argv:
@@ -152,7 +153,7 @@ def run_dir_in_use(argv: Sequence[str]) -> str | None:
 
 # Set by Lightning's subprocess launcher (it re-runs train.py for ranks 1..N-1 with the same
 # hydra.run.dir), torchrun and SLURM for every rank: a further rank never takes the run-dir lock
-# (rank 0 holds it for the run, frcnn.recipes.run_recipe), so it must not be refused by it either.
+# (rank 0 holds it for the run, frcnn.engine.recipes.run_recipe), so it must not be refused by it either.
 RANK_VARIABLES = ("RANK", "LOCAL_RANK", "NODE_RANK", "SLURM_PROCID")
 
 
@@ -275,14 +276,14 @@ def train(cfg: DictConfig | Mapping[str, Any]) -> dict:
     run = _hydra_run()
     check_ddp_in_multirun(plain, run)
     if run.get("multirun") and plain["logger"]["name"] == "wandb":
-        from frcnn.tracking import sweep_group_name, sweep_run_name
+        from frcnn.engine.loggers import sweep_group_name, sweep_run_name
 
         logger_cfg = dict(plain["logger"])
         logger_cfg["group"] = logger_cfg.get("group") or sweep_group_name(run["sweep_dir"], run["cwd"])
         logger_cfg["run_name"] = logger_cfg.get("run_name") or sweep_run_name(run["override_dirname"], run["job_num"])
         plain["logger"] = logger_cfg
     logging.getLogger("frcnn").setLevel(logging.INFO)
-    from frcnn.recipes import run_recipe  # lazy: torch + Lightning only once the config is known good
+    from frcnn.engine.recipes import run_recipe  # lazy: torch + Lightning only once the config is known good
 
     return run_recipe(plain, plain["run_dir"])
 
@@ -294,8 +295,8 @@ def run_job(cfg: DictConfig) -> float | None:
     line naming it and exits with status 2; other errors raise.
     Multirun: a failing job writes ``<job dir>/FAILED`` and returns None, and the sweep goes on
     (the sweep summary lists it as failed); DDPInMultirunError stops the sweep at once.
-    In both, a run dir held by another process (frcnn.run_lock) prints one line naming the holder and
-    exits with status 2, and a failed write (full disk, I/O error: frcnn.atomic_io) prints one line
+    In both, a run dir held by another process (frcnn.utils.run_lock) prints one line naming the holder and
+    exits with status 2, and a failed write (full disk, I/O error: frcnn.utils.atomic_io) prints one line
     naming the file and the error and exits with status 74 (EX_IOERR), without a traceback.
     """
     from frcnn.cli.console import configure_console

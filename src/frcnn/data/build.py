@@ -9,20 +9,15 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from frcnn.data.checks import DatasetLayoutError
 from frcnn.data.coco import COCODataset
 from frcnn.data.records import ON_BAD_SAMPLE, ConcatDetectionDataset
 from frcnn.data.synthetic import ShapesDataset
 from frcnn.data.transforms import DetectionTransform
-from frcnn.data.validation import DatasetLayoutError
 from frcnn.data.voc import VOC_CLASSES, VOCDataset
+from frcnn.errors import ConfigError
 
 DATASET_NAMES = ("shapes", "voc", "voc0712", "coco")
-
-
-def _config_error(message: str) -> ValueError:
-    from frcnn.config import ConfigError  # lazy: frcnn.config imports this module lazily too
-
-    return ConfigError(message)
 
 
 def build_transform(data_cfg: Mapping[str, Any], train: bool, seed: int | None = None) -> DetectionTransform:
@@ -39,7 +34,7 @@ def build_dataset(data_cfg: Mapping[str, Any], split: str):
     """split: 'train' or 'val'. Sets ``dataset.eval_transform`` (scales[0], no flip) for proposals."""
     name = data_cfg["name"]
     if name not in DATASET_NAMES:
-        raise _config_error(f"data.name={name!r}; allowed: {DATASET_NAMES}")
+        raise ConfigError(f"data.name={name!r}; allowed: {DATASET_NAMES}")
     if split not in ("train", "val"):
         raise ValueError(f"split must be 'train' or 'val', got {split!r}")
     train = split == "train"
@@ -68,7 +63,7 @@ def _file_options(data_cfg: Mapping[str, Any]) -> dict:
     """``data.on_bad_sample`` / ``data.verify_images``, checked."""
     policy = data_cfg.get("on_bad_sample", "error")
     if policy not in ON_BAD_SAMPLE:
-        raise _config_error(f"data.on_bad_sample={policy!r}; allowed: {list(ON_BAD_SAMPLE)}")
+        raise ConfigError(f"data.on_bad_sample={policy!r}; allowed: {list(ON_BAD_SAMPLE)}")
     return {"on_bad_sample": policy, "verify_images": bool(data_cfg.get("verify_images", False))}
 
 
@@ -78,9 +73,9 @@ def _class_list(data_cfg: Mapping[str, Any], default: tuple[str, ...] | None) ->
     if classes is None:
         return default
     if isinstance(classes, str) or not all(isinstance(c, str) and c for c in classes) or not classes:
-        raise _config_error(f"data.classes must be a non-empty list of class names, got {classes!r}")
+        raise ConfigError(f"data.classes must be a non-empty list of class names, got {classes!r}")
     if len(set(classes)) != len(classes):
-        raise _config_error(f"data.classes lists a class twice: {list(classes)}")
+        raise ConfigError(f"data.classes lists a class twice: {list(classes)}")
     return tuple(classes)
 
 
@@ -89,7 +84,7 @@ def _with_key(key: str, build: Callable[[], Any]):
     try:
         return build()
     except DatasetLayoutError as exc:
-        raise _config_error(f"data.{key}={exc.path}: {exc.problem}") from exc
+        raise ConfigError(f"data.{key}={exc.path}: {exc.problem}") from exc
 
 
 # ----------------------------------------------------------------------------- VOC
@@ -110,13 +105,13 @@ def _build_voc(data_cfg: Mapping[str, Any], train: bool, transform: DetectionTra
         split_key = "train_split" if train else "val_split"
         for key in ("root", split_key):
             if not data_cfg.get(key):
-                raise _config_error(f"data.{key} is not set (data={data_cfg['name']} needs data.root and "
+                raise ConfigError(f"data.{key} is not set (data={data_cfg['name']} needs data.root and "
                                     f"data.{split_key})")
         return voc(data_cfg["root"], data_cfg[split_key], "root")
     parts = []
     for k, entry in enumerate(train_roots):
         if isinstance(entry, str) or len(entry) != 2:
-            raise _config_error(f"data.train_roots[{k}]={entry!r}: expected a [root, split] pair")
+            raise ConfigError(f"data.train_roots[{k}]={entry!r}: expected a [root, split] pair")
         parts.append(voc(entry[0], entry[1], f"train_roots[{k}]"))
     roots = " + ".join(f"{part.root.name} {part.split}" for part in parts)
     return ConcatDetectionDataset(parts, description=f"VOC {roots}")
@@ -129,7 +124,7 @@ def _build_coco(data_cfg: Mapping[str, Any], train: bool, transform: DetectionTr
     ann_key, images_key = ("train_ann", "train_images") if train else ("val_ann", "val_images")
     for key in (ann_key, images_key):
         if not data_cfg.get(key):
-            raise _config_error(f"data.{key} is not set (data=coco needs data.{ann_key} and data.{images_key})")
+            raise ConfigError(f"data.{key} is not set (data=coco needs data.{ann_key} and data.{images_key})")
     classes = _class_list(data_cfg, None)
     options = _file_options(data_cfg)
     ann_file, images_dir = str(data_cfg[ann_key]), str(data_cfg[images_key])
@@ -137,4 +132,4 @@ def _build_coco(data_cfg: Mapping[str, Any], train: bool, transform: DetectionTr
         return COCODataset(ann_file, images_dir, classes, keep_crowd=not train, transform=transform, **options)
     except DatasetLayoutError as exc:
         key = images_key if exc.path == images_dir else ann_key
-        raise _config_error(f"data.{key}={exc.path}: {exc.problem}") from exc
+        raise ConfigError(f"data.{key}={exc.path}: {exc.problem}") from exc

@@ -25,8 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
+from frcnn.data.checks import BadAnnotationError, BadImageError, DatasetLayoutError, clip_and_check_boxes
 from frcnn.data.records import FileDetectionDataset, ImageRecord, check_on_bad_sample, list_dir_names, reject_sample
-from frcnn.data.validation import BadAnnotationError, BadImageError, DatasetLayoutError, clip_and_check_boxes
 
 __all__ = ["COCODataset", "coco_box_to_xyxy", "load_coco_json", "select_categories"]
 

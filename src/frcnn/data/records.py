@@ -34,8 +34,8 @@ import torch
 from PIL import Image
 from torch.utils.data import ConcatDataset, Dataset
 
+from frcnn.data.checks import BadImageError, NoUsableImagesError
 from frcnn.data.transforms import to_float_chw_tensor
-from frcnn.data.validation import BadImageError, NoUsableImagesError
 
 __all__ = [
     "ON_BAD_SAMPLE",

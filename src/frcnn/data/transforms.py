@@ -26,8 +26,8 @@ import torch
 from albumentations.core.transforms_interface import BaseTransformInitSchema
 from albumentations.core.type_definitions import Targets
 
+from frcnn.data.checks import clip_and_check_boxes
 from frcnn.data.resumable import item_seed
-from frcnn.data.validation import clip_and_check_boxes
 
 __all__ = [
     "DetectionTransform",
@@ -195,7 +195,7 @@ class DetectionTransform:
     def __call__(
         self, image_uint8_hwc: np.ndarray, boxes_xyxy: np.ndarray, labels: np.ndarray, source: str = "<image>"
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Boxes follow :func:`frcnn.data.validation.clip_and_check_boxes` (clip; degenerate
+        """Boxes follow :func:`frcnn.data.checks.clip_and_check_boxes` (clip; degenerate
         ground truth is an error naming ``source``), then rescale and flip with the image."""
         self._reseed_if_new_worker()
         boxes_in, labels_in = clip_and_check_boxes(boxes_xyxy, labels, image_uint8_hwc.shape[:2], source)  # [N, 4], [N]

@@ -30,7 +30,7 @@ def _scale_boxes(boxes: Tensor, scale_x: float, scale_y: float) -> Tensor:
     return boxes.reshape(-1, 4) * factors
 
 
-def to_original_pixels(detections: list[dict], targets: list[dict], images: list[Tensor]) -> tuple[list, list]:
+def detections_in_original_pixels(detections: list[dict], targets: list[dict], images: list[Tensor]) -> tuple[list, list]:
     """Detections and gts from network-input pixels back to original-image pixels (``orig_size``).
 
     COCO's small / medium / large ranges (32², 96² px²) are defined on original images; IoU, and so
@@ -50,7 +50,7 @@ def to_original_pixels(detections: list[dict], targets: list[dict], images: list
 
 
 @torch.no_grad()
-def evaluate_full(
+def evaluate_split(
     model,
     dataloader,
     class_names: Sequence[str],
@@ -72,7 +72,7 @@ def evaluate_full(
     ``pr_curves`` is :meth:`DetectionEvaluator.pr_curves` (numpy arrays; not for JSON).
     The shared conv layers run once per image (``model.detect_and_rank``); ``on_batch(images,
     targets, detections)`` sees every batch (e.g. to draw the first few). The result does not
-    depend on the loader's batch size (:func:`frcnn.model.padded_size_groups`).
+    depend on the loader's batch size (:func:`frcnn.modeling.faster_rcnn.padded_size_groups`).
     """
     was_training = model.training
     model.eval()
@@ -91,7 +91,7 @@ def evaluate_full(
             detections = [{k: v.cpu() for k, v in d.items()} for d in detections]
             voc.update(detections, targets)
             if coco_evaluator is not None:
-                coco_evaluator.update(*to_original_pixels(detections, targets, images))
+                coco_evaluator.update(*detections_in_original_pixels(detections, targets, images))
             if on_batch is not None:
                 on_batch(images, targets, detections)
     finally:
@@ -107,5 +107,5 @@ def evaluate_full(
 
 def evaluate_detector(model, dataloader, class_names: list[str], device: torch.device | str = "cpu") -> dict:
     """Detections for every image, then VOC AP at IoU 0.5 (all-point and 11-point)."""
-    metrics, _ = evaluate_full(model, dataloader, class_names, device, top_ns=(), coco=False)
+    metrics, _ = evaluate_split(model, dataloader, class_names, device, top_ns=(), coco=False)
     return metrics

@@ -14,7 +14,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from frcnn.atomic_io import atomic_save_figure
+from frcnn.utils.atomic_io import atomic_save_figure
 
 
 def _new_figure(width_in: float, height_in: float) -> Figure:

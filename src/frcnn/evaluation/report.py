@@ -4,16 +4,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from frcnn.atomic_io import atomic_write_json, atomic_write_text
 from frcnn.evaluation.plots import plot_pr_curves, plot_proposal_recall
 from frcnn.evaluation.voc_ap import format_markdown_table
+from frcnn.utils.atomic_io import atomic_write_json, atomic_write_text
 
 REPORT_FILES = ("metrics.json", "ap_table.md", "pr_curves.png", "proposal_recall.png")
 
 
 def write_evaluation_report(metrics: dict, pr_curves: dict, out_dir: str | Path,
                             write_metrics: bool = True) -> dict[str, Path]:
-    """Write the files of :data:`REPORT_FILES` for ``evaluate_full``'s (metrics, pr_curves) into ``out_dir``.
+    """Write the files of :data:`REPORT_FILES` for ``evaluate_split``'s (metrics, pr_curves) into ``out_dir``.
 
     ``write_metrics=False`` leaves metrics.json to the caller (e.g. a recipe that adds its own keys
     first). metrics.json is written last: its presence says the evaluation is complete.
@@ -30,7 +30,7 @@ def write_evaluation_report(metrics: dict, pr_curves: dict, out_dir: str | Path,
     if "proposal_recall" in metrics:
         recall_png = out_dir / "proposal_recall.png"
         written["proposal_recall.png"] = plot_proposal_recall(metrics["proposal_recall"], recall_png)
-    if write_metrics:  # last: a run dir with metrics.json is finished (frcnn.resume.finished_metrics)
+    if write_metrics:  # last: a run dir with metrics.json is finished (frcnn.engine.resume.finished_metrics)
         atomic_write_json(metrics, out_dir / "metrics.json")
         written["metrics.json"] = out_dir / "metrics.json"
     return written

@@ -12,7 +12,7 @@ import torch
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from frcnn.data.resumable import item_seed
-from frcnn.faults import fault_point
+from frcnn.utils.fault_injection import fault_point
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +49,7 @@ class CheckpointOnSigterm(L.Callback):
 
 
 class FaultPoint(L.Callback):
-    """Calls :func:`frcnn.faults.fault_point` (stage, step) before every training step."""
+    """Calls :func:`frcnn.utils.fault_injection.fault_point` (stage, step) before every training step."""
 
     def __init__(self, stage_name: str):
         self.stage_name = stage_name

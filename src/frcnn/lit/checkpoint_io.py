@@ -7,7 +7,7 @@ commits with ``shutil.move``. When /tmp and the run dir are different file syste
 on a cluster: node-local /tmp, shared run dir), that move is a copy *into* ``last.ckpt`` itself, so
 a full disk or an I/O error during the copy destroys the previous good checkpoint; and a full /tmp
 fails the save naming a temp file, not the checkpoint. No fsync either, so a late ENOSPC / EIO may
-go unseen. Here the same ``torch.save`` goes through :func:`frcnn.atomic_io.atomic_torch_save`:
+go unseen. Here the same ``torch.save`` goes through :func:`frcnn.utils.atomic_io.atomic_torch_save`:
 ``last.ckpt.tmp`` beside the target, fsync, rename; on failure the .tmp is removed and the old
 ``last.ckpt`` stays loadable.
 """
@@ -18,7 +18,7 @@ from typing import Any
 
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 
-from frcnn.atomic_io import atomic_torch_save
+from frcnn.utils.atomic_io import atomic_torch_save
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):

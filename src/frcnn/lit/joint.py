@@ -8,17 +8,17 @@ from typing import Any
 import lightning as L
 
 from frcnn.data.transforms import image_scales
-from frcnn.factory import build_model
 from frcnn.lit.guards import LossGuard
 from frcnn.lit.optim import build_optimizer
 from frcnn.lit.validation import ValidationMAP
+from frcnn.modeling.build import build_model
 
 
 class JointModule(ValidationMAP, L.LightningModule):
     """One network, RPN loss + Fast R-CNN loss summed; validation mAP each validation epoch.
 
     model_cfg: {"backbone", "rpn", "roi_head"} config nodes as plain dicts; ``roi_head.warp_boxes``
-    makes it non-approximate (frcnn.recipes.model_config).
+    makes it non-approximate (frcnn.engine.recipes.model_config).
     """
 
     def __init__(self, model_cfg: Mapping[str, Any], optim_cfg: Mapping[str, Any], lr_steps: list[int],

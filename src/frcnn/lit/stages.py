@@ -15,11 +15,11 @@ from typing import Any
 
 import lightning as L
 
-from frcnn.backbones import freeze_prefix, set_trainable
-from frcnn.factory import build_model
 from frcnn.lit.guards import LossGuard
 from frcnn.lit.optim import build_optimizer
 from frcnn.lit.validation import ValidationMAP
+from frcnn.modeling.backbone import freeze_prefix, set_trainable
+from frcnn.modeling.build import build_model
 
 STAGE_KINDS = ("rpn", "detector")
 

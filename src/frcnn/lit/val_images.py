@@ -16,8 +16,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from frcnn.atomic_io import atomic_write_bytes
-from frcnn.drawing import draw_ground_truth_and_detections, tensor_to_pil
+from frcnn.inference.drawing import draw_ground_truth_and_detections, tensor_to_pil
+from frcnn.utils.atomic_io import atomic_write_bytes
 
 
 def validation_picture(image: torch.Tensor, target: dict, detections: dict, class_names: list[str],
@@ -66,7 +66,7 @@ class ValidationPictureLogger(L.Callback):
 
 
 class PictureCollector:
-    """``evaluate_full``'s ``on_batch``: draws the first ``num_images`` images with their gt and
+    """``evaluate_split``'s ``on_batch``: draws the first ``num_images`` images with their gt and
     detections (score >= ``score_thresh``) into ``pictures``, from detections already computed."""
 
     def __init__(self, num_images: int, class_names: list[str], score_thresh: float = 0.5):

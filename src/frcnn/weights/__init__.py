@@ -1,5 +1,5 @@
 """Weights shipped with the package: small_shapes_pretrained.pt (``backbone.weights=builtin``).
 
-Written by scripts/pretrain_small_backbone.py (frcnn/pretrain.py); data, loaded with
+Written by scripts/pretrain_small_backbone.py (frcnn/engine/pretrain_small.py); data, loaded with
 ``torch.load(weights_only=True)``.
 """

@@ -1,0 +1,290 @@
+"""The schema of the composed training config: every key, its type and its allowed values.
+
+Hydra composes ``conf/`` into one config; :func:`check_schema` then walks it against the
+schema below before anything is built. A schema check of the composed dict (rather than
+dataclasses registered as group schemas) keeps the group YAML files plain, lets the ``data``
+group carry dataset-specific keys, and gives one message format for every problem:
+
+    rpn.lamda: unknown key; did you mean rpn.lambda?
+    rpn.batch_size: expected an integer, got 2.5 (float)
+    rpn.fg_iou=1.5 is out of range: must be in [0, 1]
+    backbone.name='alexnet' is not allowed; allowed: resnet50_c4, small, vgg16, zf
+
+The rule types (Number, Choice, Node, ...) live in :mod:`frcnn.config.rules`. Choices that depend on
+code (backbones, datasets, optimisers, ...) are read from the code that implements them, so
+the schema never falls out of date with a registry.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from frcnn.config.rules import AnyOf, Bool, Choice, Free, ListOf, Node, Number, Text, Variant
+from frcnn.errors import ConfigError
+
+
+# ----------------------------------------------------------------------------------------------
+# Registries read from the code that implements them (imported lazily: torch is heavy)
+# ----------------------------------------------------------------------------------------------
+def _backbones() -> list[str]:
+    from frcnn.modeling.backbone import available_backbones
+
+    return list(available_backbones())
+
+
+def _builtin_weight_backbones() -> list[str]:
+    from frcnn.modeling.backbone import backbones_with_builtin_weights
+
+    return list(backbones_with_builtin_weights())
+
+
+def _datasets() -> list[str]:
+    from frcnn.data.build import DATASET_NAMES
+
+    return list(DATASET_NAMES)
+
+
+def _optimizers() -> list[str]:
+    from frcnn.lit.optim import OPTIMIZERS
+
+    return list(OPTIMIZERS)
+
+
+def _reg_normalizers() -> list[str]:
+    from frcnn.modeling.rpn import REG_NORMALIZERS
+
+    return list(REG_NORMALIZERS)
+
+
+def _rankings() -> list[str]:
+    from frcnn.modeling.rpn import PROPOSAL_RANKINGS
+
+    return list(PROPOSAL_RANKINGS)
+
+
+def _pool_types() -> list[str]:
+    from frcnn.modeling.roi_head import POOL_TYPES
+
+    return list(POOL_TYPES)
+
+
+def _nonfinite_policies() -> list[str]:
+    from frcnn.lit.guards import NONFINITE_POLICIES
+
+    return list(NONFINITE_POLICIES)
+
+
+def _wandb_modes() -> list[str]:
+    from frcnn.engine.loggers import WANDB_MODES
+
+    return list(WANDB_MODES)
+
+
+def _strategies() -> list[str]:
+    try:
+        from lightning.pytorch.strategies import StrategyRegistry
+
+        return ["auto", *sorted(StrategyRegistry.available_strategies())]
+    except ImportError:  # pragma: no cover
+        return ["auto", "ddp", "ddp_spawn", "fsdp", "deepspeed"]
+
+
+ACCELERATORS = ("cpu", "gpu", "cuda", "mps", "tpu", "auto")
+PRECISIONS = ("64-true", "64", "32-true", "32", "16-true", "16", "bf16-true", "bf16", "16-mixed", "bf16-mixed",
+              "transformer-engine", "transformer-engine-float16")
+
+# ----------------------------------------------------------------------------------------------
+# The schema, group by group (values: paper §3.1-§3.3 and Fast R-CNN §2; see conf/)
+# ----------------------------------------------------------------------------------------------
+PROB = Number(0.0, 1.0)
+IOU = Number(0.0, 1.0)
+POSITIVE = Number(0.0, low_open=True)
+NON_NEGATIVE = Number(0.0)
+COUNT = Number(1, integer=True)
+TOP_N = Number(1, integer=True, also=(-1,))  # -1: no cut
+
+DATA = Node(
+    {
+        "name": Choice(_datasets, hint="choose with data=<name>"),
+        "scales": ListOf(Number(1, integer=True), min_len=1),  # shorter side, px (paper: 600)
+        "max_size": Number(1, integer=True),  # longer side cap, px (paper: 1000)
+        "hflip_prob": PROB,
+        "num_workers": Number(0, integer=True),
+    },
+    open=True,  # dataset-specific keys (root, splits, classes, ...) are checked by the dataset builder
+)
+
+
+class BackboneNode(Node):
+    """backbone.{name, weights}; ``weights: builtin`` (the package's own pre-trained weights)
+    only for a backbone the package ships weights for (``small``)."""
+
+    def check(self, value: Any, key: str) -> None:
+        super().check(value, key)
+        if value.get("weights") == "builtin" and value["name"] not in _builtin_weight_backbones():
+            raise ConfigError(
+                f"{key}.weights='builtin' is only shipped for backbone {', '.join(_builtin_weight_backbones())}, "
+                f"not {value['name']!r}: use imagenet (vgg16, resnet50_c4), a local state-dict path, or null"
+            )
+
+
+BACKBONE = BackboneNode({"name": Choice(_backbones, hint="choose with backbone=<name>"), "weights": Text(nullable=True)})
+
+PROPOSALS_TRAIN = Node({"pre_nms_top_n": TOP_N, "post_nms_top_n": COUNT})
+PROPOSALS_TEST = Node(
+    {
+        "pre_nms_top_n": TOP_N,
+        "post_nms_top_n": COUNT,
+        "ranking": Choice(_rankings),
+        "use_regression": Bool(),
+        "use_nms": Bool(),
+    },
+    optional=frozenset({"ranking", "use_regression", "use_nms"}),
+)
+
+RPN = Node(
+    {
+        "anchor_scales": ListOf(POSITIVE, min_len=1),  # box side, px (paper: 128, 256, 512)
+        "anchor_ratios": ListOf(POSITIVE, min_len=1),  # h / w (paper: 0.5, 1, 2)
+        "lambda": NON_NEGATIVE,  # eq. 1 balance (paper: 10)
+        "reg_normalizer": Choice(_reg_normalizers),
+        "smooth_l1_beta": POSITIVE,
+        "fg_iou": IOU,
+        "bg_iou": IOU,
+        "batch_size": COUNT,
+        "positive_fraction": Number(0.0, 1.0, low_open=True),
+        "ignore_cross_boundary": Bool(),
+        "mid_channels": Number(1, integer=True, nullable=True),
+        "nms_thresh": IOU,
+        "min_size": NON_NEGATIVE,
+        "train": PROPOSALS_TRAIN,
+        "test": PROPOSALS_TEST,
+    }
+)
+
+ROI_HEAD = Node(
+    {
+        "pool_type": Choice(_pool_types),
+        "rois_per_minibatch": COUNT,  # Fast R-CNN's R, shared by the N images of a mini-batch (paper: 128, N = 2)
+        "positive_fraction": Number(0.0, 1.0, low_open=True),
+        "fg_iou": IOU,
+        "bg_iou_hi": IOU,
+        "bg_iou_lo": IOU,
+        "target_stds": ListOf(POSITIVE, length=4),
+        "add_gt_to_proposals": Bool(),
+        "smooth_l1_beta": POSITIVE,
+        "score_thresh": PROB,
+        "nms_thresh": IOU,
+        "detections_per_image": COUNT,
+    }
+)
+
+OPTIM = Node(
+    {
+        "name": Choice(_optimizers),
+        "lr": POSITIVE,
+        "momentum": Number(0.0, 1.0, high_open=True),
+        "weight_decay": NON_NEGATIVE,
+        "lr_gamma": Number(0.0, 1.0, low_open=True),
+        "bias_lr_factor": NON_NEGATIVE,
+        "bias_weight_decay": NON_NEGATIVE,
+        "warmup_steps": Number(0, integer=True),
+        "gradient_clip_norm": Number(0.0, low_open=True, nullable=True),
+    },
+    optional=frozenset({"name", "warmup_steps", "gradient_clip_norm"}),
+)
+
+STAGE = Node(
+    {
+        "max_steps": COUNT,  # mini-batches (iterations)
+        "lr_steps": ListOf(COUNT),  # lr x lr_gamma at each
+        "images_per_batch": COUNT,  # per process
+    }
+)
+ALTERNATING_STAGES = ("stage1_rpn", "stage1_det", "stage2_rpn", "stage2_det")
+SCHEDULE = Node(
+    {"joint": STAGE, "alternating": Node({name: STAGE for name in ALTERNATING_STAGES})},
+    optional=frozenset({"joint", "alternating"}),
+)
+
+_RECIPE_COMMON = {
+    "name": Free(),
+    "checkpoint_every_n_steps": COUNT,
+    "val_every_n_epochs": Number(1, integer=True, nullable=True),
+    "on_nonfinite_loss": Choice(_nonfinite_policies),  # NaN / inf loss: error (stop, naming step + term) | skip
+    "val_pictures": Number(0, integer=True),
+}
+RECIPE = Variant(
+    {
+        "joint": Node(
+            {**_RECIPE_COMMON, "approximate": Bool()},  # false: non-approximate joint training (§3.2 iii)
+            optional=frozenset({"approximate"}),
+        ),
+        "alternating": Node(
+            {
+                **_RECIPE_COMMON,
+                "unshared": Bool(),
+                "reinit_det_outputs": Bool(),  # stage2_det: cls_score / bbox_pred from a fresh init (authors' code)
+                "proposals": Node({"pre_nms_top_n": TOP_N, "post_nms_top_n": COUNT, "nms_thresh": IOU}),
+            },
+            optional=frozenset({"unshared", "reinit_det_outputs", "val_every_n_epochs", "val_pictures"}),
+        ),
+    },
+    group="recipe",
+)
+
+TRAINER = Node(
+    {
+        "accelerator": Choice(ACCELERATORS),
+        "devices": AnyOf([Number(1, integer=True, also=(-1,)), Choice(["auto"]), ListOf(Number(0, integer=True), min_len=1)]),
+        "num_nodes": COUNT,
+        "strategy": Choice(_strategies),
+        "precision": Choice(PRECISIONS),
+        "log_every_n_steps": COUNT,
+        "enable_progress_bar": Bool(),
+        "deterministic": AnyOf([Bool(), Choice(["warn"])]),
+    },
+    optional=frozenset({"deterministic"}),
+)
+
+_NAME_ONLY = Node({"name": Free()})
+LOGGER = Variant(
+    {
+        "wandb": Node(
+            {"name": Free(), "project": Text(), "entity": Text(nullable=True), "group": Text(nullable=True),
+             "mode": Choice(_wandb_modes), "run_name": Text(nullable=True)},
+            optional=frozenset({"project", "entity", "group", "mode", "run_name"}),
+        ),
+        "csv": _NAME_ONLY,
+        "tensorboard": _NAME_ONLY,
+        "none": _NAME_ONLY,
+    },
+    group="logger",
+)
+
+TRAIN_CONFIG = Node(
+    {
+        "data": DATA,
+        "backbone": BACKBONE,
+        "rpn": RPN,
+        "roi_head": ROI_HEAD,
+        "optim": OPTIM,
+        "schedule": SCHEDULE,
+        "recipe": RECIPE,
+        "trainer": TRAINER,
+        "logger": LOGGER,
+        "seed": Number(0, integer=True),
+        "run_dir": Text(),
+        # documentation carried by paper presets (conf/experiment/paper/): never read by training
+        "paper_result": Free(),
+        "paper_table": Free(),
+    },
+    optional=frozenset({"paper_result", "paper_table"}),
+)
+
+
+def check_schema(cfg: Mapping[str, Any]) -> None:
+    """Raise ConfigError for the first key of ``cfg`` (the resolved config as a plain dict)
+    that is unknown, missing, of the wrong type or outside its allowed values."""
+    TRAIN_CONFIG.check(cfg, "")

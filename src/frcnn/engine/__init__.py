@@ -1,0 +1,2 @@
+"""Running training: the recipes' stage graph, proposal files, resume, loggers, the sweep summary, pre-
+training the small backbone."""

@@ -1,0 +1,353 @@
+"""The whole detector as one TorchScript or ONNX file: normalisation, shared conv, RPN, proposal
+layer, RoI pooling, RoI head, per-class NMS; any image size.
+
+What the exported graph expects and returns (also stored in the file, see :func:`export_metadata`):
+
+* input ``image``: float32 [3, H, W], RGB in [0, 1] (uint8 / 255), ALREADY rescaled by the paper's
+  test rule (§3.3): factor = scale / min(h, w), unless round(factor * max(h, w)) > max_size, then
+  factor = max_size / max(h, w); new size = round(h * factor), round(w * factor); resized with area
+  interpolation when shrinking, bilinear when enlarging (OpenCV ``INTER_AREA`` / ``INTER_LINEAR``).
+  ``scale`` and ``max_size`` are the checkpoint's training values, written into the file.
+  The resize stays outside the graph: the area resize training used has no faithful ONNX /
+  TorchScript counterpart (a bilinear resize in the graph would shift every pixel of a shrunk image).
+* outputs ``boxes`` float32 [D, 4] (x1, y1, x2, y2) in the INPUT's pixels (divide x by the applied
+  width factor, y by the height factor, for the original image), ``scores`` float32 [D], ``labels``
+  int64 [D] in 1..C (``class_names[label - 1]``), at most ``detections_per_image``, in the order of
+  the eager model (decreasing score).
+
+The graph follows the eager inference path op for op (:class:`ExportableDetector`), so a TorchScript
+file runs with ``import torch, torchvision; torch.jit.load(path)`` (torchvision registers the nms /
+roi_pool / roi_align kernels; frcnn is not needed) and an ONNX file in onnxruntime
+(``pip install frcnn[deploy]``). Parity with eager frcnn: ``tests/test_model_export.py``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+import torchvision  # noqa: F401  (registers torch.ops.torchvision: nms, roi_pool, roi_align)
+from torch import Tensor, nn
+from torchvision.ops import clip_boxes_to_image, remove_small_boxes
+
+from frcnn.modeling.anchors import grid_anchors
+from frcnn.modeling.boxes import DEFAULT_MAX_LOG_SCALE
+from frcnn.modeling.faster_rcnn import FasterRCNN, UnsharedFasterRCNN
+
+FORMATS = ("torchscript", "onnx")
+ONNX_OPSET = 17  # >= 16: RoiAlign's half_pixel mode (roi_head.pool_type=align); 17 is onnxruntime-tested
+METADATA_NAME = "frcnn.json"  # TorchScript extra file / ONNX metadata_props key
+
+
+class ExportError(ValueError):
+    """A detector that cannot be exported faithfully; the message says which setting and why."""
+
+
+def decode_deltas(deltas: Tensor, reference_xyxy: Tensor, weights: list[float], max_log_scale: float) -> Tensor:
+    """Paper eq. 2 inverted, as :func:`frcnn.modeling.boxes.decode_boxes` computes it (same operations in the
+    same order, so the same floats), written for TorchScript.
+
+    deltas [N, K*4], reference_xyxy [N, 4] -> boxes [N, K*4]."""
+    num = deltas.shape[0]
+    deltas = deltas.reshape(num, -1, 4)  # [N, K, 4]
+    widths = reference_xyxy[:, 2] - reference_xyxy[:, 0]
+    heights = reference_xyxy[:, 3] - reference_xyxy[:, 1]
+    ctr_x = (reference_xyxy[:, 0] + 0.5 * widths).unsqueeze(-1)  # [N, 1]
+    ctr_y = (reference_xyxy[:, 1] + 0.5 * heights).unsqueeze(-1)
+    widths, heights = widths.unsqueeze(-1), heights.unsqueeze(-1)
+    dx = deltas[..., 0] / weights[0]
+    dy = deltas[..., 1] / weights[1]
+    dw = (deltas[..., 2] / weights[2]).clamp(max=max_log_scale)
+    dh = (deltas[..., 3] / weights[3]).clamp(max=max_log_scale)
+    centre_x = dx * widths + ctr_x
+    centre_y = dy * heights + ctr_y
+    half_w = 0.5 * torch.exp(dw) * widths
+    half_h = 0.5 * torch.exp(dh) * heights
+    boxes = torch.stack((centre_x - half_w, centre_y - half_h, centre_x + half_w, centre_y + half_h), dim=-1)
+    return boxes.reshape(num, -1)
+
+
+def per_class_nms(boxes: Tensor, scores: Tensor, labels: Tensor, iou_thresh: float) -> Tensor:
+    """NMS within each class (Fast R-CNN's test rule): boxes of class c are shifted by
+    c * (max coordinate + 1), so boxes of different classes never overlap, and one NMS resolves
+    every class (torchvision's ``batched_nms`` coordinate trick; the shift moves coordinates by
+    ~1e-4 px of float rounding, which only matters for an IoU within ~1e-6 of the threshold).
+    boxes [N, 4], scores [N], labels [N] -> kept indices [K], decreasing score."""
+    if boxes.numel() == 0:
+        return torch.zeros(0, dtype=torch.int64, device=boxes.device)
+    offsets = labels.to(boxes.dtype) * (boxes.max() + 1.0)
+    return torch.ops.torchvision.nms(boxes + offsets[:, None], scores, iou_thresh)
+
+
+class ExportableDetector(nn.Module):
+    """The inference path of :class:`frcnn.modeling.faster_rcnn.FasterRCNN` (or the unshared pair) for ONE image,
+    in operations TorchScript compiles and the ONNX exporter converts, shapes read from tensors.
+
+    image float32 [3, H, W] in [0, 1] at network scale -> (boxes [D, 4], scores [D], labels [D]).
+    ``channels_last=False`` keeps the conv input NCHW even where the eager model runs channels-last
+    (the ONNX graph: memory formats are the runtime's business there).
+    """
+
+    def __init__(self, model: FasterRCNN | UnsharedFasterRCNN, channels_last: bool = True):
+        super().__init__()
+        rpn_net = model.rpn_net if isinstance(model, UnsharedFasterRCNN) else model
+        det_net = model.det_net if isinstance(model, UnsharedFasterRCNN) else model
+        check_exportable(rpn_net, det_net)
+        self.unshared = isinstance(model, UnsharedFasterRCNN)
+        self.rpn_body = rpn_net.backbone
+        self.det_body = det_net.backbone if self.unshared else nn.Identity()  # shared: the RPN's features
+        self.rpn_head = rpn_net.rpn.head
+        self.roi_features = det_net.roi_head.head  # fc6/fc7 (or layer4) per RoI
+        self.predictor = det_net.roi_head.predictor
+        self.register_buffer("pixel_mean", rpn_net.pixel_mean[0].clone())  # [3, 1, 1]
+        self.register_buffer("pixel_std", rpn_net.pixel_std[0].clone())
+        self.register_buffer("reference_anchors", rpn_net.rpn.anchor_generator.reference.clone())  # [k, 4]
+        self.stride = int(rpn_net.size_divisible)
+        self.channels_last = bool(rpn_net.channels_last) and channels_last  # as eager inference (TorchScript)
+        settings = rpn_net.rpn.test_proposals
+        self.pre_nms_top_n = int(settings.pre_nms_top_n)
+        self.post_nms_top_n = int(settings.post_nms_top_n)
+        self.proposal_nms_thresh = float(settings.nms_thresh)
+        self.min_size_px = float(settings.min_size_px)
+        self.use_regression = bool(settings.use_regression)
+        self.use_nms = bool(settings.use_nms)
+        roi_head = det_net.roi_head
+        self.align = roi_head.pool_type == "align"
+        self.roi_output_size = int(roi_head.roi_output_size)
+        self.spatial_scale = float(roi_head.spatial_scale)
+        self.box_weights = [float(w) for w in roi_head.box_weights]
+        self.num_classes = int(roi_head.num_classes)
+        self.score_thresh = float(roi_head.score_thresh)
+        self.detection_nms_thresh = float(roi_head.nms_thresh)
+        self.detections_per_image = int(roi_head.detections_per_image)
+        self.max_log_scale = float(DEFAULT_MAX_LOG_SCALE)
+
+    def padded_batch(self, image: Tensor) -> Tensor:
+        """ImageNet normalisation, then zero padding bottom/right to a multiple of the stride
+        (:func:`frcnn.modeling.faster_rcnn.batch_images`): [3, H, W] -> [1, 3, H', W']."""
+        height, width = image.shape[-2], image.shape[-1]
+        normalised = (image - self.pixel_mean) / self.pixel_std
+        pad_h = (self.stride - height % self.stride) % self.stride
+        pad_w = (self.stride - width % self.stride) % self.stride
+        return F.pad(normalised, [0, pad_w, 0, pad_h]).unsqueeze(0)
+
+    def proposals(self, features: Tensor, height: int, width: int, min_size: Tensor) -> Tensor:
+        """RPN + proposal layer at the test settings (§3.1, §3.3): top pre-NMS N by objectness,
+        decode, clip, drop boxes under ``min_size`` network-input px (the minimum size in
+        original-image px x the resize factor), NMS, top post-NMS N. -> [P, 4]."""
+        logits, deltas = self.rpn_head(features)  # [1, A], [1, A, 4]
+        anchors = grid_anchors(self.reference_anchors, (features.shape[-2], features.shape[-1]), self.stride)
+        num_anchors = logits.shape[1]
+        top_n = num_anchors if self.pre_nms_top_n <= 0 else min(self.pre_nms_top_n, num_anchors)
+        top_logits, top_idx = logits[0].topk(top_n)  # [K]
+        top_deltas = deltas[0][top_idx] if self.use_regression else torch.zeros_like(anchors[top_idx])
+        boxes = decode_deltas(top_deltas, anchors[top_idx], [1.0, 1.0, 1.0, 1.0], self.max_log_scale)
+        boxes = clip_boxes_to_image(boxes, (height, width))
+        scores = torch.sigmoid(top_logits)
+        widths, heights = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
+        keep = torch.where((widths >= min_size) & (heights >= min_size))[0]  # remove_small_boxes' rule
+        boxes, scores = boxes[keep], scores[keep]
+        if self.use_nms:
+            keep = torch.ops.torchvision.nms(boxes, scores, self.proposal_nms_thresh)[: self.post_nms_top_n]
+        else:
+            keep = torch.arange(boxes.shape[0], device=boxes.device)[: self.post_nms_top_n]
+        return boxes[keep]
+
+    def detections(self, features: Tensor, proposals: Tensor, height: int, width: int) -> tuple[Tensor, Tensor, Tensor]:
+        """RoI pooling, the RoI head, per-class boxes, score threshold, per-class NMS, top D
+        (Fast R-CNN §2, test: :meth:`frcnn.modeling.roi_head.RoIHead.postprocess`)."""
+        rois = torch.cat((torch.zeros_like(proposals[:, :1]), proposals), dim=1)  # [P, 5] (image 0, box)
+        size = self.roi_output_size  # torchvision's kernels themselves: their Python wrappers do not export
+        if self.align:  # roi_head.pool: sampling_ratio 2, aligned
+            pooled = torch.ops.torchvision.roi_align(features, rois, self.spatial_scale, size, size, 2, True)
+        else:
+            pooled = torch.ops.torchvision.roi_pool(features, rois, self.spatial_scale, size, size)[0]
+        class_logits, box_deltas = self.predictor(self.roi_features(pooled))  # [P, C+1], [P, (C+1)*4]
+        probs = F.softmax(class_logits, dim=-1)
+        num = proposals.shape[0]
+        boxes = decode_deltas(box_deltas, proposals, self.box_weights, self.max_log_scale)
+        boxes = clip_boxes_to_image(boxes.reshape(num, -1, 4), (height, width))[:, 1:]  # [P, C, 4]
+        scores = probs[:, 1:]  # [P, C]
+        labels = torch.arange(1, self.num_classes + 1, device=scores.device).unsqueeze(0).expand(num, -1)
+        boxes, scores, labels = boxes.reshape(-1, 4), scores.reshape(-1), labels.reshape(-1)
+        keep = torch.where(scores > self.score_thresh)[0]
+        boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
+        keep = remove_small_boxes(boxes, 1e-2)
+        boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
+        keep = per_class_nms(boxes, scores, labels, self.detection_nms_thresh)[: self.detections_per_image]
+        return boxes[keep], scores[keep], labels[keep]
+
+    def forward(self, image: Tensor, image_scale: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """image: float32 [3, H, W] in [0, 1] at network scale; image_scale: float32 [] the resize
+        factor that made it (network px per original px; 1.0 for an image that was not resized):
+        the minimum proposal size is in original-image pixels (the authors' proposal layer)."""
+        height, width = image.shape[-2], image.shape[-1]
+        batch = self.padded_batch(image)
+        if self.channels_last:  # oneDNN's NHWC conv, as eager inference (TorchScript; off for ONNX)
+            batch = batch.contiguous(memory_format=torch.channels_last)
+        rpn_features = self.rpn_body(batch)
+        det_features = self.det_body(batch) if self.unshared else rpn_features
+        proposals = self.proposals(rpn_features, height, width, self.min_size_px * image_scale)
+        return self.detections(det_features, proposals, height, width)
+
+
+def check_exportable(rpn_net: FasterRCNN, det_net: FasterRCNN | None = None) -> None:
+    """Settings the graph cannot reproduce are refused, naming the key and why: the proposal
+    ranking of the Table 2 ablation, and the RoI warping of non-approximate joint training (the
+    graph pools with torchvision's roi_pool / roi_align kernels; every other test-time setting of
+    the paper is in the graph)."""
+    settings = rpn_net.rpn.test_proposals
+    if settings.ranking != "cls":
+        raise ExportError(f"rpn.test.ranking={settings.ranking!r} (the Table 2 ablation that ranks proposals "
+                          "by a random permutation) is not exportable: an exported detector must be deterministic; "
+                          "export a detector with rpn.test.ranking=cls")
+    if (det_net or rpn_net).roi_head.warp_boxes:
+        raise ExportError("roi_head.warp_boxes=true (RoI warping: a detector trained with recipe=joint "
+                          "recipe.approximate=false) is not exportable: the exported graph pools with RoI max pooling "
+                          "or RoIAlign, which would give other detections than the model; run it with "
+                          "scripts/detect.py / scripts/eval.py instead")
+
+
+def export_metadata(model, class_names: list[str], scale: int, max_size: int, export_format: str) -> dict[str, Any]:
+    """What a user of the file needs besides the graph: classes, the input rule, the output layout."""
+    return {
+        "format": f"frcnn-exported-detector-v1/{export_format}",
+        "class_names": list(class_names),
+        "unshared": isinstance(model, UnsharedFasterRCNN),
+        "input": {"name": "image", "layout": "float32 [3, H, W], RGB in [0, 1]",
+                  "resize": "before the graph: paper rule (shorter side = scale, longer side <= max_size), "
+                            "area interpolation when shrinking, bilinear when enlarging",
+                  "scale": int(scale), "max_size": int(max_size),
+                  "image_scale": "float32 [] the resize factor (network px per original px, 1.0 if not "
+                                 "resized): the minimum proposal size is in original-image pixels"},
+        "outputs": {"boxes": "float32 [D, 4] x1 y1 x2 y2 in input pixels", "scores": "float32 [D]",
+                    "labels": "int64 [D] in 1..C: class_names[label - 1]"},
+    }
+
+
+@contextlib.contextmanager
+def torchscript_quietly():
+    """Recent torch warns on every torch.jit.script / save / load that TorchScript is deprecated in
+    favour of torch.export; both files are made from TorchScript here (module docstring), so the
+    warning is not repeated to every user of scripts/export.py."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r".*torch\.jit\.(script|save|load)` is deprecated",
+                                category=FutureWarning)
+        yield
+
+
+def scripted(model, channels_last: bool = True) -> torch.jit.ScriptModule:
+    """The detector as a TorchScript module (eval mode, CPU); ``channels_last=False``: the conv input
+    stays NCHW (the ONNX graph: memory formats are the runtime's business there)."""
+    with torchscript_quietly():
+        return torch.jit.script(ExportableDetector(model.cpu().eval(), channels_last).eval())
+
+
+def export_torchscript(model, class_names: list[str], scale: int, max_size: int, out: str | Path) -> Path:
+    """Write a TorchScript file (metadata in its extra file ``frcnn.json``)."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    metadata = export_metadata(model, class_names, scale, max_size, "torchscript")
+    module = scripted(model)
+    with torchscript_quietly():
+        torch.jit.save(module, str(out), _extra_files={METADATA_NAME: json.dumps(metadata)})
+    return out
+
+
+def export_onnx(model, class_names: list[str], scale: int, max_size: int, out: str | Path,
+                example_hw: tuple[int, int] | None = None) -> Path:
+    """Write an ONNX file (opset 17, dynamic height / width / number of detections; metadata in
+    ``metadata_props['frcnn.json']``) through the TorchScript-based exporter, whose symbolics map
+    torchvision's nms / roi_pool / roi_align to NonMaxSuppression / MaxRoiPool / RoiAlign."""
+    import onnx  # the deploy extra
+
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    height, width = example_hw or (128, 160)  # any size: the graph is scripted; a small one exports faster
+    example = torch.rand(3, height, width)
+    buffer = io.BytesIO()  # one write of the (VGG-16: ~550 MB) file, after the metadata is added
+    torch.onnx.export(
+        scripted(model, channels_last=False), (example, torch.tensor(1.0)), buffer, dynamo=False,
+        opset_version=ONNX_OPSET,
+        input_names=["image", "image_scale"], output_names=["boxes", "scores", "labels"],
+        dynamic_axes={"image": {1: "height", 2: "width"}, "boxes": {0: "detections"},
+                      "scores": {0: "detections"}, "labels": {0: "detections"}},
+    )
+    graph = onnx.load_model_from_string(buffer.getvalue())
+    for output, dims in zip(graph.graph.output, (["detections", 4], ["detections"], ["detections"])):
+        shape = output.type.tensor_type.shape  # the exporter guesses ranks wrongly behind the NMS
+        del shape.dim[:]
+        for dim in dims:
+            entry = shape.dim.add()
+            if isinstance(dim, str):
+                entry.dim_param = dim
+            else:
+                entry.dim_value = dim
+    entry = graph.metadata_props.add()
+    entry.key, entry.value = METADATA_NAME, json.dumps(export_metadata(model, class_names, scale, max_size, "onnx"))
+    onnx.save(graph, str(out))
+    return out
+
+
+def export_detector(model, class_names: list[str], scale: int, max_size: int, export_format: str,
+                    out: str | Path) -> Path:
+    """Dispatch on ``export_format`` ('torchscript' | 'onnx')."""
+    if export_format == "torchscript":
+        return export_torchscript(model, class_names, scale, max_size, out)
+    if export_format == "onnx":
+        return export_onnx(model, class_names, scale, max_size, out)
+    raise ValueError(f"--format {export_format!r}; allowed: {list(FORMATS)}")
+
+
+# ----------------------------------------------------------------------------- running and checking a file
+def run_exported(path: str | Path, image: Tensor, image_scale: float = 1.0) -> tuple[Tensor, Tensor, Tensor]:
+    """Run an exported file (by its suffix: .onnx in onnxruntime, else TorchScript) on one network-scale
+    image [3, H, W] made by resizing with ``image_scale`` -> (boxes [D, 4], scores [D], labels [D]) as
+    CPU tensors."""
+    scale = torch.tensor(float(image_scale), dtype=torch.float32)
+    path = Path(path)
+    if path.suffix == ".onnx":
+        import onnxruntime
+
+        session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        outputs = session.run(None, {"image": image.detach().cpu().float().numpy(), "image_scale": scale.numpy()})
+        return tuple(torch.from_numpy(value) for value in outputs)
+    with torchscript_quietly():
+        module = torch.jit.load(str(path), map_location="cpu")
+    with torch.inference_mode():
+        return tuple(value.cpu() for value in module(image.detach().cpu().float(), scale))
+
+
+def parity(model, exported: tuple[Tensor, Tensor, Tensor], image: Tensor, score_tol: float = 1e-4,
+           eager: dict[str, Tensor] | None = None, image_scale: float = 1.0) -> dict[str, float | int]:
+    """Eager frcnn against an exported file's outputs on the same network-scale image.
+
+    Each exported detection is matched to the closest (largest coordinate difference) unmatched eager
+    detection of the same label whose score is within ``score_tol``: detections whose scores tie to
+    float rounding may come out in either order. -> detection counts, ``matched`` (how many found a
+    partner), the largest box (px) and score differences of the matched pairs. ``eager``: the model's
+    output on ``image`` when the caller has it already."""
+    if eager is None:
+        with torch.inference_mode():
+            eager = model.cpu().eval()([image.detach().cpu().float()], image_scales=[image_scale])[0]
+    boxes, scores, labels = exported
+    free = torch.ones(eager["scores"].numel(), dtype=torch.bool)
+    matched, box_diff, score_diff = 0, 0.0, 0.0
+    for box, score, label in zip(boxes, scores, labels.to(eager["labels"].dtype)):
+        score_gap = (eager["scores"] - score).abs()
+        box_gap = (eager["boxes"] - box).abs().amax(dim=1)
+        candidates = free & (eager["labels"] == label) & (score_gap <= score_tol)
+        if not candidates.any():
+            continue
+        best = int(torch.where(candidates, box_gap, torch.full_like(box_gap, float("inf"))).argmin())
+        free[best] = False
+        matched += 1
+        box_diff, score_diff = max(box_diff, float(box_gap[best])), max(score_diff, float(score_gap[best]))
+    return {"eager": int(eager["scores"].numel()), "exported": int(scores.numel()), "matched": matched,
+            "max_box_diff_px": box_diff, "max_score_diff": score_diff}

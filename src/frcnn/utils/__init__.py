@@ -1,0 +1,1 @@
+"""Run-directory plumbing: atomic writes, the run lock, fault injection, host description."""
