@@ -91,10 +91,10 @@ def _warn_unreached_lr_steps(node: Mapping[str, Any], key: str) -> None:
         for name, stage in node.items():
             _warn_unreached_lr_steps(stage, f"{key}.{name}")
         return
-    late = [s for s in node["lr_steps"] if s >= node["max_steps"]]
+    steps, length = ("lr_steps", "max_steps") if node["max_steps"] is not None else ("lr_epochs", "epochs")
+    late = [s for s in node[steps] if s >= node[length]]
     if late:
-        log.warning("%s.lr_steps %s are >= %s.max_steps=%s: the lr never drops there", key, late, key,
-                    node["max_steps"])
+        log.warning("%s.%s %s are >= %s.%s=%s: the lr never drops there", key, steps, late, key, length, node[length])
 
 
 

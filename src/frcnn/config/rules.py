@@ -131,13 +131,16 @@ class ListOf(Rule):
     item: Rule
     min_len: int = 0
     length: int | None = None
+    nullable: bool = False
 
     def describe(self) -> str:
         size = f" of exactly {self.length}" if self.length is not None else (
             f" of at least {self.min_len}" if self.min_len else "")
-        return f"a list{size} ({self.item.describe()} each)"
+        return f"a list{size} ({self.item.describe()} each)" + (" or null" if self.nullable else "")
 
     def check(self, value: Any, key: str) -> None:
+        if value is None and self.nullable:
+            return
         if isinstance(value, (str, bytes, Mapping)) or not isinstance(value, Sequence):
             raise ConfigError(f"{key}: expected {self.describe()}, got {_show(value)} ({_type_name(value)})")
         if self.length is not None and len(value) != self.length:
@@ -165,6 +168,20 @@ class AnyOf(Rule):
             except ConfigError:
                 continue
         raise ConfigError(f"{key}: expected {self.describe()}, got {_show(value)} ({_type_name(value)})")
+
+
+@dataclass
+class OrAuto(Rule):
+    """``auto`` (a value the run derives from its training set at start-up) or what ``rule`` allows."""
+
+    rule: Rule
+
+    def describe(self) -> str:
+        return f"{self.rule.describe()} or auto"
+
+    def check(self, value: Any, key: str) -> None:
+        if value != "auto":
+            self.rule.check(value, key)
 
 
 @dataclass

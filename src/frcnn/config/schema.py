@@ -20,7 +20,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from frcnn.config.rules import AnyOf, Bool, Choice, Free, ListOf, Node, Number, Text, Variant
+from frcnn.config.rules import AnyOf, Bool, Choice, Free, ListOf, Node, Number, OrAuto, Text, Variant
 from frcnn.errors import ConfigError
 
 
@@ -110,7 +110,7 @@ DATA = Node(
         "scales": ListOf(Number(1, integer=True), min_len=1),  # shorter side, px (paper: 600)
         "max_size": Number(1, integer=True),  # longer side cap, px (paper: 1000)
         "hflip_prob": PROB,
-        "num_workers": Number(0, integer=True),
+        "num_workers": OrAuto(Number(0, integer=True)),  # auto: frcnn.data.datamodule.resolve_num_workers
     },
     open=True,  # dataset-specific keys (root, splits, classes, ...) are checked by the dataset builder
 )
@@ -145,7 +145,8 @@ PROPOSALS_TEST = Node(
 
 RPN = Node(
     {
-        "anchor_scales": ListOf(POSITIVE, min_len=1),  # box side, px (paper: 128, 256, 512)
+        "anchor_scales": OrAuto(ListOf(POSITIVE, min_len=1)),  # box side, px (paper: 128, 256, 512); auto: from
+                                                               # the training boxes (frcnn.engine.fit_to_data)
         "anchor_ratios": ListOf(POSITIVE, min_len=1),  # h / w (paper: 0.5, 1, 2)
         "lambda": NON_NEGATIVE,  # eq. 1 balance (paper: 10)
         "reg_normalizer": Choice(_reg_normalizers),
@@ -157,7 +158,7 @@ RPN = Node(
         "ignore_cross_boundary": Bool(),
         "mid_channels": Number(1, integer=True, nullable=True),
         "nms_thresh": IOU,
-        "min_size": NON_NEGATIVE,
+        "min_size": OrAuto(NON_NEGATIVE),  # px at the network input (paper: 16); auto: frcnn.engine.fit_to_data
         "train": PROPOSALS_TRAIN,
         "test": PROPOSALS_TEST,
     }
@@ -195,12 +196,34 @@ OPTIM = Node(
     optional=frozenset({"name", "warmup_steps", "gradient_clip_norm"}),
 )
 
-STAGE = Node(
+class StageNode(Node):
+    """A stage's length: ``max_steps`` / ``lr_steps`` in mini-batches, or ``epochs`` / ``lr_epochs`` in
+    passes over the training set (turned into steps at start-up: frcnn.engine.fit_to_data); one of the two."""
+
+    def check(self, value: Any, key: str) -> None:
+        super().check(value, key)
+        in_steps, in_epochs = value.get("max_steps") is not None, value.get("epochs") is not None
+        if in_steps == in_epochs:
+            fix = f"set one of them to null, e.g. {key}.epochs=null" if in_steps else "set one of them"
+            raise ConfigError(
+                f"{key}: give its length either in steps (max_steps, lr_steps) or in epochs (epochs, lr_epochs), "
+                f"not {'both' if in_steps else 'neither'} (max_steps={value.get('max_steps')}, "
+                f"epochs={value.get('epochs')}): {fix}")
+        pair = "lr_steps" if in_steps else "lr_epochs"
+        if value.get(pair) is None:
+            raise ConfigError(f"{key}.{pair}: missing; expected a list (may be empty) beside "
+                              f"{'max_steps' if in_steps else 'epochs'}")
+
+
+STAGE = StageNode(
     {
-        "max_steps": COUNT,  # mini-batches (iterations)
-        "lr_steps": ListOf(COUNT),  # lr x lr_gamma at each
+        "max_steps": Number(1, integer=True, nullable=True),  # mini-batches (iterations)
+        "lr_steps": ListOf(COUNT, nullable=True),  # lr x lr_gamma at each (null beside epochs)
+        "epochs": Number(0.0, low_open=True, nullable=True),  # passes over the training set
+        "lr_epochs": ListOf(POSITIVE, nullable=True),  # lr x lr_gamma after each (null beside max_steps)
         "images_per_batch": COUNT,  # per process
-    }
+    },
+    optional=frozenset({"epochs", "lr_epochs"}),
 )
 ALTERNATING_STAGES = ("stage1_rpn", "stage1_det", "stage2_rpn", "stage2_det")
 SCHEDULE = Node(

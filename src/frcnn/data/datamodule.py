@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import os
 import warnings
 from collections.abc import Callable, Sequence
 
@@ -18,7 +19,28 @@ from frcnn.data.transforms import DetectionTransform, collate_detection
 # Lightning 2.x, resuming mid-epoch with a loader that has no state_dict (ours continues by step instead)
 RESUME_WARNING = r"You're resuming from a checkpoint that ended before the epoch ended"
 
-__all__ = ["DetectionDataModule", "build_shapes_datamodule"]
+__all__ = ["DetectionDataModule", "build_shapes_datamodule", "resolve_num_workers", "usable_cpu_count"]
+
+AUTO_WORKERS_MAX = 4  # the paper presets' loader workers before "auto"; enough to keep one GPU fed at 600 px
+
+
+def usable_cpu_count() -> int:
+    """CPU cores this process may run on (its affinity mask where the OS has one: what torch's
+    DataLoader counts when it warns about too many workers)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - macOS, Windows
+        return os.cpu_count() or 1
+
+
+def resolve_num_workers(setting: int | str, cores: int | None = None) -> int:
+    """``data.num_workers``: a number is used as given; ``auto`` is one loader worker per usable core
+    but one (that core stays with the training process), at most AUTO_WORKERS_MAX: 0 on 1 core, 1 on 2,
+    4 from 5 cores up. Never more than torch's suggested maximum (the usable cores), so no warning."""
+    if setting != "auto":
+        return int(setting)
+    cores = usable_cpu_count() if cores is None else int(cores)
+    return max(0, min(AUTO_WORKERS_MAX, cores - 1))
 
 DatasetFactory = Callable[[], Dataset]
 

@@ -28,7 +28,8 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
 from frcnn.checkpoint.safe_load import read_torch_file
 from frcnn.data.build import build_dataset
-from frcnn.data.datamodule import DetectionDataModule
+from frcnn.data.datamodule import DetectionDataModule, resolve_num_workers
+from frcnn.engine.fit_to_data import fit_config_to_data
 from frcnn.engine.loggers import build_logger, finish_logger, log_final_results
 from frcnn.engine.proposal_files import ProposalDataset, generate_proposal_file, load_proposal_file
 from frcnn.engine.resume import check_run_config, finished_metrics, resume_checkpoint
@@ -74,7 +75,7 @@ def build_datamodule(cfg: Mapping[str, Any], images_per_batch: int, train_factor
         val_dataset_factory=lambda: build_dataset(data_cfg, "val"),
         batch_size=int(images_per_batch),
         val_batch_size=max(int(images_per_batch), 4),
-        num_workers=int(data_cfg.get("num_workers", 0)),
+        num_workers=resolve_num_workers(data_cfg.get("num_workers", 0)),
         pin_memory=bool(data_cfg.get("pin_memory", False)) and cfg["trainer"]["accelerator"] != "cpu",
         seed=int(cfg.get("seed", 0)),
         aspect_ratio_grouping=bool(data_cfg.get("aspect_ratio_grouping", False)),
@@ -195,9 +196,10 @@ def _barrier() -> None:
 def run_joint(cfg: Mapping[str, Any], run_dir: Path) -> dict:
     """Joint training, approximate (§3.2 ii, the default) or not (§3.2 iii, recipe.approximate=false),
     then evaluation of the final detector."""
-    schedule = cfg["schedule"]["joint"]
-    datamodule = build_datamodule(cfg, schedule["images_per_batch"])
+    datamodule = build_datamodule(cfg, cfg["schedule"]["joint"]["images_per_batch"])
     datamodule.setup("fit")
+    cfg = fit_config_to_data(cfg, datamodule.train_dataset)  # auto anchors / min size, epochs -> steps
+    schedule = cfg["schedule"]["joint"]
     class_names = datamodule.class_names
     seed_stage(int(cfg.get("seed", 0)), "joint")
     module = JointModule(model_config(cfg), dict(cfg["optim"]), list(schedule["lr_steps"]), class_names)
@@ -239,10 +241,11 @@ def run_alternating(cfg: Mapping[str, Any], run_dir: Path) -> dict:
     7 unify: stage-4 conv + RPN with the stage-6 head in one checkpoint -> final/model.pt.
     With recipe.unshared the run stops after step 3 (separate backbones, paper Table 2/3).
     """
+    base = build_datamodule(cfg, cfg["schedule"]["alternating"]["stage1_rpn"]["images_per_batch"])
+    base.setup("fit")
+    cfg = fit_config_to_data(cfg, base.train_dataset)  # auto anchors / min size, epochs -> steps
     stages = cfg["schedule"]["alternating"]
     model_cfg, optim_cfg = model_config(cfg), dict(cfg["optim"])
-    base = build_datamodule(cfg, stages["stage1_rpn"]["images_per_batch"])
-    base.setup("fit")
     class_names = base.class_names
     train_set = base.train_dataset
     timings: dict[str, float] = {}

@@ -11,6 +11,7 @@ from typing import Any
 from torch.utils.data import DataLoader
 
 from frcnn.data.build import build_dataset
+from frcnn.data.datamodule import resolve_num_workers
 from frcnn.data.transforms import collate_detection
 from frcnn.inference.detector_file import PAPER_TEST_SCALE, checkpoint_input_scale
 
@@ -41,7 +42,7 @@ def build_eval_loader(data_cfg: Mapping[str, Any], split: str, batch_size: int) 
     if eval_transform is not None and hasattr(dataset, "transform"):
         dataset.transform = eval_transform  # never evaluate with training augmentation
     return DataLoader(dataset, batch_size=int(batch_size), shuffle=False,
-                      num_workers=int(data_cfg.get("num_workers", 0)), collate_fn=collate_detection)
+                      num_workers=resolve_num_workers(data_cfg.get("num_workers", 0)), collate_fn=collate_detection)
 
 
 def evaluation_data_cfg(data_cfg: Mapping[str, Any], checkpoint: Path, scale: int | None) -> dict:
