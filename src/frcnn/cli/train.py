@@ -21,6 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from frcnn.checkpoint.safe_load import UnreadableFileError
 from frcnn.config.checks import check_backbone_weights, check_override_keys, validate_config
+from frcnn.config.presets import OWN_DATA_PRESET, preset_notice
 from frcnn.data.checks import DataError
 from frcnn.errors import ConfigError
 from frcnn.utils.atomic_io import WRITE_ERROR_EXIT_STATUS, describe_write_error, is_write_error
@@ -223,6 +224,7 @@ def _hydra_run() -> dict[str, Any]:
         "override_dirname": str(hc.job.override_dirname),
         "job_num": hc.job.get("num"),
         "launcher": str(hc.launcher.get("_target_", "")),
+        "experiment": hc.runtime.choices.get("experiment"),  # the preset's name; None with ~experiment
     }
 
 
@@ -272,8 +274,13 @@ def train(cfg: DictConfig | Mapping[str, Any]) -> dict:
     """Validate and run one training job; returns its metrics (as written to metrics.json)."""
     plain = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
     validate_config(plain)
-    check_backbone_weights(plain)  # imagenet without network stops here, before any data or training
+    logging.getLogger("frcnn").setLevel(logging.INFO)
     run = _hydra_run()
+    if "experiment" in run:  # a Hydra job: say which preset a run on the user's own files applies
+        notice = preset_notice(run["experiment"], plain)
+        if notice:
+            log.log(logging.INFO if run["experiment"] == OWN_DATA_PRESET else logging.WARNING, "%s", notice)
+    check_backbone_weights(plain)  # imagenet without network stops here, before any data or training
     check_ddp_in_multirun(plain, run)
     if run.get("multirun") and plain["logger"]["name"] == "wandb":
         from frcnn.engine.loggers import sweep_group_name, sweep_run_name
@@ -282,7 +289,6 @@ def train(cfg: DictConfig | Mapping[str, Any]) -> dict:
         logger_cfg["group"] = logger_cfg.get("group") or sweep_group_name(run["sweep_dir"], run["cwd"])
         logger_cfg["run_name"] = logger_cfg.get("run_name") or sweep_run_name(run["override_dirname"], run["job_num"])
         plain["logger"] = logger_cfg
-    logging.getLogger("frcnn").setLevel(logging.INFO)
     from frcnn.engine.recipes import run_recipe  # lazy: torch + Lightning only once the config is known good
 
     return run_recipe(plain, plain["run_dir"])
