@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from frcnn.engine import recipes
-from frcnn.engine.proposal_files import load_proposal_file
+from frcnn.engine.proposal_files import PROPOSAL_FILE_NAME, load_proposal_file
 from frcnn.inference.detector_file import load_detector
 from frcnn.lit.stages import StageModule
 
@@ -78,9 +78,9 @@ def test_frozen_stages_do_not_warn_about_eval_mode_modules(finished_run):
 def test_proposal_files_one_sorted_entry_per_image_inside_image(finished_run):
     run_dir, _, _ = finished_run
     for stage in ("stage1_proposals", "stage2_proposals"):
-        payload = load_proposal_file(run_dir / stage / "proposals.pt", num_images=6)
-        assert len(payload["boxes"]) == 6
-        for boxes, scores in zip(payload["boxes"], payload["scores"]):
+        proposals = load_proposal_file(run_dir / stage / PROPOSAL_FILE_NAME, num_images=6)
+        assert len(proposals) == 6
+        for boxes, scores in map(proposals.read, range(6)):
             assert 0 < boxes.shape[0] <= 50
             assert (boxes[:, :2] >= 0).all() and (boxes[:, 2:] <= 256).all()  # shapes images are 256 x 256
             assert (scores[:-1] >= scores[1:]).all()

@@ -8,13 +8,14 @@ import json
 import logging
 import os
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
 
 from frcnn.engine import recipes
-from frcnn.engine.proposal_files import _write as write_proposals
 from frcnn.engine.proposal_files import load_proposal_file
+from frcnn.engine.proposal_store import write_proposal_file
 from frcnn.evaluation.plots import _new_figure
 from frcnn.lit.checkpoint_io import AtomicCheckpointIO
 from frcnn.modeling.rpn import ProposalSettings
@@ -62,9 +63,10 @@ WRITERS = {
         lambda p: torch.load(p, weights_only=True)["global_step"]),
     "weights (model.pt)": ("model.pt", lambda p, v: atomic_torch_save({"w": torch.full((2,), float(v))}, p),
                            lambda p: int(torch.load(p, weights_only=True)["w"][0])),
-    "proposal file": ("proposals.pt",
-                      lambda p, v: write_proposals(p, {0: (torch.full((1, 4), float(v)), torch.ones(1))}, 1, SETTINGS),
-                      lambda p: int(load_proposal_file(p, 1)["boxes"][0][0, 0])),
+    "proposal file": ("proposals.safetensors",
+                      lambda p, v: write_proposal_file(p, [(np.full((1, 4), v, np.float32), np.ones(1, np.float32))], 1,
+                                                       SETTINGS.post_nms_top_n),
+                      lambda p: int(load_proposal_file(p, 1).boxes(0)[0, 0])),
     "json (metrics.json)": ("metrics.json", lambda p, v: atomic_write_json({"v": v}, p),
                             lambda p: json.loads(p.read_text())["v"]),
     "text marker (DONE)": ("DONE", lambda p, v: atomic_write_text(f"{v}\n", p), lambda p: int(p.read_text())),

@@ -14,6 +14,7 @@ from frcnn.data.transforms import DetectionTransform
 from frcnn.engine import recipes
 from frcnn.engine.loggers import read_csv_rows_before
 from frcnn.engine.proposal_files import load_proposal_file
+from frcnn.engine.proposal_store import write_proposal_file
 from frcnn.engine.resume import RunConfigMismatch, check_run_config, resume_checkpoint
 from frcnn.lit.guards import LossGuard, NonFiniteLossError
 from frcnn.modeling.faster_rcnn import FasterRCNN
@@ -89,11 +90,10 @@ def test_newest_of_last_and_slurm_requeue_checkpoint_is_resumed(tmp_path):
 
 
 def test_half_written_proposal_file_is_refused_naming_it(tmp_path):
-    path = tmp_path / "proposals.pt"
-    torch.save({"format": "frcnn-proposals-v1", "num_images": 1, "boxes": [torch.zeros(2, 4)],
-                "scores": [torch.zeros(2)], "post_nms_top_n": 2}, path)
-    path.write_bytes(path.read_bytes()[:100])
-    with pytest.raises(ValueError, match=r"proposals\.pt: not a readable proposal file"):
+    path = tmp_path / "proposals.safetensors"
+    write_proposal_file(path, [(torch.zeros(2, 4).numpy(), torch.zeros(2).numpy())], 1, post_nms_top_n=2)
+    path.write_bytes(path.read_bytes()[:-10])
+    with pytest.raises(ValueError, match=r"proposals\.safetensors: not a readable proposal file"):
         load_proposal_file(path, 1)
 
 

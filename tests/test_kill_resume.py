@@ -52,7 +52,7 @@ def finished_marks(run_dir):
     """{stage: mtime of its DONE / proposals file} of the stages that are finished."""
     marks = {}
     for stage in ORDER:
-        path = run_dir / stage / ("proposals.pt" if stage.endswith("proposals") else "DONE")
+        path = run_dir / stage / ("proposals.safetensors" if stage.endswith("proposals") else "DONE")
         if path.exists():
             marks[stage] = path.stat().st_mtime_ns
     return marks

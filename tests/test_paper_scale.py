@@ -20,7 +20,7 @@ import pytest
 import torch
 
 from frcnn.cli.train import train
-from frcnn.engine.proposal_files import load_proposal_file
+from frcnn.engine.proposal_files import PROPOSAL_FILE_NAME, load_proposal_file
 from frcnn.inference.detector_file import load_detector
 from tests.conftest import compose_config, memory_backed_dir
 from tests.data_trees import coco_json, draw_image, write_voc_tree
@@ -85,8 +85,9 @@ def check_final(run_dir, metrics: dict, num_classes: int, num_val: int) -> None:
 
 def check_proposals(run_dir, stage: str, images: dict) -> None:
     """The stage's proposal file: up to 2000 boxes per training image, in original-image pixels."""
-    payload = load_proposal_file(run_dir / stage / "proposals.pt", len(images))
-    for boxes, (width, height, _) in zip(payload["boxes"], images.values()):
+    proposals = load_proposal_file(run_dir / stage / PROPOSAL_FILE_NAME, len(images))
+    for index, (width, height, _) in enumerate(images.values()):
+        boxes = proposals.boxes(index)
         assert 0 < len(boxes) <= 2000
         assert boxes[:, 2].max() <= width and boxes[:, 3].max() <= height  # mapped back from 600 px
 

@@ -1,4 +1,5 @@
-"""Proposal generation sharded over 2 processes (gloo on CPU): one complete file, nothing twice."""
+"""Proposal generation sharded over 2 processes (gloo on CPU): one complete file, nothing twice, the same
+bytes one process writes."""
 
 import os
 
@@ -48,16 +49,19 @@ def _worker(rank, world, port, out_path, run_dir):
 
 
 def test_two_ranks_write_one_complete_file_and_split_the_work(tmp_path):
-    out = tmp_path / "proposals.pt"
+    out = tmp_path / "proposals.safetensors"
     fork_server()  # the two ranks start from it with torch already imported (as spawn would, without the imports)
     mp.start_processes(_worker, args=(2, 29517, str(out), str(tmp_path)), nprocs=2, join=True,
                        start_method="forkserver")
     payload = load_proposal_file(out, num_images=5)
     calls = [torch.load(f"{out}.calls{r}") for r in range(2)]
     assert sorted(i for c in calls for chunk in c for i in chunk) == [0, 1, 2, 3, 4]  # each image once
-    assert not list(tmp_path.glob("proposals.rank*.pt"))  # shards merged and removed
+    assert sorted(calls[0][0] + calls[1][0]) == calls[0][0] + calls[1][0]  # consecutive ranges: rank 0 first
+    assert not list(tmp_path.glob("proposals.rank*"))  # shards merged and removed
     # same proposals as one process computes alone
     model, dataset = make_model_and_data(tmp_path)
     single = propose_images(model, dataset, list(range(5)), SETTINGS)
     for i in range(5):
-        assert torch.allclose(payload["boxes"][i], single[i][0], atol=1e-4)
+        assert torch.allclose(torch.from_numpy(payload.boxes(i)), single[i][0], atol=1e-4)
+    alone = generate_proposal_file(model, dataset, SETTINGS, tmp_path / "alone.safetensors")
+    assert alone.read_bytes() == out.read_bytes()  # the merged shards are the file one process writes

@@ -102,9 +102,9 @@ def test_every_other_file_frcnn_reads_refuses_pickled_objects(tmp_path, kind):
     marker = tmp_path / "PWNED"
     evil = CreatesFileWhenUnpickled(marker)
     if kind == "proposal file":
-        path = tmp_path / "proposals.pt"
-        torch.save({"format": "frcnn-proposals-v1", "num_images": 1, "boxes": [evil], "scores": []}, path)
-        with pytest.raises(UnsafeFileError, match=rf"proposals\.pt: refused: this proposal file {REFUSED}"):
+        path = tmp_path / "proposals.safetensors"  # a pickle where raw arrays belong: never unpickled
+        torch.save({"format": "frcnn-proposals-v2", "num_images": 1, "boxes": [evil], "scores": []}, path)
+        with pytest.raises(UnreadableFileError, match=r"proposals\.safetensors: not a readable proposal file"):
             load_proposal_file(path, 1)
     elif kind == "checkpoint":  # a resume checkpoint in the run dir: never used, moved aside
         (tmp_path / "checkpoints").mkdir()

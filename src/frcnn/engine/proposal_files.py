@@ -2,8 +2,9 @@
 
 A proposal file holds, for every training image, the RPN's boxes in the image's *original*
 pixel coordinates (so the detector's transforms rescale and flip them with the image) and
-their scores, sorted by score. Files are written atomically and checked when loaded.
-Under DDP each rank proposes a disjoint shard of the images; rank 0 merges the shards.
+their scores, sorted by score, in the flat-array format of :mod:`frcnn.engine.proposal_store`:
+written as a stream, atomically, checked when opened, and read one image at a time. Under DDP each
+rank proposes a consecutive range of the images into a shard; rank 0 concatenates the shards on disk.
 """
 
 from __future__ import annotations
@@ -16,12 +17,12 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import Dataset
 
-from frcnn.checkpoint.safe_load import read_torch_file
 from frcnn.data.transforms import resize_factor
+from frcnn.engine.proposal_store import ProposalFile, merge_proposal_files, shard_range, write_proposal_file
 from frcnn.modeling.rpn import ProposalSettings
-from frcnn.utils.atomic_io import atomic_torch_save
 
-PROPOSAL_FORMAT = "frcnn-proposals-v1"
+PROPOSAL_FILE_NAME = "proposals.safetensors"  # in <run_dir>/stage1_proposals, stage2_proposals
+PROPOSE_CHUNK_BATCHES = 16  # proposal batches held in memory before they are written
 
 
 def _dist_info() -> tuple[int, int]:
@@ -64,63 +65,59 @@ def propose_images(model, dataset, indices: list[int], settings: ProposalSetting
     return out
 
 
+def _proposals_in_order(model, dataset, indices: range, settings: ProposalSettings, device, batch_size: int,
+                        on_progress: Callable[[int], None] | None):
+    """(boxes [n, 4], scores [n]) float32 numpy, image after image of ``indices``, proposed
+    PROPOSE_CHUNK_BATCHES batches at a time (memory: one chunk). ``on_progress(images_done)`` is
+    called before each batch, as :func:`propose_images` calls it."""
+    chunk_images = batch_size * PROPOSE_CHUNK_BATCHES
+    for chunk_start in range(0, len(indices), chunk_images):
+        chunk = list(indices[chunk_start : chunk_start + chunk_images])
+        progress = None if on_progress is None else (lambda done, before=chunk_start: on_progress(before + done))
+        found = propose_images(model, dataset, chunk, settings, device, batch_size=batch_size, on_progress=progress)
+        for index in chunk:
+            boxes, scores = found.pop(index)
+            yield boxes.float().numpy(), scores.float().numpy()
+
+
+def shard_path(path: Path, rank: int, world: int) -> Path:
+    return path.with_name(f"{path.stem}.rank{rank}-of-{world}{path.suffix}")
+
+
 def generate_proposal_file(model, dataset, settings: ProposalSettings, path: str | Path, device="cpu",
                            on_progress: Callable[[int], None] | None = None, batch_size: int = 4) -> Path:
     """Propose boxes for every image of ``dataset`` and write one complete file at ``path``
-    (the same file for every ``batch_size``: see :func:`propose_images`).
+    (:mod:`frcnn.engine.proposal_store`; the same bytes for every ``batch_size``: see
+    :func:`propose_images`), streaming: memory does not grow with the dataset.
 
-    Under torch.distributed, rank r takes images r, r + W, r + 2W, ... (no padding, nothing
-    computed twice), writes a shard, and rank 0 merges the W shards into the final file.
+    Under torch.distributed, rank r of W takes the consecutive whole batches :func:`shard_range`
+    (nothing computed twice) and writes them as a shard beside ``path``; rank 0 then concatenates
+    the W shards on disk into ``path`` (:func:`merge_proposal_files`): the file one process writes
+    with the same batches (the same bytes, where the ranks run with the same number of threads).
+    Every rank must see ``path``'s folder (on several nodes: a shared file system).
     """
     path = Path(path)
     rank, world = _dist_info()
-    indices = list(range(rank, len(dataset), world))
-    shard = propose_images(model, dataset, indices, settings, device, batch_size=batch_size, on_progress=on_progress)
+    indices = shard_range(len(dataset), rank, world, batch_size)
+    target = path if world == 1 else shard_path(path, rank, world)
+    write_proposal_file(target, _proposals_in_order(model, dataset, indices, settings, device, batch_size, on_progress),
+                        len(indices), settings.post_nms_top_n, first_image=indices.start)
     if world == 1:
-        _write(path, shard, len(dataset), settings)
         return path
-    shard_path = path.with_name(f"{path.stem}.rank{rank}.pt")
-    atomic_torch_save(shard, shard_path)
     dist.barrier()
     if rank == 0:
-        merged = {}
-        for r in range(world):
-            part = path.with_name(f"{path.stem}.rank{r}.pt")
-            merged.update(read_torch_file(part, "proposal shard"))
-        _write(path, merged, len(dataset), settings)
-        for r in range(world):
-            path.with_name(f"{path.stem}.rank{r}.pt").unlink(missing_ok=True)
+        shards = [shard_path(path, r, world) for r in range(world)]
+        merge_proposal_files(shards, path)
+        for stale in path.parent.glob(f"{path.stem}.rank*-of-*{path.suffix}"):  # these and any of an older run
+            stale.unlink(missing_ok=True)
     dist.barrier()
     return path
 
 
-def _write(path: Path, by_index: dict, num_images: int, settings: ProposalSettings) -> None:
-    missing = sorted(set(range(num_images)) - set(by_index))
-    if missing:
-        raise RuntimeError(f"proposals missing for {len(missing)} images (first: {missing[:5]}) while writing {path}")
-    atomic_torch_save({
-        "format": PROPOSAL_FORMAT,
-        "num_images": num_images,
-        "post_nms_top_n": settings.post_nms_top_n,
-        "boxes": [by_index[i][0].float() for i in range(num_images)],
-        "scores": [by_index[i][1].float() for i in range(num_images)],
-    }, path)
-
-
-def load_proposal_file(path: str | Path, num_images: int) -> dict:
-    """Load and check a proposal file: right format, one entry per image, [N, 4] boxes."""
-    path = Path(path)
-    payload = read_torch_file(path, "proposal file")  # tensors and plain values only, never code; FileNotFoundError
-    if not isinstance(payload, dict) or payload.get("format") != PROPOSAL_FORMAT:
-        raise ValueError(f"{path} is not an frcnn proposal file (format {PROPOSAL_FORMAT!r} expected)")
-    if not isinstance(payload.get("boxes"), list) or not all(isinstance(b, torch.Tensor) for b in payload["boxes"]):
-        raise ValueError(f"{path}: its 'boxes' entry is not a list of tensors")
-    if payload.get("num_images") != num_images or len(payload["boxes"]) != num_images:
-        raise ValueError(f"{path} holds proposals for {len(payload['boxes'])} images, the dataset has {num_images}")
-    for i, boxes in enumerate(payload["boxes"]):
-        if boxes.ndim != 2 or boxes.shape[-1] != 4:
-            raise ValueError(f"{path}: entry {i} has shape {tuple(boxes.shape)}, expected [N, 4]")
-    return payload
+def load_proposal_file(path: str | Path, num_images: int) -> ProposalFile:
+    """The checked proposal file of a dataset of ``num_images`` images (read one image at a time).
+    Raises FileNotFoundError, or UnreadableFileError (a ValueError) naming the file and the field."""
+    return ProposalFile(path, num_images)
 
 
 class ProposalDataset(Dataset):
@@ -130,9 +127,9 @@ class ProposalDataset(Dataset):
     Items: (image [3, H, W], target dict with boxes, labels, proposals [N, 4], image_id, ...).
     """
 
-    def __init__(self, base_dataset, proposals: dict):
+    def __init__(self, base_dataset, proposals: ProposalFile):
         self.base = base_dataset
-        self.boxes = proposals["boxes"]
+        self.proposals = proposals  # read one image at a time: memory does not grow with the dataset
 
     def __len__(self) -> int:
         return len(self.base)
@@ -143,7 +140,7 @@ class ProposalDataset(Dataset):
 
     def __getitem__(self, index: int):
         image, gt_boxes, gt_labels = self.base.raw(index)
-        proposals = self.boxes[index].numpy()
+        proposals = self.proposals.boxes(index)  # [N, 4] float32, original-image px
         all_boxes = np.concatenate((np.asarray(gt_boxes, dtype=np.float32).reshape(-1, 4), proposals.reshape(-1, 4)))
         # label 0 marks a proposal; ground truth keeps 1..C
         all_labels = np.concatenate((np.asarray(gt_labels, dtype=np.int64), np.zeros(len(proposals), dtype=np.int64)))

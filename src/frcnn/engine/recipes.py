@@ -31,7 +31,13 @@ from frcnn.data.build import build_dataset
 from frcnn.data.datamodule import DetectionDataModule, resolve_num_workers
 from frcnn.engine.fit_to_data import fit_config_to_data
 from frcnn.engine.loggers import build_logger, finish_logger, log_final_results
-from frcnn.engine.proposal_files import ProposalDataset, generate_proposal_file, load_proposal_file
+from frcnn.engine.proposal_files import (
+    PROPOSAL_FILE_NAME,
+    ProposalDataset,
+    generate_proposal_file,
+    load_proposal_file,
+)
+from frcnn.engine.proposal_store import ProposalFile
 from frcnn.engine.resume import check_run_config, finished_metrics, resume_checkpoint
 from frcnn.evaluation.evaluate import evaluate_split
 from frcnn.evaluation.proposal_recall import format_recall_table
@@ -209,11 +215,12 @@ def run_joint(cfg: Mapping[str, Any], run_dir: Path) -> dict:
 
 
 def proposal_stage(cfg: Mapping[str, Any], run_dir: Path, stage_name: str, model, dataset,
-                   timings: dict[str, float]) -> dict:
+                   timings: dict[str, float]) -> ProposalFile:
     """Stage 2 / 5: the trained RPN proposes boxes for every training image (no pre-NMS cut,
-    NMS 0.7, top 2000 by default), written once to <run_dir>/<stage>/proposals.pt (atomically);
-    a file that does not load (damaged) is moved aside and the proposals are computed again."""
-    path = run_dir / stage_name / "proposals.pt"
+    NMS 0.7, top 2000 by default), written once to <run_dir>/<stage>/proposals.safetensors
+    (atomically; streamed, so memory does not grow with the dataset); a file that does not load
+    (damaged) is moved aside and the proposals are computed again."""
+    path = run_dir / stage_name / PROPOSAL_FILE_NAME
     if path.exists():
         try:
             return load_proposal_file(path, len(dataset))
@@ -255,7 +262,7 @@ def run_alternating(cfg: Mapping[str, Any], run_dir: Path) -> dict:
         return StageModule(kind, model_cfg, optim_cfg, list(stages[name]["lr_steps"]), class_names,
                            freeze_shared=freeze_shared, stage_name=name)
 
-    def detector_data(proposals: dict, name: str) -> DetectionDataModule:
+    def detector_data(proposals: ProposalFile, name: str) -> DetectionDataModule:
         return build_datamodule(cfg, stages[name]["images_per_batch"],
                                 train_factory=lambda: ProposalDataset(train_set, proposals))
 
