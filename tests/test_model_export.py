@@ -18,6 +18,7 @@ from frcnn.inference.exportable import ExportableDetector, ExportError, export_d
 from frcnn.inference.predictor import network_input
 from frcnn.modeling.build import build_model
 from frcnn.modeling.faster_rcnn import UnsharedFasterRCNN
+from frcnn.modeling.rpn import ProposalSettings
 from tests.cli_runner import run_fresh
 from tests.conftest import compose_config, memory_backed_dir
 
@@ -84,6 +85,35 @@ def test_unshared_pair_and_roi_align_export_too(export_format, suffix, val_image
     model = UnsharedFasterRCNN(built(cfg, seed=1), built(cfg, seed=2)).eval()
     path = export_detector(model, list(CLASS_NAMES), 256, 1000, export_format, tmp_path / f"pair{suffix}")
     assert_parity(model, path, val_images[2:3])  # one crop: 256 x 303 at network scale
+
+
+class FixedRPNHead(torch.nn.Module):
+    def __init__(self, logits, deltas):
+        super().__init__()
+        self.logits, self.deltas = logits, deltas
+
+    def forward(self, features):
+        return self.logits, self.deltas
+
+
+def test_exported_proposal_layer_drops_small_boxes_before_the_pre_nms_cut(model):
+    """The graph's proposal layer follows the authors' order as eager frcnn does: on a 4 x 4 feature map
+    the 48 anchors of scale 32 (under 40 px once clipped) score highest, the pre-NMS N is 48, so only
+    boxes of the other scales reach NMS (cutting first would leave none)."""
+    gen = torch.Generator().manual_seed(0)
+    anchors = model.rpn.anchor_generator((4, 4))  # [144, 4]: scales 32 / 64 / 128 per location
+    scale_32 = torch.arange(144) % 3 == 0  # anchor index = location * 9 + ratio * 3 + scale
+    logits = torch.rand(1, 144, generator=gen) + 10.0 * scale_32  # [1, A]
+    deltas = torch.randn(1, 144, 4, generator=gen) * 0.1 * ~scale_32[:, None]  # [1, A, 4]; scale 32: the anchors
+    exportable = ExportableDetector(model)
+    exportable.rpn_head = FixedRPNHead(logits, deltas)
+    exportable.pre_nms_top_n = 48
+    graph = exportable.proposals(torch.zeros(1, 8, 4, 4), 64, 64, torch.tensor(40.0))
+    settings = ProposalSettings(pre_nms_top_n=48, post_nms_top_n=model.rpn.test_proposals.post_nms_top_n,
+                                nms_thresh=model.rpn.test_proposals.nms_thresh, min_size_px=40.0)
+    eager, _ = model.rpn.propose(anchors, logits, deltas, [(64, 64)], settings)
+    assert graph.shape[0] > 0 and torch.equal(graph, eager[0])
+    assert ((graph[:, 2:] - graph[:, :2]) >= 40.0).all()
 
 
 def test_torchscript_file_runs_without_frcnn(model, export_once, val_images, tmp_path):

@@ -154,3 +154,21 @@ def test_minimum_proposal_size_is_in_original_image_pixels():
     assert [sides(p) for p in unscaled] == [[20.0, 30.0, 40.0]] * 2  # None: factor 1
     shrunk, _ = rpn.propose(anchors, logits, deltas, [(100, 100)] * 2, settings, image_scales=[0.5, 2.5])
     assert [sides(p) for p in shrunk] == [[20.0, 30.0, 40.0], [40.0]]  # 8 px; 40 px
+
+
+def test_small_boxes_are_dropped_before_the_pre_nms_cut():
+    """The authors' order (py-faster-rcnn proposal_layer.py): decode, clip, min size, THEN sort and keep
+    the pre-NMS N. The 3 best-scoring anchors are 8 px (under the 16 px minimum) and 3 big ones score
+    lower: with pre_nms_top_n=3 all 3 big ones reach NMS (cutting first would leave none)."""
+    rpn = make_rpn()
+    small = torch.tensor([[0.0, 0.0, 8.0, 8.0], [20.0, 0.0, 28.0, 8.0], [40.0, 0.0, 48.0, 8.0]])
+    big = torch.tensor([[0.0, 20.0, 30.0, 50.0], [40.0, 20.0, 70.0, 50.0], [80.0, 20.0, 110.0, 50.0]])
+    anchors = torch.cat((big[:1], small, big[1:]))  # the small ones not first: the rank, not the index, decides
+    logits = torch.tensor([[1.0, 5.0, 4.0, 3.0, 2.0, 0.5]])  # [B=1, A=6]
+    settings = ProposalSettings(pre_nms_top_n=3, post_nms_top_n=10, nms_thresh=0.7, min_size_px=16)
+    proposals, scores = rpn.propose(anchors, logits, torch.zeros(1, 6, 4), [(128, 128)], settings)
+    assert proposals[0].tolist() == big[[1, 0, 2]].tolist()  # by score: 2.0, 1.0, 0.5
+    torch.testing.assert_close(scores[0], torch.sigmoid(torch.tensor([2.0, 1.0, 0.5])))
+    two, _ = rpn.propose(anchors, logits, torch.zeros(1, 6, 4), [(128, 128)],
+                         ProposalSettings(pre_nms_top_n=2, post_nms_top_n=10, min_size_px=16))
+    assert two[0].tolist() == big[[1, 0]].tolist()  # the cut counts only boxes of usable size

@@ -2,7 +2,7 @@
 
 * ``nms_top_n`` (NMS that stops at the post-NMS N) == ``torchvision.ops.nms(...)[:N]``, exactly, and
   so do the images of a batch resolved on parallel threads;
-* the RPN proposal layer == decode every anchor, sort, cut, clip, min size, full NMS, cut;
+* the RPN proposal layer == decode every anchor, clip, min size, sort, cut, full NMS, cut (the authors' order);
 * the cached anchor grid == anchors placed location by location in a Python loop;
 * the channels-last shared conv == the NCHW one: features, RPN outputs, losses, detections;
 * the fc layers in oneDNN == F.linear (MKL): detections, losses and gradients.
@@ -59,23 +59,27 @@ def test_nms_per_image_on_threads_equals_one_image_at_a_time(workers):
 
 
 def _reference_propose(anchors, logits, deltas, image_sizes, settings: ProposalSettings):
-    """The proposal layer written plainly: decode every anchor, sort by score, cut to the
-    pre-NMS N, clip, drop small boxes, full NMS, cut to the post-NMS N."""
+    """The proposal layer written plainly, one image at a time, in the authors' order
+    (py-faster-rcnn proposal_layer.py): decode every anchor, clip, drop small boxes, sort by score,
+    cut to the pre-NMS N, full NMS, cut to the post-NMS N."""
     proposals, scores = [], []
     for i, image_hw in enumerate(image_sizes):
-        boxes = decode_boxes(deltas[i], anchors)
-        order = logits[i].argsort(descending=True)[: settings.pre_nms_top_n]
-        boxes, image_scores = clip_boxes_to_image(boxes[order], image_hw), torch.sigmoid(logits[i][order])
+        boxes = clip_boxes_to_image(decode_boxes(deltas[i], anchors), image_hw)
         keep = remove_small_boxes(boxes, settings.min_size_px)
-        boxes, image_scores = boxes[keep], image_scores[keep]
+        boxes, image_logits = boxes[keep], logits[i][keep]
+        order = image_logits.argsort(descending=True)[: settings.pre_nms_top_n]
+        boxes, image_scores = boxes[order], torch.sigmoid(image_logits[order])
         keep = nms(boxes, image_scores, settings.nms_thresh)[: settings.post_nms_top_n]
         proposals.append(boxes[keep])
         scores.append(image_scores[keep])
     return proposals, scores
 
 
-@pytest.mark.parametrize("pre_n, post_n", [(6000, 300), (12000, 2000), (500, 100)])
-def test_proposal_layer_equals_plain_version(pre_n, post_n):
+# (500, 400, 48 px): a third of the anchors are under 48 px, so cutting to the pre-NMS N before the
+# size test (not the authors' order) leaves under 400 boxes after NMS; the authors' order keeps 400
+@pytest.mark.parametrize("pre_n, post_n, min_size_px", [(6000, 300, 16), (12000, 2000, 16), (500, 100, 16),
+                                                       (500, 400, 48)])
+def test_proposal_layer_equals_plain_version(pre_n, post_n, min_size_px):
     gen = torch.Generator().manual_seed(pre_n)
     rpn = RegionProposalNetwork(8, anchor_scales_px=(32, 64, 128))
     image_sizes = [(600, 1000), (480, 992)]
@@ -84,7 +88,7 @@ def test_proposal_layer_equals_plain_version(pre_n, post_n):
     # distinct logits (a tie would make topk's and argsort's orders differ, legitimately)
     logits = torch.stack([torch.randperm(num, generator=gen) for _ in range(2)]).float() * (8.0 / num) - 4.0
     deltas = torch.randn(2, num, 4, generator=gen) * 0.3
-    settings = ProposalSettings(pre_n, post_n, nms_thresh=0.7, min_size_px=16)
+    settings = ProposalSettings(pre_n, post_n, nms_thresh=0.7, min_size_px=min_size_px)
     got_boxes, got_scores = rpn.propose(anchors, logits, deltas, image_sizes, settings)
     ref_boxes, ref_scores = _reference_propose(anchors, logits, deltas, image_sizes, settings)
     for got_b, got_s, ref_b, ref_s in zip(got_boxes, got_scores, ref_boxes, ref_scores):

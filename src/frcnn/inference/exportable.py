@@ -138,21 +138,22 @@ class ExportableDetector(nn.Module):
         return F.pad(normalised, [0, pad_w, 0, pad_h]).unsqueeze(0)
 
     def proposals(self, features: Tensor, height: int, width: int, min_size: Tensor) -> Tensor:
-        """RPN + proposal layer at the test settings (§3.1, §3.3): top pre-NMS N by objectness,
-        decode, clip, drop boxes under ``min_size`` network-input px (the minimum size in
-        original-image px x the resize factor), NMS, top post-NMS N. -> [P, 4]."""
+        """RPN + proposal layer at the test settings (§3.1, §3.3), in the authors' order as
+        :meth:`frcnn.modeling.rpn.RegionProposalNetwork.propose`: decode every anchor, clip, drop boxes
+        under ``min_size`` network-input px (the minimum size in original-image px x the resize
+        factor), top pre-NMS N by objectness, NMS, top post-NMS N. -> [P, 4]."""
         logits, deltas = self.rpn_head(features)  # [1, A], [1, A, 4]
         anchors = grid_anchors(self.reference_anchors, (features.shape[-2], features.shape[-1]), self.stride)
-        num_anchors = logits.shape[1]
-        top_n = num_anchors if self.pre_nms_top_n <= 0 else min(self.pre_nms_top_n, num_anchors)
-        top_logits, top_idx = logits[0].topk(top_n)  # [K]
-        top_deltas = deltas[0][top_idx] if self.use_regression else torch.zeros_like(anchors[top_idx])
-        boxes = decode_deltas(top_deltas, anchors[top_idx], [1.0, 1.0, 1.0, 1.0], self.max_log_scale)
+        anchor_deltas = deltas[0] if self.use_regression else torch.zeros_like(anchors)
+        boxes = decode_deltas(anchor_deltas, anchors, [1.0, 1.0, 1.0, 1.0], self.max_log_scale)  # [A, 4]
         boxes = clip_boxes_to_image(boxes, (height, width))
-        scores = torch.sigmoid(top_logits)
         widths, heights = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
         keep = torch.where((widths >= min_size) & (heights >= min_size))[0]  # remove_small_boxes' rule
-        boxes, scores = boxes[keep], scores[keep]
+        boxes, logits = boxes[keep], logits[0][keep]
+        num_big_enough = logits.shape[0]
+        top_n = num_big_enough if self.pre_nms_top_n <= 0 else min(self.pre_nms_top_n, num_big_enough)
+        top_logits, top_idx = logits.topk(top_n)  # [K]
+        boxes, scores = boxes[top_idx], torch.sigmoid(top_logits)
         if self.use_nms:
             keep = torch.ops.torchvision.nms(boxes, scores, self.proposal_nms_thresh)[: self.post_nms_top_n]
         else:

@@ -8,7 +8,6 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torchvision.ops import clip_boxes_to_image, remove_small_boxes
 
 from frcnn.layers.nms import nms_top_n_per_image
 from frcnn.layers.precision import full_precision
@@ -47,6 +46,14 @@ class RPNHead(nn.Module):
         logits = logits.permute(0, 2, 3, 1).reshape(batch, -1)
         deltas = deltas.view(batch, k, 4, height, width).permute(0, 3, 4, 1, 2).reshape(batch, -1, 4)
         return full_precision(logits), full_precision(deltas)  # decoding, NMS and the loss in float32
+
+
+def clip_to_images(boxes: Tensor, image_sizes: list[tuple[int, int]]) -> Tensor:
+    """``torchvision.ops.clip_boxes_to_image`` for a batch whose images differ in size: x into
+    [0, width_i], y into [0, height_i] of image i (same clamp, so the same floats and gradient).
+    boxes [B, N, 4], image_sizes [(height, width)] * B -> [B, N, 4]."""
+    limits = boxes.new_tensor([[w, h, w, h] for h, w in image_sizes])[:, None, :]  # [B, 1, 4]
+    return torch.clamp(boxes, min=torch.zeros_like(limits), max=limits)
 
 
 @dataclass
@@ -196,8 +203,11 @@ class RegionProposalNetwork(nn.Module):
         image_scales: list[float] | None = None,
         keep_box_graph: bool = False,
     ) -> tuple[list[Tensor], list[Tensor]]:
-        """Proposal layer (§3.1, §3.3): top pre-NMS N by score, decode, clip to the image,
-        drop boxes under the minimum size, NMS at 0.7, keep the top post-NMS N.
+        """Proposal layer (§3.1, §3.3) in the authors' order (py-faster-rcnn ``proposal_layer.py``):
+        decode every anchor, clip to the image, drop boxes under the minimum size, sort by score, keep
+        the top pre-NMS N, NMS at 0.7, keep the top post-NMS N. Filtering before the cut means the
+        pre-NMS N boxes that reach NMS are all of usable size (cutting first lets fewer through when
+        high-scoring boxes are small).
 
         The minimum size is in *original-image* pixels, as in the authors' proposal layer
         (``min_size * im_scale``): a box of image i is dropped when its width or height on the
@@ -205,14 +215,16 @@ class RegionProposalNetwork(nn.Module):
         scaled 1.6x to 600 px is 25.6 px). ``image_scales``: network-input px per original px,
         one per image (None: 1, images not rescaled).
 
-        Top-k happens before decoding, so only the kept anchors are decoded; NMS stops once it
-        has kept the post-NMS N (:func:`frcnn.layers.nms.nms_top_n`, same boxes as full NMS + cut), the images
-        of the batch on parallel threads on the CPU.
-        logits [B, A], deltas [B, A, 4] -> per image (boxes [<=N, 4], scores [<=N] sorted desc).
+        The whole batch is decoded, clipped and size-tested at once; boxes under the minimum size
+        rank last (score -inf) in one top-k over [B, A] and are then left out. NMS stops once it has
+        kept the post-NMS N (:func:`frcnn.layers.nms.nms_top_n`, same boxes as full NMS + cut), the
+        images of the batch on parallel threads on the CPU.
+        anchors [A, 4], logits [B, A], deltas [B, A, 4] -> per image (boxes [<=N, 4], scores [<=N]
+        sorted desc).
 
         The boxes are constants (approximate joint training, §3.2 ii) unless ``keep_box_graph``:
         then they stay functions of ``deltas`` (non-approximate joint training, §3.2 iii): the
-        selections (top-k, min size, NMS) pick boxes without gradient, decoding and clipping
+        selections (min size, top-k, NMS) pick boxes without gradient, decoding and clipping
         pass it (see :mod:`frcnn.layers.roi_warp` for the rule). Scores are always constants.
         """
         logits = logits.detach()
@@ -222,20 +234,22 @@ class RegionProposalNetwork(nn.Module):
             logits = torch.rand(logits.shape, device=logits.device)
         if not settings.use_regression:  # Table 2 "w/o reg": proposals are the anchors
             deltas = torch.zeros_like(deltas)
-        batch, num_anchors = logits.shape
-        top_n = num_anchors if settings.pre_nms_top_n <= 0 else min(settings.pre_nms_top_n, num_anchors)
-        top_logits, top_idx = logits.topk(top_n, dim=1)  # [B, K]
-        top_deltas = torch.gather(deltas, 1, top_idx[..., None].expand(-1, -1, 4))
-        boxes = decode_boxes(top_deltas, anchors[top_idx])  # [B, K, 4]
-        scores = torch.sigmoid(top_logits)
-        candidates = []  # per image: (boxes [K_i, 4], scores [K_i]) inside the image, big enough
         scales = [1.0] * len(image_sizes) if image_scales is None else [float(f) for f in image_scales]
         if len(scales) != len(image_sizes):
             raise ValueError(f"image_scales holds {len(scales)} factors for a batch of {len(image_sizes)} images")
-        for i, (image_hw, scale) in enumerate(zip(image_sizes, scales)):
-            image_boxes = clip_boxes_to_image(boxes[i], image_hw)
-            keep = remove_small_boxes(image_boxes.detach(), settings.min_size_px * scale)
-            candidates.append((image_boxes[keep], scores[i][keep]))
+        batch, num_anchors = logits.shape
+        boxes = clip_to_images(decode_boxes(deltas, anchors), image_sizes)  # [B, A, 4]
+        min_side_px = logits.new_tensor([settings.min_size_px * scale for scale in scales])[:, None]  # [B, 1]
+        sides = boxes.detach()
+        big_enough = ((sides[..., 2] - sides[..., 0]) >= min_side_px) & ((sides[..., 3] - sides[..., 1]) >= min_side_px)
+        top_n = num_anchors if settings.pre_nms_top_n <= 0 else min(settings.pre_nms_top_n, num_anchors)
+        _, top_idx = logits.masked_fill(~big_enough, float("-inf")).topk(top_n, dim=1)  # [B, K]
+        top_big_enough = big_enough.gather(1, top_idx)  # [B, K]: a prefix of each row (the -inf rank last)
+        scores = torch.sigmoid(logits)
+        candidates = []  # per image: (boxes [K_i, 4], scores [K_i]) big enough, by decreasing score
+        for i in range(batch):
+            kept = top_idx[i][top_big_enough[i]]
+            candidates.append((boxes[i][kept], scores[i][kept]))
         if settings.use_nms:  # NMS selects on the box values; the graph (if any) stays on `candidates`
             keeps = nms_top_n_per_image([(b.detach(), s) for b, s in candidates], settings.nms_thresh,
                                         settings.post_nms_top_n)
