@@ -1,3 +1,4 @@
+import atexit
 import os
 import shutil
 import tempfile
@@ -9,6 +10,9 @@ import pytest
 REPO_ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
+# Generated data (data=voclike trees) of this test process: never the user's ~/.cache/frcnn
+os.environ["FRCNN_DATA_DIR"] = tempfile.mkdtemp(prefix="frcnn-test-data-")
+atexit.register(shutil.rmtree, os.environ["FRCNN_DATA_DIR"], True)
 if os.environ.get("PYTEST_XDIST_WORKER"):
     # `-n 2` (pyproject's addopts): one core per worker. Two workers with two threads each (and the
     # train.py processes they start, which read OMP_NUM_THREADS) would oversubscribe the cores.
