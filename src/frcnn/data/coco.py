@@ -1,4 +1,6 @@
-"""COCO detection data (instances JSON + image folder), parsed once at construction with plain ``json``.
+"""COCO detection data (instances JSON + image folder), parsed once at construction (orjson, else ``json``)
+and indexed with arrays when every annotation follows the rules below (train2017's 118k images in seconds),
+else annotation by annotation, each problem named.
 
 Rules:
 
@@ -25,6 +27,11 @@ from pathlib import Path
 
 import numpy as np
 
+try:
+    import orjson
+except ImportError:  # optional: the standard library parses the same files, ~2x slower
+    orjson = None
+
 from frcnn.data.checks import BadAnnotationError, BadImageError, DatasetLayoutError, clip_and_check_boxes
 from frcnn.data.records import FileDetectionDataset, ImageRecord, check_on_bad_sample, list_dir_names, reject_sample
 
@@ -43,11 +50,7 @@ def load_coco_json(ann_file: str | Path) -> dict:
     if not ann_file.is_file():
         raise DatasetLayoutError(ann_file, "no such annotation file (expected a COCO instances JSON, e.g. "
                                            "<root>/annotations/instances_train2017.json)")
-    try:
-        with open(ann_file, encoding="utf-8-sig") as f:  # a byte-order mark is harmless
-            data = json.load(f)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise BadAnnotationError(f"{ann_file}: not valid JSON ({exc})") from exc
+    data = _parse_json(ann_file)
     if not isinstance(data, dict):
         raise BadAnnotationError(f"{ann_file}: expected a JSON object with images / annotations / categories")
     for key in ("images", "annotations", "categories"):
@@ -55,6 +58,23 @@ def load_coco_json(ann_file: str | Path) -> dict:
             raise BadAnnotationError(f"{ann_file}: no {key!r} list (a COCO instances file has images, "
                                      "annotations and categories)")
     return data
+
+
+def _parse_json(ann_file: Path) -> object:
+    """The file's JSON value: orjson where installed (~2x faster on a 200 MB train2017 file), else (and
+    for anything orjson refuses, e.g. NaN literals) the standard library, whose error is reported."""
+    raw = ann_file.read_bytes()
+    if raw.startswith(b"\xef\xbb\xbf"):  # a byte-order mark is harmless
+        raw = raw[3:]
+    if orjson is not None:
+        try:
+            return orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            pass
+    try:
+        return json.loads(raw.decode("utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise BadAnnotationError(f"{ann_file}: not valid JSON ({exc})") from exc
 
 
 def is_coco_id(value: object) -> bool:
@@ -125,9 +145,93 @@ class COCODataset(FileDetectionDataset):
         self.ignored_annotations = 0  # annotations of categories not selected
         skipped: list[tuple[str, str]] = []
         images = self._index_images(data["images"], on_bad_sample, skipped)
-        objects: dict[int, list] = {image_id: [] for image_id in images}  # image id -> [(box, label, crowd)]
+        # all annotations checked and indexed at once; one by one (each problem named) if any needs it
+        ordered_ids = sorted(images, key=id_order)
+        arrays = self._objects_at_once(data["annotations"], images, ordered_ids, category_names, labels_by_category)
+        objects, bad_images = {}, {}
+        if arrays is None:
+            objects, bad_images = self._objects_one_by_one(data["annotations"], images, category_names,
+                                                           labels_by_category, on_bad_sample, skipped)
+        image_names = list_dir_names(self.images_dir)
+        records: list[ImageRecord] = []
+        folder = str(self.images_dir)
+        for image_id in ordered_ids:
+            info = images[image_id]
+            name = info["file_name"]  # a plain name is joined as a string: pathlib would take ~3 s for train2017
+            path = f"{folder}/{name}" if "/" not in name and name != "." else str(self.images_dir / name)
+            if image_id in bad_images:
+                reject_sample(on_bad_sample, skipped, path, bad_images[image_id])
+                continue
+            if not (name in image_names or ("/" in name and Path(path).is_file())):
+                reject_sample(on_bad_sample, skipped, path, BadImageError(
+                    f"{path}: image file is missing (image id {image_id} of {self.ann_file})"))
+                continue
+            if arrays is not None:
+                records.append(self._record_from_arrays(image_id, info, path, *arrays[image_id]))
+                continue
+            try:
+                records.append(self._record(image_id, info, path, objects[image_id]))
+            except BadAnnotationError as exc:
+                reject_sample(on_bad_sample, skipped, path, exc)
+        super().__init__(records, [category_names[c] for c in labels_by_category], transform=transform,
+                         keep_difficult=keep_crowd, on_bad_sample=on_bad_sample, verify_images=verify_images,
+                         skipped=skipped, description=f"COCO {self.ann_file}")
+
+    def _objects_at_once(self, annotations: list, images: dict, ordered_ids: list, category_names: dict,
+                         labels_by_category: dict) -> dict[int | str, tuple[np.ndarray, np.ndarray, np.ndarray]] | None:
+        """{image id: (boxes float32 [N, 4] clipped, labels int64 [N], crowd bool [N])} for every image, the
+        records :meth:`_objects_one_by_one` and :meth:`_record` give, computed as arrays (a 118k-image file in
+        seconds); None when any annotation breaks a rule (then those methods name it)."""
+        try:
+            image_ids = [ann["image_id"] for ann in annotations]
+            category_ids = [ann["category_id"] for ann in annotations]
+            crowd_values = {ann.get("iscrowd", 0) for ann in annotations}
+            bboxes = np.array([ann["bbox"] for ann in annotations] or np.zeros((0, 4)))  # [M, 4]; ragged: ValueError
+        except (KeyError, TypeError, AttributeError, ValueError):
+            return None  # not an object, a field missing, an unhashable iscrowd, ragged bboxes
+        if not (crowd_values <= {0, 1} and bboxes.shape == (len(annotations), 4) and bboxes.dtype.kind in "iuf"
+                and all(type(i) is int or type(i) is str for i in image_ids) and images.keys() >= set(image_ids)
+                and all(type(c) is int or type(c) is str for c in category_ids)
+                and category_names.keys() >= set(category_ids)):
+            return None
+        selected = np.fromiter((c in labels_by_category for c in category_ids), bool, len(category_ids))
+        bboxes = bboxes[selected].astype(np.float64)
+        with np.errstate(over="ignore"):  # an overflow to inf is found just below
+            boxes = np.concatenate([bboxes[:, :2], bboxes[:, :2] + bboxes[:, 2:]], axis=1)  # (x, y, x + w, y + h)
+        if not (np.isfinite(bboxes).all() and (bboxes[:, 2:] > 0).all() and np.isfinite(boxes).all()):
+            return None
+        position = {image_id: k for k, image_id in enumerate(ordered_ids)}
+        image_of = np.fromiter((position[i] for i, keep in zip(image_ids, selected) if keep), np.int64,
+                               int(selected.sum()))  # [M'] image position of each selected annotation
+        heights = np.array([images[i]["height"] for i in ordered_ids], dtype=np.float64)[image_of]
+        widths = np.array([images[i]["width"] for i in ordered_ids], dtype=np.float64)[image_of]
+        boxes[:, 0::2] = boxes[:, 0::2].clip(0, widths[:, None])
+        boxes[:, 1::2] = boxes[:, 1::2].clip(0, heights[:, None])
+        if ((boxes[:, 2] <= boxes[:, 0]) | (boxes[:, 3] <= boxes[:, 1])).any():
+            return None  # an object with no area inside its image: _record names it
+        labels = np.fromiter((labels_by_category[c] for c in category_ids if c in labels_by_category), np.int64,
+                             len(boxes))
+        crowd = np.fromiter((bool(ann.get("iscrowd", 0)) for ann in annotations), bool, len(annotations))[selected]
+        order = np.argsort(image_of, kind="stable")  # each image's objects in file order
+        boxes, labels, crowd = boxes[order].astype(np.float32), labels[order], crowd[order]
+        ends = np.cumsum(np.bincount(image_of, minlength=len(ordered_ids))).tolist()
+        starts = [0, *ends[:-1]]
+        self.ignored_annotations = int((~selected).sum())
+        return {image_id: (boxes[a:b], labels[a:b], crowd[a:b]) for image_id, a, b in zip(ordered_ids, starts, ends)}
+
+    def _record_from_arrays(self, image_id: int | str, info: dict, path: str, boxes: np.ndarray, labels: np.ndarray,
+                            crowd: np.ndarray) -> ImageRecord:
+        return ImageRecord(image_path=path, height=info["height"], width=info["width"], boxes_xyxy=boxes,
+                           labels=labels, difficult=crowd,
+                           source=f"{self.ann_file} (image {info['file_name']}, id {image_id})", name=str(image_id))
+
+    def _objects_one_by_one(self, annotations: list, images: dict, category_names: dict, labels_by_category: dict,
+                            on_bad_sample: str, skipped: list) -> tuple[dict[int, list], dict[int, Exception]]:
+        """-> ({image id: [(box xyxy, label, crowd)]}, {image id: its first problem}): every annotation checked
+        on its own, each problem named (the module docstring's rules)."""
+        objects: dict[int, list] = {image_id: [] for image_id in images}
         bad_images: dict[int, Exception] = {}
-        for k, ann in enumerate(data["annotations"]):
+        for k, ann in enumerate(annotations):
             if not isinstance(ann, dict):
                 reject_sample(on_bad_sample, skipped, self.ann_file, BadAnnotationError(
                     f"{self.ann_file}: annotations[{k}] is {ann!r}, not an object with image_id, category_id, bbox"))
@@ -166,25 +270,7 @@ class COCODataset(FileDetectionDataset):
                 bad_images.setdefault(image_id, BadAnnotationError(f"{where}: iscrowd is {crowd!r}, expected 0 or 1"))
                 continue
             objects[image_id].append((box_xyxy, labels_by_category[category_id], bool(crowd)))
-        image_names = list_dir_names(self.images_dir)
-        records: list[ImageRecord] = []
-        for image_id in sorted(images, key=id_order):
-            info = images[image_id]
-            path = self.images_dir / info["file_name"]
-            if image_id in bad_images:
-                reject_sample(on_bad_sample, skipped, path, bad_images[image_id])
-                continue
-            if not (info["file_name"] in image_names or ("/" in info["file_name"] and path.is_file())):
-                reject_sample(on_bad_sample, skipped, path, BadImageError(
-                    f"{path}: image file is missing (image id {image_id} of {self.ann_file})"))
-                continue
-            try:
-                records.append(self._record(image_id, info, path, objects[image_id]))
-            except BadAnnotationError as exc:
-                reject_sample(on_bad_sample, skipped, path, exc)
-        super().__init__(records, [category_names[c] for c in labels_by_category], transform=transform,
-                         keep_difficult=keep_crowd, on_bad_sample=on_bad_sample, verify_images=verify_images,
-                         skipped=skipped, description=f"COCO {self.ann_file}")
+        return objects, bad_images
 
     def _index_images(self, entries: list, on_bad_sample: str, skipped: list) -> dict[int, dict]:
         """{image id: image entry}; every entry needs an integer (or string) id, a file_name and positive integer
@@ -204,7 +290,7 @@ class COCODataset(FileDetectionDataset):
             images[info["id"]] = info
         return images
 
-    def _record(self, image_id: int, info: dict, path: Path, objects: list) -> ImageRecord:
+    def _record(self, image_id: int, info: dict, path: str, objects: list) -> ImageRecord:
         """One image's record; boxes clipped to the image (an object outside it is an error)."""
         height, width = info["height"], info["width"]
         boxes = np.asarray([box for box, _, _ in objects], dtype=np.float64).reshape(-1, 4)  # [N, 4]; float32 clipped
@@ -212,5 +298,5 @@ class COCODataset(FileDetectionDataset):
         crowd = np.asarray([is_crowd for _, _, is_crowd in objects], dtype=bool)  # [N]
         source = f"{self.ann_file} (image {info['file_name']}, id {image_id})"
         boxes, _ = clip_and_check_boxes(boxes, labels, (height, width), source=source)
-        return ImageRecord(image_path=str(path), height=height, width=width, boxes_xyxy=boxes, labels=labels,
+        return ImageRecord(image_path=path, height=height, width=width, boxes_xyxy=boxes, labels=labels,
                            difficult=crowd, source=source, name=str(image_id))
