@@ -80,6 +80,21 @@ def _proposals_in_order(model, dataset, indices: range, settings: ProposalSettin
             yield boxes.float().numpy(), scores.float().numpy()
 
 
+def _use_rank0_weights(model: torch.nn.Module) -> None:
+    """Give every rank rank 0's parameters and buffers (the weights the stage saved): DDP keeps the
+    parameters in step, but each rank's BatchNorm statistics follow its own batches, and the
+    proposals must not depend on which rank proposed an image."""
+    backend = dist.get_backend()
+    device = torch.device("cuda", torch.cuda.current_device()) if backend == "nccl" else None  # NCCL: GPU tensors
+    for tensor in [*model.parameters(), *model.buffers()]:
+        if device is None or tensor.device == device:
+            dist.broadcast(tensor.data, src=0)
+        else:
+            moved = tensor.data.to(device)
+            dist.broadcast(moved, src=0)
+            tensor.data.copy_(moved)
+
+
 def shard_path(path: Path, rank: int, world: int) -> Path:
     return path.with_name(f"{path.stem}.rank{rank}-of-{world}{path.suffix}")
 
@@ -90,7 +105,8 @@ def generate_proposal_file(model, dataset, settings: ProposalSettings, path: str
     (:mod:`frcnn.engine.proposal_store`; the same bytes for every ``batch_size``: see
     :func:`propose_images`), streaming: memory does not grow with the dataset.
 
-    Under torch.distributed, rank r of W takes the consecutive whole batches :func:`shard_range`
+    Under torch.distributed, every rank first takes rank 0's weights and buffers, then rank r of W
+    takes the consecutive whole batches :func:`shard_range`
     (nothing computed twice) and writes them as a shard beside ``path``; rank 0 then concatenates
     the W shards on disk into ``path`` (:func:`merge_proposal_files`): the file one process writes
     with the same batches (the same bytes, where the ranks run with the same number of threads).
@@ -98,6 +114,8 @@ def generate_proposal_file(model, dataset, settings: ProposalSettings, path: str
     """
     path = Path(path)
     rank, world = _dist_info()
+    if world > 1:
+        _use_rank0_weights(model)
     indices = shard_range(len(dataset), rank, world, batch_size)
     target = path if world == 1 else shard_path(path, rank, world)
     write_proposal_file(target, _proposals_in_order(model, dataset, indices, settings, device, batch_size, on_progress),
