@@ -183,7 +183,7 @@ VOC_STAGES = {"stage1_rpn": (80000, [60000], 1), "stage1_det": (40000, [30000], 
               "stage2_rpn": (80000, [60000], 1), "stage2_det": (40000, [30000], 2)}
 VOC0712_STAGES = {"stage1_rpn": (80000, [60000], 1), "stage1_det": (60000, [30000], 2),
                   "stage2_rpn": (80000, [60000], 1), "stage2_det": (60000, [30000], 2)}
-COCO_JOINT = (320000, [240000], 2)
+COCO_JOINT = (320000, [240000], 2, 1)  # the paper's 8-GPU figures, one pass per update
 PAPER_RPN_LOSS = (10.0, 1.0, "anchor_locations")  # eq. 1: λ = 10, Fast R-CNN's smooth-L1 (β = 1), N_reg ~ 2400 locations
 PYRELEASE_RPN_LOSS = (1.0, 1 / 9, "minibatch")  # py-faster-rcnn: loss_weight 1, σ = 3, 1 / 256 sampled anchors
 PRESETS = {
@@ -197,7 +197,7 @@ PRESETS = {
                                   PYRELEASE_RPN_LOSS, {"table": "Table 3", "map_voc07": 69.9}),
     "voc07_vgg16_unshared": ("voc", "vgg16", "alternating", True, VOC_STAGES, 0.001, [128, 256, 512], 0.1,
                              PAPER_RPN_LOSS, {"table": "Table 3", "map_voc07": 68.5}),
-    "voc07_vgg16_joint": ("voc", "vgg16", "joint", None, (70000, [50000], 1), 0.001, [128, 256, 512], 0.1,
+    "voc07_vgg16_joint": ("voc", "vgg16", "joint", None, (70000, [50000], 1, 2), 0.001, [128, 256, 512], 0.1,
                           PAPER_RPN_LOSS, {"table": None, "map_voc07": None}),
     "voc0712_vgg16_alt": ("voc0712", "vgg16", "alternating", False, VOC0712_STAGES, 0.001, [128, 256, 512], 0.1,
                           PAPER_RPN_LOSS, {"table": "Table 3", "map_voc07": 73.2}),
@@ -251,8 +251,9 @@ def test_paper_preset_holds_the_papers_values(compose_cfg, tmp_path, name):
         ("sgd", lr, 0.9, 0.0005, 0.1)
     assert (optim["bias_lr_factor"], optim["bias_weight_decay"], optim["warmup_steps"]) == (2.0, 0.0005, 0)
     schedule = cfg["schedule"][recipe]
-    if recipe == "joint":
-        assert (schedule["max_steps"], schedule["lr_steps"], schedule["images_per_batch"]) == lengths
+    if recipe == "joint":  # the end2end solver: iter_size 2 (2 passes of 1 image per update)
+        assert (schedule["max_steps"], schedule["lr_steps"], schedule["images_per_batch"],
+                schedule.get("batches_per_update", 1)) == lengths
     else:
         assert cfg["recipe"]["unshared"] is unshared
         assert {k: (v["max_steps"], v["lr_steps"], v["images_per_batch"]) for k, v in schedule.items()} == lengths
@@ -392,8 +393,8 @@ def test_lambda_ablation_is_a_multirun_preset():
 def test_reproduce_settings_become_overrides():
     table = load_table("anchors")
     one_scale = table["settings"][0]
-    assert setting_overrides(one_scale, quick=False) == ["rpn.anchor_scales=[128]", "rpn.anchor_ratios=[1]"]
-    assert setting_overrides(one_scale, quick=True) == ["rpn.anchor_scales=[32]", "rpn.anchor_ratios=[1]"]
+    assert setting_overrides(one_scale) == ["rpn.anchor_scales=[128]", "rpn.anchor_ratios=[1]"]
+    assert setting_overrides(one_scale, anchor_scale=0.25) == ["rpn.anchor_scales=[32]", "rpn.anchor_ratios=[1]"]
     lam = load_table("lambda")["settings"][0]
-    assert setting_overrides(lam, quick=False) == ["rpn.lambda=0.1"]
+    assert setting_overrides(lam, anchor_scale=0.4) == ["rpn.lambda=0.1"]
 

@@ -27,6 +27,8 @@ def test_table2_quick_trains_two_models_per_seed_and_resumes(tmp_path, capsys):
     assert "| shared, 300 proposals (default) |" in report and "Kendall τ (measured vs paper changes, 10 rows)" in report
     assert "random ranking hurts most at 100 proposals, less at 1000: difference" in report
     assert "measured - paper" not in report  # quick mode compares changes only
+    assert "Data: voclike generator v1, commit " in report and "experiment=cpu_voclike" in report
+    assert "## Kendall τ by data version" in report and (tmp_path / "tau_history.json").exists()
     with open(tmp_path / "proposals.csv") as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == 11 and all(r["status"] == "ok" for r in rows) and all(r["seed0"] and r["seed1"] for r in rows)

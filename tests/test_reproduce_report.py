@@ -18,7 +18,7 @@ from frcnn.reproduce.report import (
     table_tau,
 )
 from frcnn.reproduce.stats import estimate, is_tie, kendall_tau, paired_difference, verdict
-from frcnn.reproduce.tables import TABLES, merge_overrides, paper_table
+from frcnn.reproduce.tables import QUICK_DATA, TABLES, merge_overrides, paper_table
 
 
 @dataclass
@@ -76,8 +76,10 @@ def test_table2_rows_compare_with_the_papers_own_reference_row():
 
 
 def test_quick_anchor_rows_are_scaled_to_the_small_images():
-    table = paper_table("anchors", quick=True)
-    assert table.setting("1 scale, 1 ratio (128², 1:1)").training == ("rpn.anchor_scales=[32]", "rpn.anchor_ratios=[1]")
+    table = paper_table("anchors", quick=True)  # the VOC-like data's 240-px pictures: x 240 / 600
+    assert table.setting("1 scale, 1 ratio (128², 1:1)").training == ("rpn.anchor_scales=[51.2]", "rpn.anchor_ratios=[1]")
+    shapes = paper_table("anchors", quick=True, quick_data=QUICK_DATA["shapes"])  # 256-px images, x 0.25
+    assert shapes.setting("1 scale, 1 ratio (128², 1:1)").training == ("rpn.anchor_scales=[32]", "rpn.anchor_ratios=[1]")
     assert paper_table("anchors", quick=False).setting("3 scales, 1 ratio").training[0] == \
         "rpn.anchor_scales=[128,256,512]"
 
@@ -165,3 +167,29 @@ def test_compute_time_counts_each_model_and_each_evaluation_once():
     outcomes = {"lambda": {"λ=10": {0: model}}, "anchors": {"3 scales, 3 ratios": {0: same_model}},
                 "proposals": {"100 proposals": {0: hundred}, "no cls": {0: random}}}
     assert compute_seconds(outcomes) == 111.0
+
+
+def test_tau_history_keeps_earlier_data_versions_beside_the_new_one(tmp_path):
+    """The rule against tuning the data to the result: a report on changed data shows the earlier τ too."""
+    from frcnn.reproduce.provenance import tau_history_markdown, update_tau_history
+
+    update_tau_history(tmp_path, "voclike generator v1, commit aaa", {"Table 9": 0.667, "Table 8": None})
+    update_tau_history(tmp_path, "voclike generator v1, commit aaa", {"Table 9": 1.0, "Table 8": 0.2})  # rerun
+    history = update_tau_history(tmp_path, "voclike generator v2, commit bbb", {"Table 9": 0.333, "Table 8": 0.6})
+    assert list(history) == ["voclike generator v1, commit aaa", "voclike generator v2, commit bbb"]
+    assert history["voclike generator v1, commit aaa"] == {"Table 9": 1.0, "Table 8": 0.2}
+    text = tau_history_markdown(history, "voclike generator v2, commit bbb")
+    assert "| voclike generator v1, commit aaa | 0.20 | 1.00 |" in text
+    assert "| **voclike generator v2, commit bbb** (this report) | 0.60 | 0.33 |" in text
+
+
+def test_the_report_names_the_generator_commit():
+    import re
+
+    from frcnn.data.voclike.tree import GENERATOR_VERSION
+    from frcnn.reproduce.provenance import data_version
+
+    version = data_version(QUICK_DATA["voclike"])
+    assert re.fullmatch(rf"voclike generator v{GENERATOR_VERSION}, commit [0-9a-f]{{7,}} \d{{4}}-\d\d-\d\d"
+                        r"( \+ uncommitted changes)?", version), version
+    assert data_version(QUICK_DATA["shapes"]) == "shapes"

@@ -5,23 +5,25 @@ from omegaconf import OmegaConf
 
 from frcnn.cli.reproduce import main as reproduce_main
 from frcnn.reproduce.schemes import (
-    CPU_ALTERNATING_STEPS,
-    CPU_JOINT_STEPS,
     SCHEMES,
+    cpu_schedule_lengths,
     format_schemes,
     quick_schedule_overrides,
     reproduce_schemes,
     scheme_row,
 )
+from frcnn.reproduce.tables import QUICK_DATA
 from tests.conftest import REPO_ROOT
 
 
-def test_quick_schedule_scales_every_stage_of_the_cpu_schedule_alike():
-    schedule = OmegaConf.load(REPO_ROOT / "conf" / "schedule" / "cpu_shapes.yaml")
+@pytest.mark.parametrize("data", sorted(QUICK_DATA))
+def test_quick_schedule_scales_every_stage_of_the_cpu_schedule_alike(data):
+    schedule = OmegaConf.load(REPO_ROOT / "conf" / "schedule" / f"{QUICK_DATA[data].schedule}.yaml")
+    CPU_JOINT_STEPS, CPU_ALTERNATING_STEPS = cpu_schedule_lengths(QUICK_DATA[data].schedule)
     assert (CPU_JOINT_STEPS, CPU_ALTERNATING_STEPS["stage1_det"]) == (schedule.joint.max_steps,
                                                                      schedule.alternating.stage1_det.max_steps)
     half = CPU_JOINT_STEPS // 2
-    overrides = dict(o.split("=") for o in quick_schedule_overrides(half))
+    overrides = dict(o.split("=") for o in quick_schedule_overrides(half, QUICK_DATA[data]))
     assert overrides["schedule.joint.max_steps"] == str(half)
     assert overrides["schedule.joint.lr_steps"] == f"[{int(0.8 * half)}]"
     for stage, length in CPU_ALTERNATING_STEPS.items():

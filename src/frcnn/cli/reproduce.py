@@ -12,9 +12,10 @@ need the same model (:mod:`frcnn.reproduce.runs`); a rerun reads finished runs b
 interrupted one. The report (:mod:`frcnn.reproduce.report`) is rewritten after every seed:
 ``<out>/REPORT.md``, ``<out>/<table>.csv``, ``<out>/<table>_changes.png``, ``<out>/fig4_recall.png``.
 
-``--quick``: the built-in shapes data (experiment=cpu_shapes), the joint recipe for ``--steps``
-mini-batches (the alternating schedule scaled by the same factor), 3 seeds, anchor scales /4 as
-the CPU preset (256-px images). Rows marked ``quick: false`` (λ=3: a training per seed with no
+``--quick``: built-in data (``--data voclike``, the default: experiment=cpu_voclike, 240-px pictures,
+anchor scales x0.4; ``--data shapes``: experiment=cpu_shapes, 256-px images, anchor scales x0.25),
+the joint recipe for ``--steps`` mini-batches (the alternating schedule scaled by the same factor),
+3 seeds. Rows marked ``quick: false`` (λ=3: a training per seed with no
 paper number to compare with) are skipped (``--all-rows`` keeps them). The report then compares changes against each table's
 default row and orderings (Kendall τ), not absolute numbers.
 """
@@ -28,23 +29,33 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from frcnn.reproduce.tables import QUICK_ANCHOR_SCALE, REPO_ROOT, TABLES, PaperTable, merge_overrides, paper_table, slug
+from frcnn.reproduce.tables import (
+    DEFAULT_QUICK_DATA,
+    QUICK_DATA,
+    REPO_ROOT,
+    TABLES,
+    PaperTable,
+    QuickData,
+    merge_overrides,
+    paper_table,
+    slug,
+)
 
 QUICK_SEEDS = (0, 1, 2)
 QUICK_STEPS = 200
 PAPER_EXPERIMENT = {table: f"experiment=paper/ablation_{table}" for table in TABLES}
 
 
-def quick_base(steps: int, num_train: int | None, num_val: int | None) -> list[str]:
-    """Built-in data, joint recipe of ``steps`` mini-batches, every alternating stage scaled alike."""
+def quick_base(steps: int, num_train: int | None, num_val: int | None, data: QuickData) -> list[str]:
+    """Built-in ``data``, joint recipe of ``steps`` mini-batches, every alternating stage scaled alike."""
     from frcnn.reproduce.schemes import quick_overrides
 
-    return merge_overrides(quick_overrides(steps, num_train, num_val), ["recipe=joint"])
+    return merge_overrides(quick_overrides(steps, num_train, num_val, data), ["recipe=joint"])
 
 
 def base_overrides(table: str, quick: bool, steps: int, num_train: int | None, num_val: int | None,
-                   extra: Sequence[str]) -> list[str]:
-    base = quick_base(steps, num_train, num_val) if quick else [PAPER_EXPERIMENT[table]]
+                   extra: Sequence[str], data: QuickData) -> list[str]:
+    base = quick_base(steps, num_train, num_val, data) if quick else [PAPER_EXPERIMENT[table]]
     return merge_overrides(base, extra)
 
 
@@ -72,9 +83,11 @@ def run_table(store, table: PaperTable, base: Sequence[str], seed: int, quick: b
 
 
 def write_report(out_dir: Path, tables: Sequence[PaperTable], outcomes: dict, seeds: Sequence[int], quick: bool,
-                 header: str, fig4_outcomes: Sequence | None) -> Path:
-    """REPORT.md, one CSV and one PNG per table, and Fig. 4's PNG, from what has run so far."""
+                 header: str, fig4_outcomes: Sequence | None, data_version: str | None = None) -> Path:
+    """REPORT.md, one CSV and one PNG per table, and Fig. 4's PNG, from what has run so far; with
+    ``data_version``, the τ of every data version this directory ran on (provenance.py)."""
     from frcnn.evaluation.plots import plot_proposal_recall
+    from frcnn.reproduce.provenance import tau_history_markdown, update_tau_history
     from frcnn.reproduce.report import (
         average_recall,
         fig4_markdown,
@@ -83,11 +96,15 @@ def write_report(out_dir: Path, tables: Sequence[PaperTable], outcomes: dict, se
         table_csv,
         table_markdown,
         table_rows,
+        table_tau,
     )
     from frcnn.utils.atomic_io import atomic_write_text
 
     rows_by_table = {table.key: table_rows(table, outcomes.get(table.key, {})) for table in tables}
     sections = [header, summary_markdown(tables, rows_by_table)]
+    if data_version is not None:
+        history = update_tau_history(out_dir, data_version, {t.name: table_tau(rows_by_table[t.key])[0] for t in tables})
+        sections.append(tau_history_markdown(history, data_version))
     for table in tables:
         rows = rows_by_table[table.key]
         sections.append(table_markdown(table, rows, quick))
@@ -121,16 +138,18 @@ def compute_seconds(outcomes: dict) -> float:
     return sum(distinct.values())
 
 
-def report_header(command: str, quick: bool, steps: int, seeds: Sequence[int], seconds: float, compute: float) -> str:
+def report_header(command: str, quick: bool, steps: int, seeds: Sequence[int], seconds: float, compute: float,
+                  data: QuickData, data_version: str | None) -> str:
     from frcnn.utils.host_info import cpu_description
 
-    mode = (f"quick mode: built-in shapes data, joint recipe {steps} mini-batches of 4 images (alternating stages "
-            f"scaled alike), anchor scales x{QUICK_ANCHOR_SCALE:g}; compares changes and orderings, not absolute "
-            "numbers" if quick else "the paper's settings (conf/experiment/paper/ablation_<table>.yaml)")
+    mode = (f"quick mode: {data.description}, experiment={data.experiment}, joint recipe {steps} mini-batches of 4 "
+            f"images (alternating stages scaled alike), anchor scales x{data.anchor_scale:g}; compares changes and "
+            "orderings, not absolute numbers" if quick else "the paper's settings (conf/experiment/paper/ablation_<table>.yaml)")
     return "\n".join([
         "# The paper's tables, reproduced", "",
         f"Command: `{command}`", "",
         f"Mode: {mode}. Seeds: {', '.join(map(str, seeds))}.", "",
+        *([f"Data: {data_version}.", ""] if data_version else []),
         f"Machine: {cpu_description()}.", "",
         f"Time: {compute / 60:.1f} min of training and evaluation (every distinct run's stage_seconds and "
         f"every test-time evaluation, also when read back from an earlier invocation); this invocation "
@@ -139,13 +158,16 @@ def report_header(command: str, quick: bool, steps: int, seeds: Sequence[int], s
 
 def reproduce_tables(table_keys: Sequence[str], out_dir: Path, quick: bool, steps: int, seeds: Sequence[int],
                      num_train: int | None = None, num_val: int | None = None, extra: Sequence[str] = (),
-                     all_rows: bool = False, fig4: bool = False, command: str = "") -> dict:
+                     all_rows: bool = False, fig4: bool = False, command: str = "",
+                     data: QuickData = QUICK_DATA[DEFAULT_QUICK_DATA]) -> dict:
     """Run ``table_keys`` for every seed (seed by seed, the report rewritten after each) -> outcomes
     ``{table: {label: {seed: Outcome}}}``."""
+    from frcnn.reproduce.provenance import data_version
     from frcnn.reproduce.runs import RunStore
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    tables = [paper_table(key, quick) for key in table_keys]
+    tables = [paper_table(key, quick, quick_data=data) for key in table_keys]
+    version = data_version(data) if quick and not any(o.startswith("data=") for o in extra) else None
     store = RunStore(out_dir)
     outcomes: dict = {}
     fig4_outcomes: list = []
@@ -153,12 +175,13 @@ def reproduce_tables(table_keys: Sequence[str], out_dir: Path, quick: bool, step
     start = time.perf_counter()
     for seed in seeds:
         for table in tables:
-            base = base_overrides(table.key, quick, steps, num_train, num_val, extra)
+            base = base_overrides(table.key, quick, steps, num_train, num_val, extra, data)
             run_table(store, table, base, seed, quick, all_rows, outcomes.setdefault(table.key, {}))
         if fig4:
             fig4_outcomes.append(outcomes[fig4_table.key][fig4_table.default][seed])
-        header = report_header(command, quick, steps, seeds, time.perf_counter() - start, compute_seconds(outcomes))
-        report = write_report(out_dir, tables, outcomes, seeds, quick, header, fig4_outcomes if fig4 else None)
+        header = report_header(command, quick, steps, seeds, time.perf_counter() - start, compute_seconds(outcomes),
+                               data, version)
+        report = write_report(out_dir, tables, outcomes, seeds, quick, header, fig4_outcomes if fig4 else None, version)
         print(f"after seed {seed}: {report} ({(time.perf_counter() - start) / 60:.1f} min)", flush=True)
     print((out_dir / "REPORT.md").read_text(), flush=True)
     return outcomes
@@ -173,6 +196,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                              "alternating / approximate / non-approximate joint (§3.2)")
     parser.add_argument("overrides", nargs="*", help="extra Hydra overrides for every run (e.g. data.root=...)")
     parser.add_argument("--quick", action="store_true", help="built-in data, short runs, 3 seeds (CPU)")
+    parser.add_argument("--data", choices=sorted(QUICK_DATA), default=DEFAULT_QUICK_DATA,
+                        help=f"--quick: the built-in data to train on (default {DEFAULT_QUICK_DATA})")
     parser.add_argument("--steps", type=int, default=None,
                         help=f"mini-batches per joint training in --quick mode (default {QUICK_STEPS}; schemes: 100)")
     parser.add_argument("--seeds", type=int, nargs="+", default=None,
@@ -194,7 +219,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         rows = reproduce_schemes(out, quick=args.quick, steps=args.steps or 100, num_train=args.num_train or 64,
                                  num_val=args.num_val or 16, only=args.only, extra_overrides=args.overrides,
-                                 seeds=args.seeds or [0])
+                                 seeds=args.seeds or [0], data=QUICK_DATA[args.data])
         return 0 if all(r["status"] == "ok" for r in rows) else 1
     if args.only:
         parser.error("--only applies to schemes; the tables run every row (finished runs are read back)")
@@ -203,7 +228,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     command = "python scripts/reproduce.py " + " ".join(sys.argv[1:] if argv is None else argv)
     outcomes = reproduce_tables(tables, out, args.quick, args.steps or QUICK_STEPS, seeds, args.num_train,
                                 args.num_val, args.overrides, args.all_rows, fig4=args.table == "all",
-                                command=command)
+                                command=command, data=QUICK_DATA[args.data])
     failed = [(t, label) for t, by_label in outcomes.items() for label, by_seed in by_label.items()
               for o in by_seed.values() if o.status != "ok"]
     if failed:

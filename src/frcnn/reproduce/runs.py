@@ -36,8 +36,14 @@ def compose(overrides: Sequence[str], run_dir: Path | str) -> dict:
 
 
 def config_digest(cfg: Mapping[str, Any]) -> str:
-    """10 hex digits naming a training: the composed config without run_dir and seed."""
+    """10 hex digits naming a training: the composed config without run_dir and seed, and the
+    version of a generated dataset's generator (a changed generator is other data, another run)."""
+    from frcnn.data.build import generator_version
+
     identity = {k: v for k, v in cfg.items() if k not in ("run_dir", "seed")}
+    version = generator_version(cfg.get("data", {}))
+    if version is not None:
+        identity["data_generator_version"] = version
     return hashlib.sha1(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:10]
 
 

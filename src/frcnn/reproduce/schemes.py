@@ -7,8 +7,8 @@ network (§3.2) on the same data, one row each, beside what the paper says about
     non-approximate joint    one network, RoI warping: the detector's loss also trains the RPN's box
                              regression through the proposals (§3.2 iii; the paper gives no number)
 
-By default the three run on the built-in shapes data with the CPU preset's schedule
-(experiment=cpu_shapes, conf/schedule/cpu_shapes.yaml); extra
+By default the three run on the built-in VOC-like data with its CPU preset's schedule
+(experiment=cpu_voclike, conf/schedule/cpu_voclike.yaml; ``--data shapes``: experiment=cpu_shapes); extra
 Hydra overrides (``data=voc data.root=... backbone=vgg16 schedule=paper_voc ...``) apply to every
 scheme, so any VOC tree works. ``--quick`` scales every stage of that schedule down by the same
 factor (joint = ``--steps``), keeping the preset's ratio of alternating to joint length.
@@ -33,17 +33,14 @@ from omegaconf import OmegaConf
 
 from frcnn.config.schema import ALTERNATING_STAGES
 from frcnn.reproduce.report import format_number
-from frcnn.reproduce.tables import CONFIG_DIR
+from frcnn.reproduce.tables import CONFIG_DIR, DEFAULT_QUICK_DATA, QUICK_DATA, QuickData
 
 
-def _cpu_schedule_lengths() -> tuple[int, dict[str, int]]:
-    """conf/schedule/cpu_shapes.yaml's stage lengths: (joint, {alternating stage: steps})."""
-    schedule = OmegaConf.load(CONFIG_DIR / "schedule" / "cpu_shapes.yaml")
-    return (int(schedule.joint.max_steps),
-            {stage: int(schedule.alternating[stage].max_steps) for stage in ALTERNATING_STAGES})
+def cpu_schedule_lengths(schedule: str) -> tuple[int, dict[str, int]]:
+    """conf/schedule/<schedule>.yaml's stage lengths: (joint, {alternating stage: steps})."""
+    node = OmegaConf.load(CONFIG_DIR / "schedule" / f"{schedule}.yaml")
+    return int(node.joint.max_steps), {stage: int(node.alternating[stage].max_steps) for stage in ALTERNATING_STAGES}
 
-
-CPU_JOINT_STEPS, CPU_ALTERNATING_STEPS = _cpu_schedule_lengths()
 LR_DROP_AT = 0.8  # --quick: the lr drops at 80 % of each stage, as in the CPU schedule
 
 # (directory name, label, overrides, what the paper says)
@@ -63,27 +60,29 @@ def stage_length_overrides(key: str, max_steps: int, lr_step: int) -> list[str]:
     return [f"schedule.{key}.max_steps={max_steps}", f"schedule.{key}.lr_steps=[{lr_step}]"]
 
 
-def quick_schedule_overrides(steps: int) -> list[str]:
-    """Every stage of the CPU schedule scaled by steps / CPU_JOINT_STEPS, lr drop at 80 % of each."""
-    factor = steps / CPU_JOINT_STEPS
+def quick_schedule_overrides(steps: int, data: QuickData = QUICK_DATA[DEFAULT_QUICK_DATA]) -> list[str]:
+    """Every stage of the data's CPU schedule scaled by steps / its joint length, lr drop at 80 % of each."""
+    cpu_joint_steps, cpu_alternating_steps = cpu_schedule_lengths(data.schedule)
+    factor = steps / cpu_joint_steps
 
     def stage(key: str, length: int) -> list[str]:
         scaled = max(2, round(length * factor))
         return stage_length_overrides(key, scaled, max(1, int(LR_DROP_AT * scaled)))
 
-    overrides = stage("joint", CPU_JOINT_STEPS)
-    for name, length in CPU_ALTERNATING_STEPS.items():
+    overrides = stage("joint", cpu_joint_steps)
+    for name, length in cpu_alternating_steps.items():
         overrides += stage(f"alternating.{name}", length)
     return overrides
 
 
-def quick_overrides(steps: int, num_train: int | None, num_val: int | None) -> list[str]:
-    """Built-in data (``num_train`` / ``num_val`` images; None: the data config's), no validation
-    during training, CSV logs, every stage of the CPU schedule scaled to ``steps``."""
-    sizes = [f"data.{key}={value}" for key, value in (("num_train", num_train), ("num_val", num_val))
+def quick_overrides(steps: int, num_train: int | None, num_val: int | None,
+                    data: QuickData = QUICK_DATA[DEFAULT_QUICK_DATA]) -> list[str]:
+    """Built-in ``data`` (``num_train`` / ``num_val`` images; None: the data config's), no validation
+    during training, CSV logs, every stage of its CPU schedule scaled to ``steps``."""
+    sizes = [f"data.{key}={value}" for key, value in ((data.num_train_key, num_train), (data.num_val_key, num_val))
              if value is not None]
-    return ["experiment=cpu_shapes", "recipe.val_every_n_epochs=null", *sizes, "logger=csv",
-            *quick_schedule_overrides(steps)]
+    return [f"experiment={data.experiment}", "recipe.val_every_n_epochs=null", *sizes, "logger=csv",
+            *quick_schedule_overrides(steps, data)]
 
 
 def trained_steps(run_dir: Path, recipe: str) -> int | None:
@@ -164,8 +163,8 @@ def format_schemes(rows: Sequence[Mapping[str, Any]], note: str) -> tuple[str, s
 
 
 def reproduce_schemes(out_dir: Path, quick: bool = False, steps: int = 100, num_train: int = 64, num_val: int = 16,
-                      only: Sequence[str] = (), extra_overrides: Sequence[str] = (), seeds: Sequence[int] = (0,)
-                      ) -> list[dict]:
+                      only: Sequence[str] = (), extra_overrides: Sequence[str] = (), seeds: Sequence[int] = (0,),
+                      data: QuickData = QUICK_DATA[DEFAULT_QUICK_DATA]) -> list[dict]:
     """Train the schemes (all, or those whose index or name is in ``only``) on the same data, for
     each of ``seeds``; print and write the table; return its rows (with several seeds, each
     scheme's seed rows and then its row of means)."""
@@ -177,7 +176,7 @@ def reproduce_schemes(out_dir: Path, quick: bool = False, steps: int = 100, num_
         if not schemes:
             raise ValueError(f"--only {list(only)} matches no scheme; schemes: "
                              + ", ".join(f"{i}: {s[0]}" for i, s in enumerate(SCHEMES)))
-    base = quick_overrides(steps, num_train, num_val) if quick else []
+    base = quick_overrides(steps, num_train, num_val, data) if quick else [f"experiment={data.experiment}"]
     rows = []
     for i, (key, label, scheme_overrides, paper) in schemes:
         seed_rows = []
@@ -196,9 +195,10 @@ def reproduce_schemes(out_dir: Path, quick: bool = False, steps: int = 100, num_
             row = scheme_row(key, seed_label, paper, run_dir, outcome.metrics, outcome.status)
             seed_rows.append({**row, "seed": seed, "scheme_label": label})
         rows += seed_rows + ([mean_row(seed_rows)] if len(seeds) > 1 else [])
-    data = "built-in shapes data" if not any(o.startswith("data=") for o in extra_overrides) else "the given data"
-    note = (f"quick mode: {data}, every CPU-preset stage x{steps / CPU_JOINT_STEPS:g} (joint {steps} mini-batches); "
-            "not comparable with the paper's absolute numbers" if quick else f"{data}, schedules as configured")
+    described = data.description if not any(o.startswith("data=") for o in extra_overrides) else "the given data"
+    factor = steps / cpu_schedule_lengths(data.schedule)[0]
+    note = (f"quick mode: {described}, every CPU-preset stage x{factor:g} (joint {steps} mini-batches); "
+            "not comparable with the paper's absolute numbers" if quick else f"{described}, schedules as configured")
     note += "; wall times measured in-process, meaningful only on an idle machine"
     text, md, csv_text = format_schemes(rows, note)
     out_dir.mkdir(parents=True, exist_ok=True)

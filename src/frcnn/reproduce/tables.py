@@ -19,7 +19,30 @@ from omegaconf import OmegaConf
 REPO_ROOT = Path(__file__).resolve().parents[3]
 CONFIG_DIR = REPO_ROOT / "conf"
 TABLES = ("lambda", "anchors", "proposals", "training")  # reproduce.py <table>; `all` runs them in this order
-QUICK_ANCHOR_SCALE = 0.25  # conf/experiment/cpu_shapes.yaml: [32, 64, 128] for the paper's [128, 256, 512]
+
+
+@dataclass(frozen=True)
+class QuickData:
+    """What ``--quick`` trains on: built-in data with its CPU preset and schedule, the factor of the
+    preset's anchors against the paper's (its network input's scale / 600), and the data keys of
+    its split sizes."""
+
+    name: str
+    experiment: str
+    schedule: str
+    anchor_scale: float
+    num_train_key: str
+    num_val_key: str
+    description: str
+
+
+QUICK_DATA = {
+    "voclike": QuickData("voclike", "cpu_voclike", "cpu_voclike", 0.4, "num_trainval", "num_test",
+                         "built-in VOC-like data (VOC 2007's 20 classes and statistics, 240-px pictures: docs/VOCLIKE.md)"),
+    "shapes": QuickData("shapes", "cpu_shapes", "cpu_shapes", 0.25, "num_train", "num_val",
+                        "built-in shapes data (5 classes, 1-4 objects, 256-px images)"),
+}
+DEFAULT_QUICK_DATA = "voclike"
 
 
 @dataclass(frozen=True)
@@ -88,13 +111,14 @@ def _format_value(value: Any) -> str:
     return f"{value:g}" if isinstance(value, float) else str(value)
 
 
-def setting_overrides(setting: Mapping[str, Any], quick: bool) -> list[str]:
+def setting_overrides(setting: Mapping[str, Any], anchor_scale: float | None = None) -> list[str]:
     """A YAML setting's training overrides: ``rpn.<key>=<value>`` for its ``rpn`` node (anchor
-    scales x QUICK_ANCHOR_SCALE in quick mode: 256-px images instead of 600), then its ``overrides``."""
+    scales x ``anchor_scale`` in quick mode: the built-in data's images are smaller than 600 px),
+    then its ``overrides``."""
     overrides = []
     for key, value in setting.get("rpn", {}).items():
-        if quick and key == "anchor_scales":
-            value = [v * QUICK_ANCHOR_SCALE for v in value]
+        if anchor_scale is not None and key == "anchor_scales":
+            value = [v * anchor_scale for v in value]
         overrides.append(f"rpn.{key}={_format_value(value)}")
     return overrides + [str(o) for o in setting.get("overrides", [])]
 
@@ -106,13 +130,14 @@ def _side(value: Any, path: Path, labels: set[str]) -> tuple[str, ...]:
     return side
 
 
-def paper_table(table: str, quick: bool, config_dir: Path = CONFIG_DIR) -> PaperTable:
+def paper_table(table: str, quick: bool, config_dir: Path = CONFIG_DIR,
+                quick_data: QuickData = QUICK_DATA[DEFAULT_QUICK_DATA]) -> PaperTable:
     """The table of conf/experiment/paper/ablation_<table>.yaml, its settings' overrides for
-    ``quick`` mode or the paper's scale."""
+    ``quick`` mode on ``quick_data`` or the paper's scale."""
     path = table_path(table, config_dir)
     node = load_table(table, config_dir)
     settings = tuple(
-        Setting(label=str(s["label"]), training=tuple(setting_overrides(s, quick)),
+        Setting(label=str(s["label"]), training=tuple(setting_overrides(s, quick_data.anchor_scale if quick else None)),
                 test=None if s.get("test") is None else dict(s["test"]), paper=s.get("paper"),
                 paper_base=s.get("paper_base"), quick=bool(s.get("quick", True)))
         for s in node["settings"])
