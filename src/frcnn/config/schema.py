@@ -225,9 +225,15 @@ STAGE = StageNode(
     },
     optional=frozenset({"epochs", "lr_epochs"}),
 )
+# Joint training may average several forward / backward passes into one SGD update (Caffe's iter_size: the
+# authors' end2end solver has iter_size 2); max_steps / lr_steps then count updates (frcnn.lit.joint)
+JOINT_STAGE = StageNode(
+    {**STAGE.fields, "batches_per_update": COUNT},  # passes of images_per_batch images, gradients averaged
+    optional=STAGE.optional | {"batches_per_update"},
+)
 ALTERNATING_STAGES = ("stage1_rpn", "stage1_det", "stage2_rpn", "stage2_det")
 SCHEDULE = Node(
-    {"joint": STAGE, "alternating": Node({name: STAGE for name in ALTERNATING_STAGES})},
+    {"joint": JOINT_STAGE, "alternating": Node({name: STAGE for name in ALTERNATING_STAGES})},
     optional=frozenset({"joint", "alternating"}),
 )
 

@@ -115,9 +115,10 @@ def _fit_stage_lengths(stage: dict, key: str, num_images: int, processes: int) -
     """Replace a stage's {epochs, lr_epochs} by {max_steps, lr_steps} in place; the log line, or None."""
     if stage.get("epochs") is None:
         return None
+    per_update = stage["images_per_batch"] * int(stage.get("batches_per_update", 1))  # joint: Caffe's iter_size
     stage["max_steps"], stage["lr_steps"] = steps_for_epochs(
-        stage["epochs"], stage.get("lr_epochs") or [], num_images, stage["images_per_batch"], processes)
-    per_batch = stage["images_per_batch"] * processes
+        stage["epochs"], stage.get("lr_epochs") or [], num_images, per_update, processes)
+    per_batch = per_update * processes
     return (f"{key}: {stage['epochs']:g} epochs of {num_images} images, {per_batch} per mini-batch -> "
             f"max_steps={stage['max_steps']}, lr_steps={stage['lr_steps']} (lr_epochs {list(stage.get('lr_epochs') or [])})")
 

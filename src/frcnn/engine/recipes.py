@@ -202,13 +202,16 @@ def _barrier() -> None:
 def run_joint(cfg: Mapping[str, Any], run_dir: Path) -> dict:
     """Joint training, approximate (§3.2 ii, the default) or not (§3.2 iii, recipe.approximate=false),
     then evaluation of the final detector."""
-    datamodule = build_datamodule(cfg, cfg["schedule"]["joint"]["images_per_batch"])
+    joint = cfg["schedule"]["joint"]
+    passes = int(joint.get("batches_per_update", 1))  # Caffe's iter_size: a loader batch holds every pass of an update
+    datamodule = build_datamodule(cfg, joint["images_per_batch"] * passes)
     datamodule.setup("fit")
     cfg = fit_config_to_data(cfg, datamodule.train_dataset)  # auto anchors / min size, epochs -> steps
     schedule = cfg["schedule"]["joint"]
     class_names = datamodule.class_names
     seed_stage(int(cfg.get("seed", 0)), "joint")
-    module = JointModule(model_config(cfg), dict(cfg["optim"]), list(schedule["lr_steps"]), class_names)
+    module = JointModule(model_config(cfg), dict(cfg["optim"]), list(schedule["lr_steps"]), class_names,
+                         images_per_pass=int(joint["images_per_batch"]) if passes > 1 else None)
     timings: dict[str, float] = {}
     fit_stage(cfg, run_dir, "joint", module, datamodule, schedule, timings, cfg["recipe"].get("val_every_n_epochs"))
     return finalize(cfg, run_dir, module.model, class_names, datamodule, timings)
