@@ -14,7 +14,8 @@ from frcnn.lit.stages import StageModule
 STEPS = [f"schedule.alternating.{s}.{k}" for s in ("stage1_rpn", "stage1_det", "stage2_rpn", "stage2_det")
          for k in ("max_steps=4", "lr_steps=[3]", "images_per_batch=2")]
 TINY = ["recipe=alternating", "logger=none", "data.num_train=6", "data.num_val=4", "recipe.checkpoint_every_n_steps=2",
-        "recipe.proposals.post_nms_top_n=50", "recipe.reinit_det_outputs=true"] + STEPS
+        "recipe.proposals.post_nms_top_n=50", "recipe.reinit_det_outputs=true",
+        "+roi_head.target_normalization=empirical"] + STEPS  # the authors' alt-opt targets (the default run: fixed)
 
 
 def weights(path):
@@ -66,6 +67,29 @@ def test_stages_train_what_the_paper_says(finished_run):
 
 
 @pytest.mark.slow
+def test_each_detector_stage_normalises_targets_by_its_own_training_rois(finished_run):
+    """roi_head.target_normalization=empirical: stage1_det holds the statistics of the stage-1 proposals'
+    RoIs, stage2_det (and the final detector) those of the stage-2 proposals', recomputed per stage."""
+    from frcnn.data.build import build_dataset
+    from frcnn.engine.target_stats import ground_truth_per_image, regression_target_statistics
+    from tests.conftest import compose_config
+
+    run_dir, _, _ = finished_run
+    cfg = compose_config(TINY, run_dir)
+    train_set = build_dataset(cfg["data"], "train")
+    final = torch.load(run_dir / "final" / "model.pt", map_location="cpu", weights_only=False)["state_dict"]
+    found = {}
+    for proposals, stage in (("stage1_proposals", "stage1_det"), ("stage2_proposals", "stage2_det")):
+        boxes = load_proposal_file(run_dir / proposals / PROPOSAL_FILE_NAME, len(train_set))
+        means, stds = regression_target_statistics(ground_truth_per_image(train_set), boxes, 5,
+                                                   flip_prob=cfg["data"]["hflip_prob"])
+        saved = weights(run_dir / stage / "model.pt")
+        assert torch.equal(saved["roi_head.target_means"], means) and torch.equal(saved["roi_head.target_stds"], stds)
+        found[stage] = means
+    assert not torch.equal(found["stage1_det"], found["stage2_det"])
+    assert torch.equal(final["roi_head.target_means"], found["stage2_det"])
+
+
 @pytest.mark.slow
 def test_frozen_stages_do_not_warn_about_eval_mode_modules(finished_run):
     """Steps 3-4 freeze the shared conv (its BatchNorms in eval mode, on purpose): Lightning's

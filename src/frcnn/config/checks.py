@@ -48,6 +48,10 @@ def validate_config(cfg: Mapping[str, Any]) -> None:
                           "data modules by pickling, and they are built from closures; use trainer.strategy=ddp "
                           "(Lightning re-runs train.py for each extra rank)")
     recipe = cfg["recipe"]["name"]
+    if roi.get("target_normalization", "fixed") == "empirical" and recipe != "alternating":
+        raise ConfigError(f"roi_head.target_normalization=empirical needs recipe=alternating (got recipe={recipe}): "
+                          "its statistics come from a proposal file before a detector stage; joint training "
+                          "normalises by the fixed roi_head.target_stds, as the authors' end2end code")
     if recipe not in cfg["schedule"]:
         raise ConfigError(f"recipe={recipe!r} has no stage lengths: schedule.{recipe} is missing "
                           f"(schedule has: {', '.join(cfg['schedule']) or 'nothing'})")

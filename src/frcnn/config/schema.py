@@ -69,6 +69,12 @@ def _pool_types() -> list[str]:
     return list(POOL_TYPES)
 
 
+def _target_normalizations() -> list[str]:
+    from frcnn.modeling.roi_head import TARGET_NORMALIZATIONS
+
+    return list(TARGET_NORMALIZATIONS)
+
+
 def _nonfinite_policies() -> list[str]:
     from frcnn.lit.guards import NONFINITE_POLICIES
 
@@ -178,7 +184,11 @@ ROI_HEAD = Node(
         "score_thresh": PROB,
         "nms_thresh": IOU,
         "detections_per_image": COUNT,
-    }
+        # fixed: targets / target_stds for every class (end2end, the default) | empirical: per-class means / stds
+        # of the training RoIs' targets, each detector stage of the 4-step recipe (the authors' alt-opt code)
+        "target_normalization": Choice(_target_normalizations),
+    },
+    optional=frozenset({"target_normalization"}),
 )
 
 OPTIM = Node(

@@ -39,6 +39,7 @@ from frcnn.engine.proposal_files import (
 )
 from frcnn.engine.proposal_store import ProposalFile
 from frcnn.engine.resume import check_run_config, finished_metrics, resume_checkpoint
+from frcnn.engine.target_stats import use_empirical_targets
 from frcnn.evaluation.evaluate import evaluate_split
 from frcnn.evaluation.proposal_recall import format_recall_table
 from frcnn.evaluation.report import write_evaluation_report
@@ -273,6 +274,7 @@ def run_alternating(cfg: Mapping[str, Any], run_dir: Path) -> dict:
                      stages["stage1_rpn"], timings)
     proposals1 = proposal_stage(cfg, run_dir, "stage1_proposals", rpn1.model, train_set, timings)
     det1 = stage_module("stage1_det", "detector", False)  # fresh backbone: not shared yet
+    empirical_targets(cfg, det1, train_set, proposals1)
     det1 = fit_stage(cfg, run_dir, "stage1_det", det1, detector_data(proposals1, "stage1_det"),
                      stages["stage1_det"], timings)
     if cfg["recipe"].get("unshared", False):
@@ -289,11 +291,20 @@ def run_alternating(cfg: Mapping[str, Any], run_dir: Path) -> dict:
 
     det2 = stage_module("stage2_det", "detector", True)
     start_last_detector(det2.model, rpn2.model, bool(cfg["recipe"].get("reinit_det_outputs", False)))
+    empirical_targets(cfg, det2, train_set, proposals2)  # recomputed per stage, as the authors' train_net
     det2.apply_trainable()
     del rpn2
     det2 = fit_stage(cfg, run_dir, "stage2_det", det2, detector_data(proposals2, "stage2_det"),
                      stages["stage2_det"], timings, cfg["recipe"].get("val_every_n_epochs"))  # the whole detector
     return finalize(cfg, run_dir, det2.model, class_names, base, timings)
+
+
+def empirical_targets(cfg: Mapping[str, Any], stage: StageModule, train_set, proposals: ProposalFile) -> None:
+    """roi_head.target_normalization=empirical: the detector stage's per-class target statistics from its
+    training RoIs (frcnn.engine.target_stats); nothing for the fixed default."""
+    if cfg["roi_head"].get("target_normalization", "fixed") == "empirical":
+        use_empirical_targets(stage.model.roi_head, train_set, proposals, float(cfg["data"].get("hflip_prob", 0.0)),
+                              stage.hparams.stage_name)
 
 
 def copy_weights(source: torch.nn.Module, target: torch.nn.Module) -> None:

@@ -122,6 +122,12 @@ class ExportableDetector(nn.Module):
         self.roi_output_size = int(roi_head.roi_output_size)
         self.spatial_scale = float(roi_head.spatial_scale)
         self.box_weights = [float(w) for w in roi_head.box_weights]
+        # per-class x std + mean of the predicted deltas (roi_head.target_normalization=empirical,
+        # RoIHead.raw_deltas); fixed normalisation: x 1 + 0, the same floats
+        empirical = roi_head.target_normalization == "empirical"
+        num_rows = int(roi_head.num_classes) + 1
+        self.register_buffer("delta_stds", roi_head.target_stds.clone() if empirical else torch.ones(num_rows, 4))
+        self.register_buffer("delta_means", roi_head.target_means.clone() if empirical else torch.zeros(num_rows, 4))
         self.num_classes = int(roi_head.num_classes)
         self.score_thresh = float(roi_head.score_thresh)
         self.detection_nms_thresh = float(roi_head.nms_thresh)
@@ -172,6 +178,7 @@ class ExportableDetector(nn.Module):
         class_logits, box_deltas = self.predictor(self.roi_features(pooled))  # [P, C+1], [P, (C+1)*4]
         probs = F.softmax(class_logits, dim=-1)
         num = proposals.shape[0]
+        box_deltas = (box_deltas.reshape(num, -1, 4) * self.delta_stds + self.delta_means).reshape(num, -1)
         boxes = decode_deltas(box_deltas, proposals, self.box_weights, self.max_log_scale)
         boxes = clip_boxes_to_image(boxes.reshape(num, -1, 4), (height, width))[:, 1:]  # [P, C, 4]
         scores = probs[:, 1:]  # [P, C]

@@ -77,6 +77,7 @@ def build_roi_head(roi_cfg: Mapping[str, Any], backbone, num_classes: int) -> Ro
         nms_thresh=float(roi_cfg["nms_thresh"]),
         detections_per_image=int(roi_cfg["detections_per_image"]),
         warp_boxes=bool(roi_cfg.get("warp_boxes", False)),  # set by recipe.approximate=false (recipes.model_config)
+        target_normalization=str(roi_cfg.get("target_normalization", "fixed")),  # absent in older detector files
     )
 
 

@@ -14,6 +14,7 @@ from frcnn.modeling.boxes import decode_boxes, encode_boxes
 from frcnn.modeling.sampling import IGNORE, NEGATIVE, POSITIVE, sample_balanced
 
 POOL_TYPES = ("max", "align")
+TARGET_NORMALIZATIONS = ("fixed", "empirical")
 WARP_SAMPLING_RATIO = 2  # roi_warp: 2 x 2 bilinear samples per output bin
 
 
@@ -85,6 +86,7 @@ class RoIHead(nn.Module):
         nms_thresh: float = 0.3,
         detections_per_image: int = 100,
         warp_boxes: bool = False,
+        target_normalization: str = "fixed",
     ):
         super().__init__()
         if pool_type not in POOL_TYPES:
@@ -98,6 +100,8 @@ class RoIHead(nn.Module):
             raise ValueError(f"roi_head.rois_per_minibatch must be >= 1, got {rois_per_minibatch}")
         if len(target_stds) != 4 or min(target_stds) <= 0:
             raise ValueError(f"roi_head.target_stds must be 4 positive numbers, got {list(target_stds)}")
+        if target_normalization not in TARGET_NORMALIZATIONS:
+            raise ValueError(f"roi_head.target_normalization={target_normalization!r}; allowed: {TARGET_NORMALIZATIONS}")
         self.head = head
         self.predictor = FastRCNNPredictor(representation_size, num_classes + 1)
         self.num_classes = num_classes
@@ -109,7 +113,13 @@ class RoIHead(nn.Module):
         self.fg_iou_thresh = fg_iou_thresh
         self.bg_iou_hi = bg_iou_hi
         self.bg_iou_lo = bg_iou_lo
-        self.box_weights = tuple(1.0 / s for s in target_stds)
+        self.target_normalization = target_normalization
+        if target_normalization == "fixed":  # one mean (0) and std for every class: weights 1 / std
+            self.box_weights = tuple(1.0 / s for s in target_stds)
+        else:  # per-class statistics of the training RoIs' targets (set_target_statistics), in the state dict
+            self.box_weights = (1.0, 1.0, 1.0, 1.0)
+            self.register_buffer("target_means", torch.zeros(num_classes + 1, 4))  # [C+1, 4]
+            self.register_buffer("target_stds", torch.tensor([list(target_stds)] * (num_classes + 1)))  # [C+1, 4]
         self.add_gt_to_proposals = add_gt_to_proposals
         self.smooth_l1_beta = smooth_l1_beta
         self.score_thresh = score_thresh
@@ -167,7 +177,34 @@ class RoIHead(nn.Module):
                 targets.append(encode_boxes(boxes[matched[keep]], prop_values[keep], self.box_weights))
             else:
                 targets.append(torch.zeros_like(prop_values[keep]))
-        return rois, torch.cat(labels), torch.cat(targets)
+        labels, targets = torch.cat(labels), torch.cat(targets)
+        if self.target_normalization == "empirical":  # (t - mean of the class) / std of the class
+            targets = (targets - self.target_means[labels]) / self.target_stds[labels]
+        return rois, labels, targets
+
+    def set_target_statistics(self, means: Tensor, stds: Tensor) -> None:
+        """The per-class means and stds [C+1, 4] of the regression targets (eq. 2 deltas, unit weights) that
+        ``target_normalization='empirical'`` normalises by: the authors' alt-opt Fast R-CNN stages
+        (py-faster-rcnn lib/roi_data_layer/roidb.py ``add_bbox_regression_targets``), computed over the
+        training RoIs by :func:`frcnn.engine.target_stats.regression_target_statistics`."""
+        if self.target_normalization != "empirical":
+            raise ValueError("set_target_statistics needs roi_head.target_normalization=empirical")
+        if means.shape != self.target_means.shape or stds.shape != self.target_stds.shape:
+            raise ValueError(f"target statistics must be [{self.num_classes + 1}, 4] (classes + background), "
+                             f"got means {list(means.shape)}, stds {list(stds.shape)}")
+        if not bool((stds > 0).all()) or not bool(torch.isfinite(means).all()):
+            raise ValueError("target statistics: every std must be > 0 and every mean finite")
+        self.target_means.copy_(means)
+        self.target_stds.copy_(stds)
+
+    def raw_deltas(self, box_deltas: Tensor) -> Tensor:
+        """Predicted [R, (C+1)*4] -> eq. 2 deltas in the units :func:`decode_boxes` takes with ``box_weights``:
+        unchanged for fixed normalisation; x std + mean of each class for empirical (what the authors
+        fold into bbox_pred's weights when they snapshot: W std, b std + mean, lib/fast_rcnn/train.py)."""
+        if self.target_normalization == "fixed":
+            return box_deltas
+        num = box_deltas.shape[0]
+        return (box_deltas.reshape(num, -1, 4) * self.target_stds + self.target_means).reshape(num, -1)
 
     def loss(self, class_logits: Tensor, box_deltas: Tensor, labels: Tensor, regression_targets: Tensor) -> dict[str, Tensor]:
         """Fast R-CNN multi-task loss: log loss over C+1 classes + [u >= 1] smooth-L1 of the
@@ -185,7 +222,7 @@ class RoIHead(nn.Module):
         """Per-class boxes, score threshold, per-class NMS at 0.3, top 100 per image."""
         probs = F.softmax(class_logits, dim=-1)  # [R, C+1]
         counts = [r.shape[0] for r in rois]
-        boxes_all = decode_boxes(box_deltas, torch.cat(rois), self.box_weights)  # [R, (C+1)*4]
+        boxes_all = decode_boxes(self.raw_deltas(box_deltas), torch.cat(rois), self.box_weights)  # [R, (C+1)*4]
         detections = []
         for image_probs, image_boxes, image_hw in zip(probs.split(counts), boxes_all.split(counts), image_sizes):
             num = image_probs.shape[0]
