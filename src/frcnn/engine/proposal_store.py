@@ -96,14 +96,14 @@ def write_proposal_file(path: str | Path, images: Iterable[tuple[np.ndarray, np.
                 if len(scores) != len(boxes):
                     raise ValueError(f"{path}: image {first_image + count - 1} has {len(boxes)} boxes "
                                      f"but {len(scores)} scores")
-                f.write(boxes.tobytes())
-                scores_file.write(scores.tobytes())
+                f.write(boxes.data)  # the array's own bytes, no copy
+                scores_file.write(scores.data)
                 offsets[count] = offsets[count - 1] + len(boxes)
             if count != num_images:
                 raise ValueError(f"{path}: proposals for {count} images, {num_images} expected")
             scores_file.flush()
             _copy_range(scores_file.fileno(), 0, int(offsets[-1]) * 4, f)
-        f.write(offsets.tobytes())
+        f.write(offsets.data)
         f.seek(0)
         f.write(_header(num_images, first_image, post_nms_top_n, int(offsets[-1])))
 
