@@ -6,6 +6,7 @@
     python scripts/benchmark.py --mode data
     python scripts/benchmark.py --mode warp --size small   # non-approximate vs approximate joint step
     python scripts/benchmark.py --mode svd --size paper    # truncated SVD of fc6 / fc7 (Fast R-CNN §3.1)
+    python scripts/benchmark.py --mode scale               # COCO-size data: time and memory vs images (not in all)
     python scripts/benchmark.py --device cuda --size paper --mode infer --bf16   # on a GPU (scripts/gpu_check.sh)
 
 Modes (default: all of them):
@@ -26,6 +27,9 @@ Modes (default: all of them):
   svd        region-wise and total inference time with the RoI head's fc layers plain and
              compressed by truncated SVD (Fast R-CNN §3.1; --svd-rank, default 1024 256 for
              VGG-16's fc6 / fc7 as in Fast R-CNN, 64 32 for the small net), alternating
+  scale      how the time and peak memory of the parts that see every image (COCO index, proposal files
+             written / merged / read, an epoch of proposal loading, COCO AP per backend) grow with the number
+             of images, 1k / 10k / 118k generated COCO-like images (scripts/bench/scale.py; not part of all)
 
 Sizes: ``paper`` = one 600 x 1000 image, VGG-16, anchors 128/256/512, 21 classes;
 ``small`` = the built-in data (256 x 256, 4 images per training batch), small backbone,
@@ -52,6 +56,7 @@ import datetime as _dt
 import logging
 import platform
 import sys
+from pathlib import Path
 
 import torch
 import torchvision
@@ -62,6 +67,7 @@ from bench.data import bench_data
 from bench.export import bench_export
 from bench.infer import bench_infer
 from bench.nms import bench_nms
+from bench.scale import BACKENDS, DATA_PARTS, EVAL_IMAGES, SCALE_IMAGES, bench_scale
 from bench.svd import SVD_RANKS, bench_svd
 from bench.train import bench_train
 from bench.warp import WARP_SCHEMES, bench_warp, warp_memory_child
@@ -71,8 +77,8 @@ from frcnn.utils.host_info import cpu_description
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--size", choices=("paper", "small", "all"), default="all")
-    parser.add_argument("--mode", choices=("infer", "train", "breakdown", "data", "nms", "warp", "svd", "export", "all"),
-                        default="all")
+    parser.add_argument("--mode", choices=("infer", "train", "breakdown", "data", "nms", "warp", "svd", "export", "scale",
+                                           "all"), default="all")
     parser.add_argument("--repeats", type=int, default=None, help="timed runs per model (default: per size)")
     parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads (default 2)")
     parser.add_argument("--data-batches", type=int, default=32)
@@ -87,6 +93,15 @@ def main(argv: list[str] | None = None) -> int:
                         help="infer / train / warp modes: cpu (default) or cuda[:i] (scripts/gpu_check.sh)")
     parser.add_argument("--bf16", action="store_true", help="infer / train modes under torch.autocast(bfloat16)")
     parser.add_argument("--warp-memory-child", choices=WARP_SCHEMES, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--scale-images", type=int, nargs="+", default=list(SCALE_IMAGES),
+                        help="--mode scale: dataset sizes (default: 1000 10000 118287)")
+    parser.add_argument("--eval-images", type=int, nargs="+", default=list(EVAL_IMAGES),
+                        help="--mode scale: images of the COCO AP parts (default: 1000 5000)")
+    parser.add_argument("--scale-parts", nargs="+", default=[*DATA_PARTS, "coco_ap"],
+                        choices=[*DATA_PARTS, "coco_ap", *(f"coco_ap_{b}" for b in BACKENDS)],
+                        help="--mode scale: the parts to measure (default: all)")
+    parser.add_argument("--scale-dir", default="/tmp/frcnn_scale",
+                        help="--mode scale: where the generated data goes (~15 GB free needed at 118k images)")
     args = parser.parse_args(argv)
     SETTINGS.baseline = args.baseline
     SETTINGS.device, SETTINGS.autocast_bf16 = torch.device(args.device), args.bf16
@@ -111,6 +126,9 @@ def main(argv: list[str] | None = None) -> int:
           f"{f' | head width {args.head_width}' if args.head_width else ''}"
           f"{' | frcnn BASELINE (before issue 6)' if SETTINGS.baseline else ''}", flush=True)
     sizes = ("small", "paper") if args.size == "all" else (args.size,)
+    if args.mode == "scale":
+        bench_scale(args.scale_images, args.eval_images, Path(args.scale_dir), args.scale_parts)
+        return 0
     modes = ("infer", "breakdown", "train", "data") if args.mode == "all" else (args.mode,)
     train_ms_small = None
     for size in sizes:
