@@ -64,9 +64,11 @@ def test_start_up_check_accepts_builtin_and_names_a_missing_shipped_file(monkeyp
 
     check_backbone_weights({"backbone": {"name": "small", "weights": "builtin"}})
     gone = tmp_path / "small_shapes_pretrained.pt"
-    monkeypatch.setitem(backbones._SPECS, "small", replace(backbones._SPECS["small"], builtin=gone))
+    monkeypatch.setitem(backbones._SPECS, "small", replace(backbones._SPECS["small"], builtin={"builtin": gone}))
     with pytest.raises(ConfigError, match=re.escape(f"the built-in weights file {gone} is missing")):
         check_backbone_weights({"backbone": {"name": "small", "weights": "builtin"}})
+    with pytest.raises(ConfigError, match="weights='builtin_voclike' exists only for"):
+        check_backbone_weights({"backbone": {"name": "small", "weights": "builtin_voclike"}})
 
 
 @pytest.fixture

@@ -123,14 +123,17 @@ DATA = Node(
 
 
 class BackboneNode(Node):
-    """backbone.{name, weights}; ``weights: builtin`` (the package's own pre-trained weights)
-    only for a backbone the package ships weights for (``small``)."""
+    """backbone.{name, weights}; ``weights: builtin`` / ``builtin_voclike`` (the package's own
+    pre-trained weights) only for a backbone the package ships weights for (``small``)."""
 
     def check(self, value: Any, key: str) -> None:
+        from frcnn.modeling.backbone import BUILTIN_WEIGHT_NAMES
+
         super().check(value, key)
-        if value.get("weights") == "builtin" and value["name"] not in _builtin_weight_backbones():
+        weights = value.get("weights")
+        if weights in BUILTIN_WEIGHT_NAMES and value["name"] not in _builtin_weight_backbones():
             raise ConfigError(
-                f"{key}.weights='builtin' is only shipped for backbone {', '.join(_builtin_weight_backbones())}, "
+                f"{key}.weights={weights!r} is only shipped for backbone {', '.join(_builtin_weight_backbones())}, "
                 f"not {value['name']!r}: use imagenet (vgg16, resnet50_c4), a local state-dict path, or null"
             )
 

@@ -15,10 +15,15 @@ same generator, on images the detection splits never contain:
   pooling size) then ``head`` (fc1, fc2) then a 6-way linear classifier, dropped when the
   weights are saved, as the detector drops ImageNet's fc8.
 
+``PretrainConfig.data="voclike"`` does the same for the VOC-like data: crops of its 20 classes
+(:mod:`frcnn.data.voclike.crops`), a 21-way classifier, ``backbone.weights=builtin_voclike``.
+
 Training is deterministic: fixed seeds, ``torch.use_deterministic_algorithms``, one thread, the
-images generated in order in the main process. The saved file is
+images generated in order in the main process: a rerun on the same machine and library versions
+gives the same weights (``meta.weights_sha256``; the file's own sha256 also covers the source files'
+hashes in its metadata). The saved file is
 ``{"state_dict": {"body.*", "head.*": float16 tensors}, "meta": {...}}``, read with
-``torch.load(weights_only=True)`` by ``build_backbone("small", weights="builtin")``.
+``torch.load(weights_only=True)`` by ``build_backbone("small", weights="builtin")`` (or ``"builtin_voclike"``).
 """
 
 from __future__ import annotations
@@ -45,6 +50,8 @@ from frcnn.data.synthetic import (
     sample_size_px,
     shape_extent_wh,
 )
+from frcnn.data.voclike.crops import render_voclike_crop
+from frcnn.data.voclike.voc2007 import CLASS_NAMES as VOCLIKE_CLASSES
 from frcnn.modeling.backbone import WEIGHTS_FROM_DETECTOR, Backbone, build_backbone
 from frcnn.modeling.faster_rcnn import IMAGENET_MEAN, IMAGENET_STD
 
@@ -62,7 +69,8 @@ __all__ = [
 PRETRAIN_STREAM_ID = 7  # numpy stream id of the pre-training images; the detection splits use SPLIT_IDS
 EVAL_INDEX_OFFSET = 10_000_000  # held-out images: indices from here on (training never gets this far)
 CROP_SIZE_PX = 112  # 112 / 16 = 7: the body's map of a crop is the head's 7 x 7 RoI input
-NUM_CLASSES = len(CLASS_NAMES) + 1  # 0: clutter only, 1..5: the shape classes
+NUM_CLASSES = len(CLASS_NAMES) + 1  # shapes: 0 clutter only, 1..5 the shape classes
+PRETRAIN_DATA = {"shapes": NUM_CLASSES, "voclike": len(VOCLIKE_CLASSES) + 1}  # data -> classifier outputs
 assert PRETRAIN_STREAM_ID not in SPLIT_IDS.values()
 
 
@@ -79,15 +87,18 @@ class PretrainConfig:
     max_size_px: int = 108
     background_fraction: float = 1 / 6  # share of "clutter only" images
     num_eval: int = 600
+    data: str = "shapes"  # shapes: the shape crops below; voclike: frcnn.data.voclike.crops (20 classes)
 
 
 def render_crop(cfg: PretrainConfig, index: int) -> tuple[np.ndarray, int]:
-    """Image ``index`` of the pre-training stream -> (uint8 [112, 112, 3], label in 0..5).
+    """Image ``index`` of the pre-training stream -> (uint8 [112, 112, 3], label in 0..5; voclike: 0..20).
 
     Background and clutter as in the detection images; the shape (if any) is centred up to a
     jitter of a quarter of the free margin, so it fills the crop as an object fills the RoI the
     detector's head sees after RoI pooling.
     """
+    if cfg.data == "voclike":
+        return render_voclike_crop(cfg.seed, index, CROP_SIZE_PX)
     rng = np.random.default_rng([cfg.seed, PRETRAIN_STREAM_ID, index])
     size = (CROP_SIZE_PX, CROP_SIZE_PX)
     image = draw_background(rng, size)
@@ -115,9 +126,9 @@ def crop_batch(cfg: PretrainConfig, indices: range) -> tuple[Tensor, Tensor]:
     return (batch - mean) / std, torch.tensor(labels, dtype=torch.int64)
 
 
-def build_classifier(backbone: Backbone) -> nn.Sequential:
-    """body -> head -> 6-way linear: [B, 3, 112, 112] -> [B, 128, 7, 7] -> [B, 256] -> [B, 6]."""
-    classifier = nn.Linear(backbone.representation_size, NUM_CLASSES)
+def build_classifier(backbone: Backbone, num_classes: int = NUM_CLASSES) -> nn.Sequential:
+    """body -> head -> linear: [B, 3, 112, 112] -> [B, 128, 7, 7] -> [B, 256] -> [B, num_classes]."""
+    classifier = nn.Linear(backbone.representation_size, num_classes)
     nn.init.normal_(classifier.weight, 0.0, 0.01)
     nn.init.zeros_(classifier.bias)
     return nn.Sequential(backbone.body, backbone.head, classifier)
@@ -145,7 +156,9 @@ def pretrain_small_backbone(
     """
     torch.manual_seed(cfg.seed)
     backbone = build_backbone("small", weights=WEIGHTS_FROM_DETECTOR)  # random init, no warning
-    net = build_classifier(backbone)
+    if cfg.data not in PRETRAIN_DATA:
+        raise ValueError(f"PretrainConfig.data={cfg.data!r}; allowed: {sorted(PRETRAIN_DATA)}")
+    net = build_classifier(backbone, PRETRAIN_DATA[cfg.data])
     decay = [p for n, p in net.named_parameters() if p.ndim > 1]
     no_decay = [p for n, p in net.named_parameters() if p.ndim <= 1]
     optimizer = torch.optim.AdamW(

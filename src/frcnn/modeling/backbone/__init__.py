@@ -28,8 +28,11 @@ Feature-map size for an ``H x W`` image:
 
 from frcnn.modeling.backbone.base import Backbone, freeze_prefix, has_training_batchnorm, set_trainable
 from frcnn.modeling.backbone.build import (
+    BUILTIN_SMALL_VOCLIKE_WEIGHTS,
     BUILTIN_SMALL_WEIGHTS,
+    BUILTIN_WEIGHT_NAMES,
     WEIGHTS_BUILTIN,
+    WEIGHTS_BUILTIN_VOCLIKE,
     WEIGHTS_FROM_DETECTOR,
     available_backbones,
     backbones_with_builtin_weights,
@@ -42,8 +45,11 @@ from frcnn.modeling.backbone.zf import WithinChannelLRN
 __all__ = [
     "Backbone",
     "WithinChannelLRN",
+    "BUILTIN_SMALL_VOCLIKE_WEIGHTS",
     "BUILTIN_SMALL_WEIGHTS",
+    "BUILTIN_WEIGHT_NAMES",
     "WEIGHTS_BUILTIN",
+    "WEIGHTS_BUILTIN_VOCLIKE",
     "WEIGHTS_FROM_DETECTOR",
     "available_backbones",
     "backbones_with_builtin_weights",

@@ -29,9 +29,14 @@ logger = logging.getLogger(__name__)
 
 
 # Package data written by scripts/pretrain_small_backbone.py (frcnn/engine/pretrain_small.py): the small net
-# (body and head) trained to classify generated shape crops, float16, {"state_dict", "meta"}.
-BUILTIN_SMALL_WEIGHTS = Path(__file__).resolve().parents[2] / "weights" / "small_shapes_pretrained.pt"
+# (body and head) trained to classify generated crops, float16, {"state_dict", "meta"}: of the shapes
+# ("builtin") or of the VOC-like data's 20 classes ("builtin_voclike").
+BUILTIN_WEIGHTS_DIR = Path(__file__).resolve().parents[2] / "weights"
+BUILTIN_SMALL_WEIGHTS = BUILTIN_WEIGHTS_DIR / "small_shapes_pretrained.pt"
+BUILTIN_SMALL_VOCLIKE_WEIGHTS = BUILTIN_WEIGHTS_DIR / "small_voclike_pretrained.pt"
 WEIGHTS_BUILTIN = "builtin"
+WEIGHTS_BUILTIN_VOCLIKE = "builtin_voclike"
+BUILTIN_WEIGHT_NAMES = (WEIGHTS_BUILTIN, WEIGHTS_BUILTIN_VOCLIKE)
 
 
 @dataclass(frozen=True)
@@ -45,8 +50,8 @@ class _Spec:
     # First conv of the Caffe layout ("conv1_1" for VGG-16): a file with "<it>.weight" is a Caffe
     # model (BGR 0..255 minus the mean) and its first conv is folded to our input convention.
     caffe_first_conv: str | None = None
-    # The package's own pre-trained weights for weights="builtin"; None = none shipped.
-    builtin: Path | None = None
+    # The package's own pre-trained weights: weights value ("builtin", ...) -> file; empty = none shipped.
+    builtin: Mapping[str, Path] = field(default_factory=dict)
 
 
 def _vgg16_imagenet() -> Any:
@@ -68,7 +73,8 @@ _SPECS: dict[str, _Spec] = {
     "zf": _Spec(build_zf, map_zf_key, None, "Caffe / py-faster-rcnn ZF (conv1..conv5.*, fc6/fc7.*)",
                 caffe_first_conv="conv1"),
     "resnet50_c4": _Spec(build_resnet50_c4, map_resnet50_key, _resnet50_imagenet, "torchvision resnet50"),
-    "small": _Spec(build_small, None, None, builtin=BUILTIN_SMALL_WEIGHTS),
+    "small": _Spec(build_small, None, None, builtin={WEIGHTS_BUILTIN: BUILTIN_SMALL_WEIGHTS,
+                                                      WEIGHTS_BUILTIN_VOCLIKE: BUILTIN_SMALL_VOCLIKE_WEIGHTS}),
 }
 
 
@@ -79,7 +85,7 @@ def available_backbones() -> list[str]:
 
 def backbones_with_builtin_weights() -> list[str]:
     """Names for which ``weights="builtin"`` is accepted (the package ships their weights)."""
-    return sorted(name for name, spec in _SPECS.items() if spec.builtin is not None)
+    return sorted(name for name, spec in _SPECS.items() if spec.builtin)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -108,8 +114,8 @@ def check_weights_available(name: str, weights: str | os.PathLike[str] | None) -
         return
     if weights == "imagenet":
         ensure_torchvision_file(name, _imagenet_enum(name, _SPECS[name]))
-    elif weights == WEIGHTS_BUILTIN:
-        _builtin_weights_path(name, _SPECS[name])
+    elif weights in BUILTIN_WEIGHT_NAMES:
+        _builtin_weights_path(name, _SPECS[name], str(weights))
     elif not Path(weights).expanduser().is_file():
         raise FileNotFoundError(f"backbone.weights={weights}: no such file (backbone {name!r}); pass the path of a "
                                 f"local state dict ({_describe_formats(_SPECS[name])}), imagenet, or null")
@@ -130,21 +136,21 @@ def _imagenet_state_dict(name: str, spec: _Spec) -> Mapping[str, Tensor]:
         raise WeightsUnavailableError(unavailable_message(name, enum, f"{type(err).__name__}: {err}")) from err
 
 
-
-
-def _builtin_weights_path(name: str, spec: _Spec) -> Path:
-    if spec.builtin is None:
+def _builtin_weights_path(name: str, spec: _Spec, weights: str) -> Path:
+    path = spec.builtin.get(weights)
+    if path is None:
         raise ValueError(
-            f"backbone {name!r}: weights='builtin' exists only for {backbones_with_builtin_weights()} "
+            f"backbone {name!r}: weights={weights!r} exists only for {backbones_with_builtin_weights()} "
             f"(the package's own pre-trained weights); for {name!r} pass weights='imagenet' where torchvision "
             f"has them, a local state-dict path, or null for random init"
         )
-    if not spec.builtin.is_file():
+    if not path.is_file():
+        data = "voclike" if weights == WEIGHTS_BUILTIN_VOCLIKE else "shapes"
         raise FileNotFoundError(
-            f"backbone {name!r}: the built-in weights file {spec.builtin} is missing from the installed package; "
-            f"rebuild it with `python scripts/pretrain_small_backbone.py` or reinstall frcnn"
+            f"backbone {name!r}: the built-in weights file {path} is missing from the installed package; "
+            f"rebuild it with `python scripts/pretrain_small_backbone.py --data {data}` or reinstall frcnn"
         )
-    return spec.builtin
+    return path
 
 
 
@@ -184,8 +190,8 @@ def build_backbone(
         weights = None
     if weights == "imagenet":  # fetch before building: fail fast and cheap
         state, source = _imagenet_state_dict(name, spec), f"torchvision {name} ImageNet"
-    elif weights == WEIGHTS_BUILTIN:
-        path = _builtin_weights_path(name, spec)
+    elif weights in BUILTIN_WEIGHT_NAMES:
+        path = _builtin_weights_path(name, spec, str(weights))
         state, source = read_state_dict(path), f"built-in {path.name}"
     elif weights is not None:
         state, source = read_state_dict(weights), str(weights)
