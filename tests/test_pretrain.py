@@ -18,34 +18,40 @@ from frcnn.engine.pretrain_small import (
     weights_sha256,
 )
 from frcnn.errors import ConfigError
-from frcnn.modeling.backbone import BUILTIN_SMALL_WEIGHTS, build_backbone
+from frcnn.modeling.backbone import BUILTIN_SMALL_VOCLIKE_WEIGHTS, BUILTIN_SMALL_WEIGHTS, build_backbone
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = PretrainConfig(seed=3, steps=2, batch_size=4, num_eval=0)
 
 
-def _shipped() -> dict:
-    return torch.load(BUILTIN_SMALL_WEIGHTS, map_location="cpu", weights_only=True)
+SHIPPED = {"builtin": BUILTIN_SMALL_WEIGHTS, "builtin_voclike": BUILTIN_SMALL_VOCLIKE_WEIGHTS}
 
 
-def test_builtin_weights_load_exactly_the_shipped_file():
-    shipped = _shipped()["state_dict"]
-    backbone = build_backbone("small", weights="builtin")
+def _shipped(weights: str = "builtin") -> dict:
+    return torch.load(SHIPPED[weights], map_location="cpu", weights_only=True)
+
+
+@pytest.mark.parametrize("weights", sorted(SHIPPED))
+def test_builtin_weights_load_exactly_the_shipped_file(weights):
+    shipped = _shipped(weights)["state_dict"]
+    backbone = build_backbone("small", weights=weights)
     loaded = backbone.state_dict()
     assert sorted(loaded) == sorted(shipped)
     for key, value in shipped.items():
         assert torch.equal(loaded[key], value.to(loaded[key].dtype)), key
 
 
-def test_shipped_file_metadata_is_sane():
-    meta = _shipped()["meta"]
-    assert BUILTIN_SMALL_WEIGHTS.stat().st_size < 5 * 2**20  # a few MB at most
+@pytest.mark.parametrize("weights", sorted(SHIPPED))
+def test_shipped_file_metadata_is_sane(weights):
+    meta = _shipped(weights)["meta"]
+    assert SHIPPED[weights].stat().st_size < 5 * 2**20  # a few MB at most
     assert (REPO / "scripts" / meta["script"]).is_file()
     assert re.fullmatch(r"[0-9a-f]{64}", meta["script_sha256"]) and re.fullmatch(r"[0-9a-f]{64}", meta["module_sha256"])
-    assert meta["weights_sha256"] == weights_sha256(_shipped()["state_dict"])  # the tensors are the ones trained
+    assert meta["weights_sha256"] == weights_sha256(_shipped(weights)["state_dict"])  # the tensors are the ones trained
     assert isinstance(meta["config"]["seed"], int) and meta["config"]["steps"] > 0
     assert re.match(r"\d+\.\d+", meta["torch_version"])
-    assert 0.5 < meta["metrics"]["eval_accuracy"] <= 1.0  # 6 classes: chance is 1/6
+    assert meta["config"].get("data", "shapes") == {"builtin": "shapes", "builtin_voclike": "voclike"}[weights]
+    assert 0.5 < meta["metrics"]["eval_accuracy"] <= 1.0  # 6 or 21 classes: chance is 1/6 or 1/21
 
 
 def test_builtin_is_refused_for_backbones_without_shipped_weights():
@@ -104,3 +110,12 @@ def test_crops_hold_one_shape_or_only_clutter():
     image, _ = render_crop(cfg, 0)
     assert image.shape == (112, 112, 3) and image.dtype.name == "uint8"
     assert (render_crop(cfg, 7)[0] == render_crop(cfg, 7)[0]).all()  # item i is the same on every call
+
+
+def test_voclike_crops_hold_one_of_the_20_classes_or_only_stuff():
+    cfg = replace(TINY, data="voclike")
+    labels = [render_crop(cfg, i)[1] for i in range(60)]
+    assert 0 in labels and len(set(labels) - {0}) >= 10 and max(labels) <= 20
+    assert (render_crop(cfg, 7)[0] == render_crop(cfg, 7)[0]).all()
+    with pytest.raises(ValueError, match="PretrainConfig.data='imagenet'"):
+        pretrain_small_backbone(replace(TINY, data="imagenet"), log_every=0)
