@@ -5,8 +5,9 @@ of any size; it takes ONE float32 [3, H, W] RGB image in [0, 1] already rescaled
 to the scale written into the file, and returns boxes (in that image's pixels), scores and labels
 (:mod:`frcnn.inference.exportable` says exactly what it expects). TorchScript runs with ``torch.jit.load`` (torch
 and torchvision, no frcnn); ONNX in onnxruntime (``pip install -e ".[deploy]"``). After writing, the
-file is run once next to eager frcnn on a random image and the differences are printed
-(``--no-verify`` skips it).
+file is run once next to eager frcnn on a random image and the differences are printed; beyond the
+parity rule (same detections, boxes within 0.5 px, scores within 1e-4) the file is removed and the
+command exits with status 1 naming the difference (``--no-verify`` skips the check and keeps the file).
 """
 
 from __future__ import annotations
@@ -20,10 +21,11 @@ import torch
 
 from frcnn.checkpoint.safe_load import UnreadableFileError
 from frcnn.inference.detector_file import PAPER_TEST_SCALE, DetectorFileError, checkpoint_input_scale, load_detector
-from frcnn.inference.exportable import FORMATS, ExportError, export_detector, parity, run_exported
+from frcnn.inference.exportable import FORMATS, ExportError, export_detector, parity, parity_problem, run_exported
 from frcnn.inference.svd import compress_roi_head
 
 SUFFIXES = {"torchscript": ".pt", "onnx": ".onnx"}
+PARITY_FAILED_EXIT_STATUS = 1
 
 
 def export_file(checkpoint: str | Path, export_format: str, out: str | Path, scale: int | None = None,
@@ -81,6 +83,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("check on a random image beside eager frcnn: "
               + ", ".join(f"{key} {value:.3g}" if isinstance(value, float) else f"{key} {value}"
                           for key, value in summary["parity"].items()))
+        problem = parity_problem(summary["parity"])
+        if problem:
+            Path(summary["out"]).unlink(missing_ok=True)
+            print(f"error: the exported file does not reproduce eager frcnn: {problem}; removed {summary['out']} "
+                  "(--no-verify keeps an unchecked file)", file=sys.stderr)
+            return PARITY_FAILED_EXIT_STATUS
     return 0
 
 

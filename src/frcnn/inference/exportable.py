@@ -337,9 +337,11 @@ def parity(model, exported: tuple[Tensor, Tensor, Tensor], image: Tensor, score_
     """Eager frcnn against an exported file's outputs on the same network-scale image.
 
     Each exported detection is matched to the closest (largest coordinate difference) unmatched eager
-    detection of the same label whose score is within ``score_tol``: detections whose scores tie to
-    float rounding may come out in either order. -> detection counts, ``matched`` (how many found a
-    partner), the largest box (px) and score differences of the matched pairs. ``eager``: the model's
+    detection of the same label whose score is within ``score_tol`` (detections whose scores tie to
+    float rounding may come out in either order), or, when none is, to the closest of the same label
+    whatever its score, so a score off by more than ``score_tol`` shows in ``max_score_diff``.
+    -> detection counts, ``matched`` (how many found a partner), the largest box (px) and score
+    differences of the matched pairs (:func:`parity_problem` judges them). ``eager``: the model's
     output on ``image`` when the caller has it already."""
     if eager is None:
         with torch.inference_mode():
@@ -350,12 +352,32 @@ def parity(model, exported: tuple[Tensor, Tensor, Tensor], image: Tensor, score_
     for box, score, label in zip(boxes, scores, labels.to(eager["labels"].dtype)):
         score_gap = (eager["scores"] - score).abs()
         box_gap = (eager["boxes"] - box).abs().amax(dim=1)
-        candidates = free & (eager["labels"] == label) & (score_gap <= score_tol)
+        candidates = free & (eager["labels"] == label)
         if not candidates.any():
             continue
+        if (candidates & (score_gap <= score_tol)).any():
+            candidates = candidates & (score_gap <= score_tol)
         best = int(torch.where(candidates, box_gap, torch.full_like(box_gap, float("inf"))).argmin())
         free[best] = False
         matched += 1
         box_diff, score_diff = max(box_diff, float(box_gap[best])), max(score_diff, float(score_gap[best]))
     return {"eager": int(eager["scores"].numel()), "exported": int(scores.numel()), "matched": matched,
             "max_box_diff_px": box_diff, "max_score_diff": score_diff}
+
+
+PARITY_BOX_TOLERANCE_PX, PARITY_SCORE_TOLERANCE = 0.5, 1e-4  # issue 14's rule (tests/test_model_export.py)
+
+
+def parity_problem(report: dict[str, float | int], box_tol_px: float = PARITY_BOX_TOLERANCE_PX,
+                   score_tol: float = PARITY_SCORE_TOLERANCE) -> str | None:
+    """What breaks the parity rule in a :func:`parity` report (the same detections, each box within
+    ``box_tol_px`` and score within ``score_tol`` of eager frcnn's), or None when it holds."""
+    problems = []
+    if not report["eager"] == report["exported"] == report["matched"]:
+        problems.append(f"{report['exported']} exported detections against {report['eager']} eager ones, "
+                        f"{report['matched']} matched by label")
+    if report["max_box_diff_px"] > box_tol_px:
+        problems.append(f"boxes differ by up to {report['max_box_diff_px']:.3g} px (tolerance {box_tol_px} px)")
+    if report["max_score_diff"] > score_tol:
+        problems.append(f"scores differ by up to {report['max_score_diff']:.3g} (tolerance {score_tol})")
+    return "; ".join(problems) or None
