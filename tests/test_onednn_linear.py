@@ -165,3 +165,55 @@ def test_a_failed_parity_check_falls_back_with_a_warning(monkeypatch):
         out = layer(rows)
     assert torch.equal(out, F.linear(rows, layer.weight, layer.bias))
     assert onednn_linear._onednn_usable is False
+
+
+def _kernel_broken_where(monkeypatch, broken):
+    """oneDNN's product, off by 1.0 wherever ``broken(inputs, weight)``: right on the once-per-process 5 x 40
+    check, wrong at the shapes a model uses."""
+    onednn_linear._onednn_works()
+    monkeypatch.setattr(onednn_linear, "_shape_verdicts", {})
+    real = onednn_linear._onednn_matmul
+    calls = [0]
+
+    def kernel(inputs, weight, bias):
+        calls[0] += 1
+        out = real(inputs, weight, bias)
+        return out + 1.0 if broken(inputs, weight) else out
+
+    monkeypatch.setattr(onednn_linear, "_onednn_matmul", kernel)
+    return calls
+
+
+@needs_onednn
+def test_a_kernel_wrong_at_the_models_shape_is_caught_at_its_first_call(monkeypatch):
+    """The first call of a 512 -> 256 layer compares oneDNN's forward with torch's: the mismatch warns naming
+    the product and the layer, that call returns torch's result, later calls of that shape skip oneDNN;
+    a layer of another shape keeps oneDNN."""
+    calls = _kernel_broken_where(monkeypatch, lambda inputs, weight: inputs.shape[1] == 512)
+    layer, rows = _layer(512, 256), _rows(300, 512)
+    with torch.inference_mode():
+        with pytest.warns(UserWarning, match=r"forward product of a 512 -> 256 fc layer differs from torch's by 1"):
+            first = layer(rows)
+        assert torch.equal(first, F.linear(rows, layer.weight, layer.bias))
+        calls[0] = 0
+        assert torch.equal(layer(rows[:7]), F.linear(rows[:7], layer.weight, layer.bias)) and calls[0] == 0
+        other, other_rows = _layer(), _rows(5)
+        torch.testing.assert_close(other(other_rows), F.linear(other_rows, other.weight, other.bias))
+        assert calls[0] == 1
+
+
+@needs_onednn
+def test_a_gradient_kernel_wrong_at_the_models_shape_is_caught_at_its_first_backward(monkeypatch):
+    """Only the input-gradient product (grad [N, 256] @ W [256, 512]) is broken: the first backward gets
+    torch's input gradient, with a warning naming it; the forward and the weight gradient stay in oneDNN."""
+    _kernel_broken_where(monkeypatch, lambda inputs, weight: tuple(weight.shape) == (512, 256))
+    layer, rows = _layer(512, 256), _rows(64, 512).requires_grad_()
+    reference, reference_rows = copy.deepcopy(layer), rows.detach().clone().requires_grad_()
+    upstream = torch.randn(64, 256, generator=torch.Generator().manual_seed(2))
+    with pytest.warns(UserWarning, match=r"input gradient of a 512 -> 256 fc layer differs"):
+        (layer(rows) * upstream).sum().backward()
+    (F.linear(reference_rows, reference.weight, reference.bias) * upstream).sum().backward()
+    torch.testing.assert_close(rows.grad, reference_rows.grad, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(layer.weight.grad, reference.weight.grad, rtol=1e-5, atol=1e-5)
+    assert onednn_linear._shape_verdicts == {("forward product", 256, 512): True, ("input gradient", 256, 512): False,
+                                             ("weight gradient", 256, 512): True}

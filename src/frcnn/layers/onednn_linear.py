@@ -18,6 +18,13 @@ on the CPU) exists and passed a one-time parity check in this process; a torch b
 falls back to ``F.linear`` with a warning. Forward, input gradient and weight gradient are each one
 oneDNN call (:class:`_OneDNNLinearFunction`); the bias gradient is a sum over rows.
 
+Each product is also checked at the shapes the model uses: the first call of each (product, layer
+shape) in a process computes torch's result beside oneDNN's on the same operands (one extra MKL
+product per fc layer and product, once). A mismatch (beyond ``_PARITY_TOLERANCE`` of the result's
+largest value; rounding is ~1e-6) warns once, naming the product, the layer and the difference;
+that call returns torch's result, and that product of layers of that shape runs torch's from then
+on, so a kernel broken at one shape never feeds a wrong number into training or detection.
+
 Results differ from ``F.linear`` by float rounding only (another summation order, ~1e-6
 relative), are deterministic, and a row's result does not depend on how many rows share the call
 (from two rows up; MKL's GEMM needs ~40: tests/test_onednn_linear.py), so the batch-invariance
@@ -35,6 +42,8 @@ from frcnn.layers.fast_paths import fast_paths_allowed
 
 _PARITY_TOLERANCE = 1e-4  # a broken kernel is off by O(1), rounding by ~1e-6
 _onednn_usable: bool | None = None  # None: not checked yet in this process
+# (product, out_features, in_features) -> oneDNN agreed with torch at its first call in this process
+_shape_verdicts: dict[tuple[str, int, int], bool] = {}
 
 
 def _onednn_matmul(inputs: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
@@ -71,6 +80,29 @@ def _onednn_works() -> bool:
     return _onednn_usable
 
 
+def _checked_product(product: str, layer_shape: tuple[int, int], onednn, torch_product) -> Tensor:
+    """``onednn()``, checked against ``torch_product()`` at the first call per (product, layer shape)
+    [out, in] in this process; torch's result (now and from then on for that key) where they differ."""
+    key = (product, *layer_shape)
+    verdict = _shape_verdicts.get(key)
+    if verdict is False:
+        return torch_product()
+    fast = onednn()
+    if verdict is None:
+        with torch.no_grad():
+            plain = torch_product()
+            scale = max(float(plain.abs().max()), 1.0) if plain.numel() else 1.0
+            difference = float((fast.detach() - plain).abs().max()) if plain.numel() else 0.0
+        _shape_verdicts[key] = difference <= _PARITY_TOLERANCE * scale
+        if not _shape_verdicts[key]:
+            warnings.warn(f"frcnn.layers.onednn_linear: oneDNN's {product} of a {layer_shape[1]} -> {layer_shape[0]} "
+                          f"fc layer differs from torch's by {difference:.3g} (tolerance {_PARITY_TOLERANCE} x "
+                          f"{scale:.3g}); this product runs torch's for layers of this shape from now on",
+                          stacklevel=3)
+            return plain if not torch.is_grad_enabled() else torch_product()
+    return fast
+
+
 class _OneDNNLinearFunction(torch.autograd.Function):
     """y = x W^T + b with each product in oneDNN: forward x [N, K] W [M, K] -> [N, M]; backward
     dx = dy W ([N, M] @ [M, K]), dW = dy^T x ([M, N] @ [N, K]), db = sum over rows of dy."""
@@ -87,10 +119,15 @@ class _OneDNNLinearFunction(torch.autograd.Function):
         inputs, weight = ctx.saved_tensors
         grad_output = grad_output.contiguous()
         grad_inputs = grad_weight = grad_bias = None
+        layer_shape = tuple(weight.shape)
         if ctx.needs_input_grad[0]:
-            grad_inputs = _onednn_matmul(grad_output, weight.t(), None)
+            grad_inputs = _checked_product("input gradient", layer_shape,
+                                           lambda: _onednn_matmul(grad_output, weight.t(), None),
+                                           lambda: grad_output @ weight)
         if ctx.needs_input_grad[1]:
-            grad_weight = _onednn_matmul(grad_output.t(), inputs.t(), None)
+            grad_weight = _checked_product("weight gradient", layer_shape,
+                                           lambda: _onednn_matmul(grad_output.t(), inputs.t(), None),
+                                           lambda: grad_output.t() @ inputs)
         if ctx.has_bias and ctx.needs_input_grad[2]:
             grad_bias = grad_output.sum(0)
         return grad_inputs, grad_weight, grad_bias
@@ -123,5 +160,10 @@ class OneDNNLinear(nn.Linear):
         inputs = inputs.contiguous()
         if torch.is_grad_enabled() and (inputs.requires_grad or self.weight.requires_grad
                                         or (self.bias is not None and self.bias.requires_grad)):
-            return _OneDNNLinearFunction.apply(inputs, self.weight, self.bias)
-        return _onednn_matmul(inputs, self.weight, self.bias)
+            def onednn():
+                return _OneDNNLinearFunction.apply(inputs, self.weight, self.bias)
+        else:
+            def onednn():
+                return _onednn_matmul(inputs, self.weight, self.bias)
+        return _checked_product("forward product", tuple(self.weight.shape), onednn,
+                                lambda: F.linear(inputs, self.weight, self.bias))
