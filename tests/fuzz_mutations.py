@@ -28,6 +28,7 @@ class Mutation:
     detail: str  # what was done, for the report of a failing case
     field: str | None = None  # the field a message must name (a regex), None for byte-level damage
     harmless: bool = False  # the readers must load it as if nothing happened
+    noop: str | None = None  # why the case changes nothing the loaded split reads (tests/fuzz_trees.py sets the rest)
 
 
 VALUE_KINDS = ("missing", "duplicated", "empty", "nan", "inf", "huge", "negative", "non_ascii", "wrong_type")
@@ -123,7 +124,8 @@ def xml_field(kind: str) -> Callable[[random.Random, Trees], Mutation]:
         field_path = rng.choice(XML_FIELDS)
         detail = _mutate_element(rng, root, field_path, kind)
         path.write_bytes(ET.tostring(root, encoding="utf-8"))
-        return Mutation(path, detail, field=XML_FIELD_NAMES[field_path])
+        noop = "no such element in this file (an image without objects)" if detail.startswith("no <") else None
+        return Mutation(path, detail, field=XML_FIELD_NAMES[field_path], noop=noop)
     return mutate
 
 
@@ -164,7 +166,7 @@ def json_field(kind: str) -> Callable[[random.Random, Trees], Mutation]:
         field_path = rng.choice(JSON_FIELDS)
         targets = _json_targets(data, field_path)
         if not targets:
-            return Mutation(path, f"no {field_path} to mutate", harmless=True)
+            return Mutation(path, f"no {field_path} to mutate", harmless=True, noop="no such field in the file")
         container, key = rng.choice(targets)
         if kind == "missing":
             del container[key]

@@ -18,6 +18,12 @@ The contract each case is held to (:func:`_classify`), one result per case:
   UTF-8), which no policy can skip; an image or XML problem may not end here.
 * ``crash``: anything else -- another exception type, a message without the file or the field, a
   non-finite tensor, a case slower than CASE_TIME_LIMIT_S. It fails the test.
+
+A case is a *no-op* when its mutation changes nothing the loaded split reads: a file outside it (the
+VOC images and annotations of the test split), an element or field the file does not have (the object
+fields of an image without objects), bytes left as they were. No-op cases still run (damage outside the
+split must not matter: they must load ``ok``) but do not count as fuzzing: :func:`run_cases` draws cases
+until each kind has its number of *effective* ones, and the table gives the no-ops in a column apart.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ import json
 import random
 import re
 import time
+import xml.etree.ElementTree as ET
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -58,6 +65,7 @@ class Trees:
     coco_ann: Path
     coco_images: Path
     original: dict[Path, bytes] = field(default_factory=dict)
+    read_by_split: dict[str, set[Path]] = field(default_factory=dict)  # tree -> files its loaded split reads
 
     def restore(self, path: Path) -> None:
         path.write_bytes(self.original[path])
@@ -81,6 +89,13 @@ def write_trees(root: Path) -> Trees:
     for path in [*root.rglob("*")]:
         if path.is_file():
             trees.original[path] = path.read_bytes()
+    split = voc_root / "ImageSets" / "Main" / "trainval.txt"
+    ids = split.read_text().split()
+    trees.read_by_split["voc"] = {split, *(voc_root / "Annotations" / f"{i}.xml" for i in ids),
+                                  *(voc_root / "JPEGImages" / ET.fromstring((voc_root / "Annotations" / f"{i}.xml")
+                                                                            .read_bytes()).findtext("filename")
+                                    for i in ids)}
+    trees.read_by_split["coco"] = {coco_ann, *(coco_images / entry["file_name"] for entry in data["images"])}
     return trees
 
 
@@ -99,6 +114,7 @@ class Outcome:
     detail: str
     message: str = ""
     seconds: float = 0.0
+    noop: str | None = None  # why the mutation changed nothing the split reads; None: an effective case
 
 
 def build_dataset(trees: Trees, tree: str, policy: str):
@@ -142,6 +158,10 @@ def mutated(trees: Trees, kind: str, seed: int) -> Iterator[tuple[str, Mutation]
         mutation = mutate(rng, trees, tree)
     else:
         mutation = mutate(rng, trees)
+    if mutation.noop is None and mutation.file not in trees.read_by_split[tree]:
+        mutation.noop = f"{mutation.file.name} is outside the loaded split"
+    elif mutation.noop is None and mutation.file.read_bytes() == trees.original[mutation.file]:
+        mutation.noop = "the file's bytes are unchanged"
     try:
         yield tree, mutation
     finally:
@@ -152,8 +172,10 @@ def run_case(trees: Trees, kind: str, seed: int) -> Outcome:
     """Mutate one file, load under "error" (and under "skip" when that raised), classify, restore."""
     start = time.perf_counter()
     with mutated(trees, kind, seed) as (tree, mutation):
-        outcome = Outcome(kind, seed, tree, "ok", mutation.detail)
+        outcome = Outcome(kind, seed, tree, "ok", mutation.detail, noop=mutation.noop)
         outcome.result, outcome.message = _classify(trees, tree, mutation)
+        if mutation.noop and outcome.result != "ok":  # nothing the split reads changed: it must load
+            outcome.result, outcome.message = "crash", f"a no-op ({mutation.noop}) did not load: {outcome.message}"
     outcome.seconds = time.perf_counter() - start
     if outcome.seconds > CASE_TIME_LIMIT_S:
         outcome.result, outcome.message = "crash", f"took {outcome.seconds:.1f} s (a hang?) {outcome.message}"
@@ -188,25 +210,46 @@ def _classify(trees: Trees, tree: str, mutation: Mutation) -> tuple[str, str]:
     return "skipped", message
 
 
-def run_cases(trees: Trees, cases_per_kind: int, seed: int = 0) -> list[Outcome]:
-    """``cases_per_kind`` seeded cases of every mutation kind."""
-    return [run_case(trees, kind, seed * 100_000 + k) for kind in MUTATIONS for k in range(cases_per_kind)]
+MAX_DRAWS_PER_EFFECTIVE_CASE = 4  # a kind whose draws are mostly no-ops stops here (the table shows it)
+
+
+def run_cases(trees: Trees, effective_per_kind: int, seed: int = 0) -> list[Outcome]:
+    """Seeded cases of every mutation kind, drawn until the kind has ``effective_per_kind`` effective
+    (not no-op) ones, or ``MAX_DRAWS_PER_EFFECTIVE_CASE`` times that many draws."""
+    outcomes = []
+    for kind in MUTATIONS:
+        effective = 0
+        for k in range(effective_per_kind * MAX_DRAWS_PER_EFFECTIVE_CASE):
+            if effective == effective_per_kind:
+                break
+            outcomes.append(run_case(trees, kind, seed * 100_000 + k))
+            effective += outcomes[-1].noop is None
+    return outcomes
+
+
+def effective(outcomes: list[Outcome]) -> list[Outcome]:
+    """The cases whose mutation changed something the loaded split reads."""
+    return [o for o in outcomes if o.noop is None]
 
 
 RESULTS = ("ok", "skipped", "file_error", "crash")
-RESULT_LEGEND = ("ok: loads, every item finite | skipped: DataError naming the file and field under "
-                 "on_bad_sample=error, a counted skip under skip | file_error: DataError about the whole file "
-                 "(no policy can skip it) | crash: anything else (fails the test)")
+RESULT_LEGEND = ("effective: cases whose mutation changed something the loaded split reads; ok / skipped / "
+                 "file_error / crash count them | ok: loads, every item finite | skipped: DataError naming the file "
+                 "and field under on_bad_sample=error, a counted skip under skip | file_error: DataError about the "
+                 "whole file (no policy can skip it) | crash: anything else (fails the test; a no-op that does not "
+                 "load counts here) | no-op: a file outside the split, a field the file lacks or unchanged bytes, "
+                 "loaded ok (not counted as fuzzing)")
 
 
 def outcome_table(outcomes: list[Outcome]) -> str:
-    """Counts per mutation kind and result, as a Markdown table."""
-    counts = Counter((o.kind, o.result) for o in outcomes)
+    """Counts per mutation kind: effective cases by result, and the no-ops apart, as a Markdown table."""
+    counts = Counter((o.kind, "crash" if o.result == "crash" else "no-op" if o.noop else o.result) for o in outcomes)
     kinds = list(dict.fromkeys(o.kind for o in outcomes))
-    lines = ["| mutation | cases | " + " | ".join(RESULTS) + " |", "|---" * (len(RESULTS) + 2) + "|"]
+    columns = (*RESULTS, "no-op")
+    lines = ["| mutation | effective | " + " | ".join(columns) + " |", "|---" * (len(columns) + 2) + "|"]
     for kind in kinds:
-        row = [counts[kind, r] for r in RESULTS]
-        lines.append(f"| {kind} | {sum(row)} | " + " | ".join(map(str, row)) + " |")
-    totals = [sum(counts[k, r] for k in kinds) for r in RESULTS]
-    lines.append(f"| **all** | {sum(totals)} | " + " | ".join(map(str, totals)) + " |")
+        row = [counts[kind, c] for c in columns]
+        lines.append(f"| {kind} | {sum(row[:-1])} | " + " | ".join(map(str, row)) + " |")
+    totals = [sum(counts[k, c] for k in kinds) for c in columns]
+    lines.append(f"| **all** | {sum(totals[:-1])} | " + " | ".join(map(str, totals)) + " |")
     return "\n".join(lines + ["", RESULT_LEGEND])
