@@ -7,9 +7,12 @@ import pytest
 import torch
 
 from frcnn.config.checks import validate_config
+from frcnn.data.synthetic import ShapesDataset
+from frcnn.engine import recipes
 from frcnn.engine.recipes import run_recipe
 from frcnn.errors import ConfigError
 from frcnn.inference.detector_file import load_detector
+from frcnn.inference.predictor import network_input
 from tests.cli_runner import run_fresh
 from tests.test_console import console_problems
 
@@ -22,23 +25,34 @@ def read_losses(run_dir):
 
 
 @pytest.mark.slow
-def test_joint_training_loss_falls_and_map_beats_untrained(compose_cfg, tmp_path):
+def test_joint_training_loss_falls_and_map_beats_untrained(compose_cfg, tmp_path, monkeypatch):
     untrained = run_recipe(compose_cfg(TINY + ["logger=none", "schedule.joint.max_steps=1"], tmp_path / "untrained"),
                            tmp_path / "untrained")
     cfg = compose_cfg(TINY + ["logger=csv", "schedule.joint.max_steps=50", "schedule.joint.lr_steps=[40]",
                              "trainer.log_every_n_steps=5"], tmp_path / "run")
+    finalized, finalize = [], recipes.finalize
+
+    def keep_the_model(cfg, run_dir, model, *rest):  # the trained model, as the recipe saves and evaluates it
+        finalized.append(model)
+        return finalize(cfg, run_dir, model, *rest)
+
+    monkeypatch.setattr(recipes, "finalize", keep_the_model)
     metrics = run_recipe(cfg, tmp_path / "run")
     losses = read_losses(tmp_path / "run")
     assert sum(losses[-5:]) / 5 < 0.6 * sum(losses[:3]) / 3
     assert metrics["map_50"] > untrained["map_50"] + 0.2  # seed 0, built-in weights, 50 steps: 0.389 vs 0.0
     saved = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert saved["num_images"] == 24 and set(saved["ap_per_class"]) == {"circle", "square", "triangle", "bar", "ring"}
-    # the unified detector reloads and reproduces a detection
+    # the unified detector reloads and gives the trained model's detections on the val images, exactly
     model, class_names = load_detector(tmp_path / "run" / "final" / "model.pt")
     assert class_names == ["circle", "square", "triangle", "bar", "ring"]
+    images = [network_input(ShapesDataset("val", num_images=24).raw(i)[0], 256, 1000) for i in range(4)]
     with torch.no_grad():
-        out = model([torch.rand(3, 256, 256)])
-    assert set(out[0]) == {"boxes", "scores", "labels"}
+        reloaded, trained = model(images), finalized[0].cpu().eval()(images)
+    assert sum(len(found["scores"]) for found in trained) > 0
+    for again, expected in zip(reloaded, trained):
+        assert set(again) == {"boxes", "scores", "labels"}
+        assert all(torch.equal(again[key], expected[key]) for key in again)
 
 
 @pytest.mark.slow
