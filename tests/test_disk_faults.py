@@ -3,10 +3,12 @@ kind of file frcnn writes. Each failed write names the file and the errno, leave
 intact and loadable and no temporary file behind; train.py stops with one line (exit 74); a rerun
 resumes and ends as an uninterrupted run does."""
 
+import contextlib
 import errno
 import json
 import logging
 import os
+import subprocess
 
 import numpy as np
 import pytest
@@ -14,6 +16,7 @@ import torch
 from PIL import Image
 
 from frcnn.engine import recipes
+from frcnn.engine.loggers import make_csv_saves_atomic
 from frcnn.engine.proposal_files import load_proposal_file
 from frcnn.engine.proposal_store import write_proposal_file
 from frcnn.evaluation.plots import _new_figure
@@ -30,7 +33,6 @@ from frcnn.utils.atomic_io import (
     atomic_write_text,
     describe_write_error,
     is_write_error,
-    naming_write_errors,
 )
 from frcnn.utils.fault_injection import WRITE_FAULT_ENV, parse_write_fault, reset_write_faults
 from tests.cli_runner import run_script
@@ -45,14 +47,20 @@ def _figure(version):
     return figure
 
 
-def _csv_writer(path):
-    """A writer that appends one row, as Lightning's CSV log writer does, wrapped as frcnn wraps it."""
-    def save(version):
-        def append():
-            with open(path, "a") as f:
-                f.write(f"{version}\n")
-        naming_write_errors(append, path)()
-    return save
+_CSV_WRITERS = {}
+
+
+def _csv_log(path, version):
+    """Lightning's CSV log writer as frcnn's CSV logger sets it up (frcnn.engine.loggers), one per file:
+    each write logs a row and saves (the row stays pending when the save fails, as in training)."""
+    from lightning.pytorch.loggers.csv_logs import ExperimentWriter
+
+    if path not in _CSV_WRITERS:
+        _CSV_WRITERS[path] = ExperimentWriter(str(path.parent))
+        make_csv_saves_atomic(_CSV_WRITERS[path])
+    writer = _CSV_WRITERS[path]
+    writer.log_metrics({"version": version, "loss": 1.0 / version}, step=version)
+    writer.save()
 
 
 SETTINGS = ProposalSettings(pre_nms_top_n=-1, post_nms_top_n=2, nms_thresh=0.7, min_size_px=0.0)
@@ -72,8 +80,8 @@ WRITERS = {
     "text marker (DONE)": ("DONE", lambda p, v: atomic_write_text(f"{v}\n", p), lambda p: int(p.read_text())),
     "png report (pr_curves.png)": ("pr_curves.png", lambda p, v: atomic_save_figure(_figure(v), p),
                                    lambda p: Image.open(p).size[0] // 100 - 1),
-    "csv log (metrics.csv)": ("metrics.csv", lambda p, v: _csv_writer(p)(v),
-                              lambda p: int(p.read_text().split()[-1])),
+    "csv log (metrics.csv)": ("metrics.csv", _csv_log,
+                              lambda p: int(float(p.read_text().splitlines()[-1].split(",")[-1]))),
 }
 
 
@@ -105,6 +113,54 @@ def test_failed_write_names_the_file_keeps_the_previous_one_and_leaves_no_tmp(ki
     monkeypatch.delenv(WRITE_FAULT_ENV)  # space freed: the same write goes through
     write(path, 2)
     assert read(path) == 2
+
+
+@contextlib.contextmanager
+def small_tmpfs(folder, size_kib: int):
+    """A real file system of ``size_kib`` KiB mounted at ``folder`` (tmpfs: needs root and a kernel that
+    lets this process mount); the test is skipped, saying why, where the machine refuses."""
+    folder.mkdir()
+    if os.geteuid() != 0:
+        pytest.skip(f"a really full file system needs a small tmpfs mount, i.e. root (uid here: {os.geteuid()})")
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_kib}k", "tmpfs", str(folder)],
+                             capture_output=True, text=True, check=False)
+    if mounted.returncode != 0:
+        pytest.skip(f"this machine refuses a tmpfs mount (mount -t tmpfs: {mounted.stderr.strip()})")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], capture_output=True, check=False)
+
+
+def test_metrics_csv_on_a_really_full_file_system_keeps_its_previous_version(tmp_path):
+    """Lightning's CSV log on a 64 KiB tmpfs, saved every 50 rows as frcnn's CSV logger saves it, until the
+    disk is full: the save that does not fit fails naming metrics.csv (ENOSPC), the file is byte for byte the
+    last saved version (every row, parseable), no temporary file is left, and the rows stay pending."""
+    import csv
+
+    from lightning.pytorch.loggers.csv_logs import ExperimentWriter
+
+    with small_tmpfs(tmp_path / "disk", 64) as disk:
+        writer = ExperimentWriter(str(disk / "csv"))
+        make_csv_saves_atomic(writer)
+        path = disk / "csv" / "metrics.csv"
+        previous, failed = None, None
+        for step in range(20000):
+            writer.log_metrics({"train/loss": 1.0 / (step + 1), "train/lr": 0.001}, step=step)
+            if step % 50 == 49:
+                try:
+                    writer.save()
+                except WriteFailed as exc:
+                    failed = exc
+                    break
+                previous = path.read_bytes()
+        assert failed is not None, "the 64 KiB file system never filled up"
+        assert failed.errno == errno.ENOSPC and failed.filename == str(path)
+        assert previous is not None and path.read_bytes() == previous
+        with open(path, newline="") as f:
+            assert [int(row["step"]) for row in csv.DictReader(f)] == list(range(step + 1 - 50))
+        assert [p.name for p in (disk / "csv").iterdir()] == ["metrics.csv"]
+        assert len(writer.metrics) == 50  # kept for the next save
 
 
 def test_an_error_or_interrupt_in_the_middle_of_a_write_removes_the_tmp(tmp_path):
@@ -144,7 +200,8 @@ def test_write_fault_variable_is_parsed_or_named_when_wrong():
 
 JOINT = ["recipe=joint", "logger=csv", "data.num_train=4", "data.num_val=2", "schedule.joint.images_per_batch=2",
          "schedule.joint.max_steps=3", "schedule.joint.lr_steps=[2]", "recipe.val_every_n_epochs=null",
-         "recipe.checkpoint_every_n_steps=1", "recipe.val_pictures=0"]
+         "recipe.checkpoint_every_n_steps=1", "recipe.val_pictures=0",
+         "trainer.log_every_n_steps=1"]  # rows in the joint stage's metrics.csv: its save is a real write
 # every file the joint recipe writes, in the order it writes them; each rerun gets one step further
 CHAIN = [("run_config.json:ENOSPC", "run_config.json"),
          ("last.ckpt:EIO:2", "joint/checkpoints/last.ckpt"),  # the 2nd save fails: the 1st (step 1) stays
@@ -198,7 +255,7 @@ def _train(run_dir, fault=None):
 
 
 @pytest.mark.slow
-def test_train_stops_with_one_line_and_exit_74_then_a_rerun_resumes(tmp_path):
+def test_train_stops_with_one_line_and_exit_74_then_a_rerun_resumes(compose_cfg, tmp_path):
     run_dir = tmp_path / "run"
     result = _train(run_dir, "last.ckpt:EIO:2")
     assert result.returncode == WRITE_ERROR_EXIT_STATUS, result.stderr[-3000:]
@@ -216,4 +273,9 @@ def test_train_stops_with_one_line_and_exit_74_then_a_rerun_resumes(tmp_path):
     output = result.stdout + result.stderr
     assert f"stage joint: resuming from {last} (step 1)" in output
     assert "taking over the lock" not in output  # the failed run released it
-    assert json.loads((run_dir / "metrics.json").read_text())["map_50"] >= 0
+    # the resumed run ends as an uninterrupted run of the same command does (in-process here: same numbers)
+    reference = recipes.run_recipe(compose_cfg([*JOINT, "schedule.joint.max_steps=2", "trainer.enable_progress_bar=false"],
+                                               tmp_path / "reference"), tmp_path / "reference")
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    metrics.pop("stage_seconds"), reference.pop("stage_seconds")
+    assert metrics == reference

@@ -100,10 +100,7 @@ def build_logger(logger_cfg: Mapping[str, Any], save_dir: str | Path, run_name: 
             kept = read_csv_rows_before(Path(logger.log_dir) / "metrics.csv", resume_step)
             logger.experiment.metrics.extend(kept)  # the writer (created here) deleted the file; its next save rewrites them
         if rank_zero_only.rank == 0:  # (after the read above: creating the writer deletes metrics.csv)
-            from frcnn.utils.atomic_io import naming_write_errors
-
-            writer = logger.experiment
-            writer.save = naming_write_errors(writer.save, writer.metrics_file_path)  # a failed append names the file
+            make_csv_saves_atomic(logger.experiment)
         return logger
     if name == "tensorboard":
         from lightning.pytorch.loggers import TensorBoardLogger
@@ -129,6 +126,41 @@ def build_logger(logger_cfg: Mapping[str, Any], save_dir: str | Path, run_name: 
     # with "The anonymous setting has no effect..."; the run is created lazily, so drop the key here.
     getattr(logger, "_wandb_init", {}).pop("anonymous", None)
     return logger
+
+
+def make_csv_saves_atomic(writer) -> None:
+    """Lightning's CSV writer (``ExperimentWriter``) appends its new rows to metrics.csv in place, and
+    rewrites the file in place when a new column appears: a full disk or a failing device midway leaves
+    a torn row or a truncated file. Its ``save`` is replaced by one that writes the whole file (the rows
+    already in it, then the new ones, the header Lightning's would have: every key so far, sorted) beside
+    it and renames it over (:func:`frcnn.utils.atomic_io.atomic_write`): the file is the previous version
+    or the new one, never a mix; a failed save raises ``WriteFailed`` naming metrics.csv and keeps its rows
+    for the next save. Rewriting costs a read of the file per save (one per ``trainer.log_every_n_steps``
+    flush of Lightning's, a few hundred kB at most)."""
+    import csv
+    import io
+
+    from frcnn.utils.atomic_io import atomic_write_text
+
+    def save() -> None:
+        if not writer.metrics:
+            return
+        keys = sorted(set(writer.metrics_keys).union(*writer.metrics))
+        path = Path(writer.metrics_file_path)
+        rows = []
+        if path.is_file():
+            with open(path, newline="") as f:
+                rows = list(csv.DictReader(f))
+        text = io.StringIO()
+        table = csv.DictWriter(text, fieldnames=keys)
+        table.writeheader()
+        table.writerows(rows)
+        table.writerows(writer.metrics)
+        atomic_write_text(text.getvalue(), path)
+        writer.metrics_keys[:] = keys
+        writer.metrics = []  # written: only now (a failed save keeps them)
+
+    writer.save = save
 
 
 def read_csv_rows_before(path: Path, step: int) -> list[dict]:

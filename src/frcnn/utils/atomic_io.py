@@ -118,16 +118,3 @@ def atomic_save_figure(figure, path: str | Path) -> Path:
     figure.savefig(buffer, format="png")
     return atomic_write_bytes(buffer.getvalue(), path)
 
-
-def naming_write_errors(save: Callable[[], Any], path: str | Path) -> Callable[[], Any]:
-    """Wrap a writer that does not say which file it writes (Lightning's CSV log writer): an
-    OSError from it becomes :class:`WriteFailed` naming ``path``; the write fault point covers it."""
-    def wrapped():
-        try:
-            write_fault_point(Path(path))
-            return save()
-        except WriteFailed:
-            raise
-        except OSError as exc:
-            raise WriteFailed(exc.errno, exc.strerror or str(exc), str(path)) from exc
-    return wrapped
