@@ -18,7 +18,7 @@ from frcnn.cli.console import FOREIGN_LOGGERS, ForeignTipFilter, _ignore_foreign
 
 HYDRA_PREFIX = re.compile(r"^\[\d{4}-\d\d-\d\d [\d:,]+\]\[[^\]]+\]\[[A-Z]+\] - ")  # [time][logger][LEVEL] -
 LIGHTNING_PREFIX = re.compile(r"^(DEBUG|INFO|WARNING|ERROR|CRITICAL): ")  # Lightning's own handler
-FOREIGN_NOISE = re.compile(r"💡|litlogger|is deprecated|DeprecationWarning|FutureWarning")
+FOREIGN_NOISE = re.compile(r"💡|litlogger|is deprecated|DeprecationWarning|FutureWarning|faster_coco_eval")
 
 
 def console_problems(stdout: str, stderr: str) -> list[str]:

@@ -32,6 +32,8 @@ __all__ = ["FOREIGN_LOGGERS", "ForeignTipFilter", "configure_console"]
 # lightning/pytorch/__init__.py, lightning/fabric/__init__.py and the standalone packages)
 FOREIGN_LOGGERS = ("lightning", "lightning.pytorch", "lightning.fabric", "pytorch_lightning", "lightning_fabric")
 TIP_MARKERS = ("💡",)  # how Lightning's advertisements start
+# libraries that print, at INFO, what frcnn prints itself: faster_coco_eval's 12-line COCO summary per evaluation
+QUIET_LOGGERS = ("faster_coco_eval",)
 DEPRECATIONS = (DeprecationWarning, PendingDeprecationWarning, FutureWarning)
 FRCNN_MODULES = r"frcnn(\..*)?$"
 
@@ -63,8 +65,11 @@ def _ignore_foreign_deprecations() -> None:
 
 
 def configure_console() -> None:
-    """Apply the module's rules once (idempotent): one handler per line, no tips, no foreign deprecations."""
+    """Apply the module's rules once (idempotent): one handler per line, no tips, no foreign deprecations,
+    no foreign repeats of frcnn's own lines (QUIET_LOGGERS)."""
     root = logging.getLogger()
+    for name in QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)
     if root.handlers:
         _route_foreign_loggers_to_root()
         for handler in root.handlers:
