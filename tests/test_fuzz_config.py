@@ -23,7 +23,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 
 from frcnn.cli.train import preflight
 from frcnn.config.checks import check_override_keys, validate_config
-from frcnn.config.rules import AnyOf, Bool, Choice, Free, ListOf, Node, Number, Rule, Text, Variant
+from frcnn.config.rules import AnyOf, Bool, Choice, Free, ListOf, Node, Number, OrAuto, Rule, Text, Variant
 from frcnn.config.schema import TRAIN_CONFIG
 from frcnn.errors import ConfigError
 from tests.cli_runner import run_script
@@ -84,6 +84,8 @@ def bad_values(rule: Rule) -> list[tuple[str, str]]:
     if isinstance(rule, Text):
         return [("wrong_type", "5"), ("wrong_type", "[a]"), ("wrong_type", "{a:1}")] + (
             [] if rule.nullable else [("wrong_type", "null")])
+    if isinstance(rule, OrAuto):  # 'auto' is the one extra value: everything the inner rule refuses stays refused
+        return [(kind, text) for kind, text in bad_values(rule.rule) if text != "auto"] + [("wrong_type", "autox")]
     if isinstance(rule, AnyOf):
         return [("wrong_type", "abc"), ("wrong_type", "{a:1}"), ("range", "-2"), ("wrong_type", "2.5")]
     if isinstance(rule, Node):
