@@ -99,7 +99,12 @@ def test_nonapproximate_training_beats_the_untrained_model(tmp_path):
                            tmp_path / "untrained")
     cfg = compose_config(tiny + ["schedule.joint.max_steps=40", "schedule.joint.lr_steps=[32]"], tmp_path / "run")
     metrics = run_recipe(cfg, tmp_path / "run")
-    assert metrics["map_50"] > untrained["map_50"] + 0.05  # measured (seed 0, built-in weights, 40 steps): 0.180 against 0.002
+    # measured (seed 0, built-in weights, 40 steps, 16 validation images): 0.180 (AVX-512) and 0.185 (AVX2)
+    # against 0.002 untrained; the same run without the detector's box regression (its loss x 0) scores
+    # 0.125, so the floor sits between the two (seeds 1 and 2 give 0.295 and 0.090 on 16 images: the
+    # floor holds for seed 0 only, the seed this test pins)
+    assert untrained["map_50"] < 0.02
+    assert metrics["map_50"] >= 0.15
     # the saved detector remembers its RoI warping and reloads with it
     saved = torch.load(tmp_path / "run" / "final" / "model.pt", weights_only=True)
     assert saved["model_cfg"]["roi_head"]["warp_boxes"] is True
