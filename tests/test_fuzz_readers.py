@@ -8,6 +8,9 @@ a file-level DataError; never another exception, a hang or a non-finite tensor. 
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -19,6 +22,7 @@ from tests.fuzz_trees import (
     CASE_TIME_LIMIT_S,
     MUTATIONS,
     build_dataset,
+    check_items,
     effective,
     mutated,
     outcome_table,
@@ -51,6 +55,43 @@ def test_fuzzed_trees_load_or_fail_with_a_named_data_error(trees, caplog):
         assert results[kind] == {"ok"}, kind  # harmless: they just work
     for kind in ("image.truncation", "xml.nan", "xml.wrong_type", "json.wrong_type", "imagesets.odd_ids"):
         assert "skipped" in results[kind], kind  # the fuzzer does reach the readers' checks
+
+
+OPENED: list[str] | None = None  # paths opened while a load is audited (sys.audit "open" events)
+
+
+def _record_open(event, args):
+    if event == "open" and OPENED is not None and isinstance(args[0], (str, Path)):
+        OPENED.append(str(args[0]))
+
+
+def _files_a_load_opens(trees, tree: str) -> set[Path]:
+    """The tree's files that building the split's data set and reading every item opens, as the
+    interpreter reports them (an audit hook: independent of the fuzzer's own list)."""
+    global OPENED
+    OPENED = []
+    try:
+        check_items(build_dataset(trees, tree, "error"))
+        opened = {Path(path).resolve() for path in OPENED}
+    finally:
+        OPENED = None
+    return {path for path in trees.original if path.resolve() in opened}
+
+
+def test_only_mutations_of_files_the_split_opens_count_as_effective(trees):
+    """A case counts toward the 1,000 only when its file is one the loaded split opens: damage to the
+    test split's images and annotations (never opened) is a no-op, however many bytes it changes."""
+    sys.addaudithook(_record_open)
+    opened = {tree: _files_a_load_opens(trees, tree) for tree in ("voc", "coco")}
+    assert any(path.parent.name == "Annotations" for path in opened["voc"]) and opened["coco"]
+    outside = 0
+    for kind in MUTATIONS:
+        for seed in range(8):
+            with mutated(trees, kind, seed) as (tree, mutation):
+                if mutation.file not in opened[tree]:
+                    outside += 1
+                    assert mutation.noop, f"{kind} seed={seed}: {mutation.file.name} is never opened, counted as effective"
+    assert outside > 0  # the draws do reach files outside the split
 
 
 def test_a_case_is_reproducible_from_its_seed(trees):
