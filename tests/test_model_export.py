@@ -141,6 +141,18 @@ def test_exported_proposal_layer_drops_small_boxes_before_the_pre_nms_cut(model)
     assert ((graph[:, 2:] - graph[:, :2]) >= 40.0).all()
 
 
+@pytest.mark.parametrize("export_format", ["torchscript", "onnx"])
+def test_an_image_whose_proposals_are_all_too_small_gives_no_detections(model, export_once, export_format, val_images):
+    """An image enlarged 100x from its original: 16 original px are 1,600 px on the network input, so no
+    proposal passes the minimum size; eager frcnn and the exported file return zero detections, not an error."""
+    image = val_images[0]
+    with torch.no_grad():
+        (eager,) = model([image], image_scales=[100.0])
+    boxes, scores, labels = run_exported(export_once(export_format), image, 100.0)
+    assert eager["boxes"].shape == boxes.shape == (0, 4)
+    assert eager["scores"].numel() == scores.numel() == labels.numel() == 0
+
+
 def test_torchscript_file_runs_without_frcnn(model, export_once, val_images, tmp_path):
     path = export_once("torchscript")
     torch.save(val_images[2], tmp_path / "image.pt")

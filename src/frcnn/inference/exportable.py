@@ -49,13 +49,15 @@ class ExportError(ValueError):
     """A detector that cannot be exported faithfully; the message says which setting and why."""
 
 
-def decode_deltas(deltas: Tensor, reference_xyxy: Tensor, weights: list[float], max_log_scale: float) -> Tensor:
+def decode_deltas(deltas: Tensor, reference_xyxy: Tensor, weights: list[float], max_log_scale: float,
+                  num_boxes: int = 1) -> Tensor:
     """Paper eq. 2 inverted, as :func:`frcnn.modeling.boxes.decode_boxes` computes it (same operations in the
     same order, so the same floats), written for TorchScript.
 
-    deltas [N, K*4], reference_xyxy [N, 4] -> boxes [N, K*4]."""
+    deltas [N, K*4] (K = ``num_boxes``, a constant of the graph: with N = 0 a -1 in a reshape is ambiguous,
+    and onnxruntime refuses it), reference_xyxy [N, 4] -> boxes [N, K*4]."""
     num = deltas.shape[0]
-    deltas = deltas.reshape(num, -1, 4)  # [N, K, 4]
+    deltas = deltas.reshape(num, num_boxes, 4)  # [N, K, 4]
     widths = reference_xyxy[:, 2] - reference_xyxy[:, 0]
     heights = reference_xyxy[:, 3] - reference_xyxy[:, 1]
     ctr_x = (reference_xyxy[:, 0] + 0.5 * widths).unsqueeze(-1)  # [N, 1]
@@ -70,7 +72,7 @@ def decode_deltas(deltas: Tensor, reference_xyxy: Tensor, weights: list[float], 
     half_w = 0.5 * torch.exp(dw) * widths
     half_h = 0.5 * torch.exp(dh) * heights
     boxes = torch.stack((centre_x - half_w, centre_y - half_h, centre_x + half_w, centre_y + half_h), dim=-1)
-    return boxes.reshape(num, -1)
+    return boxes.reshape(num, num_boxes * 4)
 
 
 def per_class_nms(boxes: Tensor, scores: Tensor, labels: Tensor, iou_thresh: float) -> Tensor:
@@ -178,9 +180,9 @@ class ExportableDetector(nn.Module):
         class_logits, box_deltas = self.predictor(self.roi_features(pooled))  # [P, C+1], [P, (C+1)*4]
         probs = F.softmax(class_logits, dim=-1)
         num = proposals.shape[0]
-        box_deltas = (box_deltas.reshape(num, -1, 4) * self.delta_stds + self.delta_means).reshape(num, -1)
-        boxes = decode_deltas(box_deltas, proposals, self.box_weights, self.max_log_scale)
-        boxes = clip_boxes_to_image(boxes.reshape(num, -1, 4), (height, width))[:, 1:]  # [P, C, 4]
+        box_deltas = (box_deltas.reshape(num, self.num_classes + 1, 4) * self.delta_stds + self.delta_means).reshape(num, (self.num_classes + 1) * 4)
+        boxes = decode_deltas(box_deltas, proposals, self.box_weights, self.max_log_scale, self.num_classes + 1)
+        boxes = clip_boxes_to_image(boxes.reshape(num, self.num_classes + 1, 4), (height, width))[:, 1:]  # [P, C, 4]
         scores = probs[:, 1:]  # [P, C]
         labels = torch.arange(1, self.num_classes + 1, device=scores.device).unsqueeze(0).expand(num, -1)
         boxes, scores, labels = boxes.reshape(-1, 4), scores.reshape(-1), labels.reshape(-1)
