@@ -402,3 +402,18 @@ def test_reproduce_settings_become_overrides():
     lam = load_table("lambda")["settings"][0]
     assert setting_overrides(lam, anchor_scale=0.4) == ["rpn.lambda=0.1"]
 
+
+
+GROUPS_IN_README = ("data", "backbone", "rpn", "roi_head", "optim", "schedule", "recipe", "trainer", "logger", "experiment")
+
+
+@pytest.mark.parametrize("group", GROUPS_IN_README)
+def test_readme_configuration_table_lists_every_choice_of_the_group(group):
+    """The README's configuration table names every file of conf/<group>/ (presets under paper/ as paper/<name>)."""
+    import re
+
+    readme = (CONF.parent / "README.md").read_text()
+    row = next(line for line in readme.splitlines() if line.startswith(f"| `{group}` |"))
+    listed = set(re.findall(r"`([^`]+)`", row.split(" | ")[1]))
+    on_disk = {str(path.relative_to(CONF / group).with_suffix("")) for path in (CONF / group).rglob("*.yaml")}
+    assert not on_disk - listed, f"README's `{group}` row lacks {sorted(on_disk - listed)}"
