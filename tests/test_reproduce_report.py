@@ -193,3 +193,18 @@ def test_the_report_names_the_generator_commit():
     assert re.fullmatch(rf"voclike generator v{GENERATOR_VERSION}, commit [0-9a-f]{{7,}} \d{{4}}-\d\d-\d\d"
                         r"( \+ uncommitted changes)?", version), version
     assert data_version(QUICK_DATA["shapes"]) == "shapes"
+
+
+@pytest.mark.parametrize("data, steps, num_val", [("voclike", 400, 250), ("shapes", 200, None)])
+def test_quick_defaults_are_the_datas_and_flags_override_them(monkeypatch, tmp_path, data, steps, num_val):
+    """`reproduce.py all --quick` trains each built-in data for its own number of mini-batches and
+    evaluates on its own number of pictures (docs/REPRODUCING_CPU.md); --steps / --num-val win."""
+    import frcnn.cli.reproduce as cli
+
+    calls = []
+    monkeypatch.setattr(cli, "reproduce_tables", lambda *args, **kwargs: calls.append(args) or {})
+    assert cli.main(["all", "--quick", "--data", data, "--out", str(tmp_path)]) == 0
+    assert cli.main(["all", "--quick", "--data", data, "--steps", "7", "--num-val", "9", "--out", str(tmp_path)]) == 0
+    (_, _, quick, got_steps, seeds, _, got_num_val), (*_, flag_steps, _, _, flag_num_val) = (c[:7] for c in calls)
+    assert quick and seeds == [0, 1, 2] and (got_steps, got_num_val) == (steps, num_val)
+    assert (flag_steps, flag_num_val) == (7, 9)

@@ -24,8 +24,9 @@ TABLES = ("lambda", "anchors", "proposals", "training")  # reproduce.py <table>;
 @dataclass(frozen=True)
 class QuickData:
     """What ``--quick`` trains on: built-in data with its CPU preset and schedule, the factor of the
-    preset's anchors against the paper's (its network input's scale / 600), and the data keys of
-    its split sizes."""
+    preset's anchors against the paper's (its network input's scale / 600), the data keys of its
+    split sizes, and the quick run's defaults: joint mini-batches and evaluation images (None: the
+    data's own split)."""
 
     name: str
     experiment: str
@@ -34,11 +35,16 @@ class QuickData:
     num_train_key: str
     num_val_key: str
     description: str
+    steps: int = 200
+    num_val: int | None = None
 
 
 QUICK_DATA = {
     "voclike": QuickData("voclike", "cpu_voclike", "cpu_voclike", 0.4, "num_trainval", "num_test",
-                         "built-in VOC-like data (VOC 2007's 20 classes and statistics, 240-px pictures: docs/VOCLIKE.md)"),
+                         "built-in VOC-like data (VOC 2007's 20 classes and statistics, 240-px pictures: docs/VOCLIKE.md)",
+                         # 400 mini-batches: at 200 the default row reached map_50 0.04 (0.17 at 600), too little
+                         # to order the rows; 250 of the 500 test pictures halve each evaluation (docs/REPRODUCING_CPU.md)
+                         steps=400, num_val=250),
     "shapes": QuickData("shapes", "cpu_shapes", "cpu_shapes", 0.25, "num_train", "num_val",
                         "built-in shapes data (5 classes, 1-4 objects, 256-px images)"),
 }
