@@ -61,6 +61,7 @@ def memory_backed_dir(tmp_path: Path, prefix: str, needed_bytes: int):
 # by measured duration on one core (2026-12-02, AMD EPYC, the 296-s run): 62, 58, 29, 28, 28, 26, 26, 25, 22, 21 s
 LONGEST_FIRST = (
     "tests/test_paper_scale.py::test_alternating_preset_runs_at_paper_scale[voc07_vgg16_alt]",
+    "tests/test_paper_scale.py::test_alternating_preset_runs_at_paper_scale[voc07_vgg16_alt_pyrelease]",
     "tests/test_paper_scale.py::test_unshared_preset_runs_at_paper_scale",
     "tests/test_model_export.py::test_paper_preset_vgg16_exports_and_runs",
     "tests/test_paper_scale.py::test_joint_preset_runs_at_paper_scale[coco_vgg16_joint",
