@@ -208,3 +208,24 @@ def test_quick_defaults_are_the_datas_and_flags_override_them(monkeypatch, tmp_p
     (_, _, quick, got_steps, seeds, _, got_num_val), (*_, flag_steps, _, _, flag_num_val) = (c[:7] for c in calls)
     assert quick and seeds == [0, 1, 2] and (got_steps, got_num_val) == (steps, num_val)
     assert (flag_steps, flag_num_val) == (7, 9)
+
+
+def test_a_training_written_with_int_or_float_numbers_is_one_run(tmp_path):
+    """Table 9's λ=10 (`rpn.lambda=10`) and Table 8's default anchors (`rpn.anchor_ratios=[0.5,1,2]`) compose
+    the default config with ints where the files hold floats: the same training, one run directory. An
+    output dir named by the earlier digest (numbers as written) is still found."""
+    from frcnn.reproduce.runs import RunStore, config_digest
+
+    store = RunStore(tmp_path / "new")
+    default_dir, _ = store.run_dir([], 0, "default")
+    default_dir.mkdir(parents=True)  # as a training leaves it
+    assert store.run_dir(["rpn.lambda=10"], 0, "lambda_10")[0] == default_dir
+    assert store.run_dir(["rpn.anchor_ratios=[0.5,1,2]"], 0, "anchors")[0] == default_dir
+    assert store.run_dir(["rpn.lambda=100"], 0, "lambda_100")[0] != default_dir
+
+    old_store = RunStore(tmp_path / "old")
+    _, cfg = old_store.run_dir(["rpn.lambda=10"], 0, "lambda_10")
+    earlier = tmp_path / "old" / "runs" / f"lambda_10-{config_digest(cfg, numbers_as_written=True)}" / "seed0"
+    assert earlier.parent.name.split("-")[1] != default_dir.parent.name.split("-")[1]
+    earlier.mkdir(parents=True)
+    assert old_store.run_dir(["rpn.lambda=10"], 0, "lambda_10")[0] == earlier

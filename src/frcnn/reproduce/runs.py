@@ -35,12 +35,30 @@ def compose(overrides: Sequence[str], run_dir: Path | str) -> dict:
     return OmegaConf.to_container(cfg, resolve=True)
 
 
-def config_digest(cfg: Mapping[str, Any]) -> str:
-    """10 hex digits naming a training: the composed config without run_dir and seed, and the
-    version of a generated dataset's generator (a changed generator is other data, another run)."""
+def same_numbers(value: Any) -> Any:
+    """``value`` with every number a float: ``rpn.lambda=10`` on the command line and the file's
+    ``lambda: 10.0`` (or ratios ``[0.5,1,2]`` and ``[0.5, 1.0, 2.0]``) are one setting."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, (int, float)):
+        return float(value)
+    if isinstance(value, Mapping):
+        return {key: same_numbers(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [same_numbers(item) for item in value]
+    return value
+
+
+def config_digest(cfg: Mapping[str, Any], numbers_as_written: bool = False) -> str:
+    """10 hex digits naming a training: the composed config without run_dir and seed (numbers
+    compared by value, :func:`same_numbers`), and the version of a generated dataset's generator
+    (a changed generator is other data, another run). ``numbers_as_written``: the digest before
+    numbers were compared by value (2026-12-05), so that an earlier output dir is still read back."""
     from frcnn.data.build import generator_version
 
     identity = {k: v for k, v in cfg.items() if k not in ("run_dir", "seed")}
+    if not numbers_as_written:
+        identity = same_numbers(identity)
     version = generator_version(cfg.get("data", {}))
     if version is not None:
         identity["data_generator_version"] = version
@@ -75,7 +93,9 @@ class RunStore:
         directory of the same config is reused whatever row first named it."""
         cfg = compose([*overrides, f"seed={seed}"], "UNSET")
         digest = config_digest(cfg)
-        existing = sorted(self.runs_dir.glob(f"*-{digest}")) if self.runs_dir.exists() else []
+        existing = []
+        for key in (digest, config_digest(cfg, numbers_as_written=True)) if self.runs_dir.exists() else ():
+            existing = existing or sorted(self.runs_dir.glob(f"*-{key}"))
         base = existing[0] if existing else self.runs_dir / f"{slug(name)}-{digest}"
         run_dir = base / f"seed{seed}"
         cfg["run_dir"] = str(run_dir)
