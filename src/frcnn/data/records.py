@@ -24,7 +24,7 @@ from __future__ import annotations
 import bisect
 import logging
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -359,3 +359,21 @@ class ConcatDetectionDataset(ConcatDataset):
     def eval_transform(self, value) -> None:
         for part in self.datasets:
             part.eval_transform = value
+
+
+def training_annotations(dataset) -> Iterator[tuple[int, int, np.ndarray, np.ndarray]]:
+    """(height, width, boxes_xyxy [N, 4] in original-image px, labels [N]) of every image of ``dataset``
+    in index order, as training sees them. Files (VOC, COCO: ``records``, also inside a concatenation)
+    are read from their annotations without decoding an image, difficult / crowd boxes left out unless
+    the data set keeps them; a generated data set is drawn item by item (``raw``)."""
+    for part in getattr(dataset, "datasets", None) or [dataset]:
+        records = getattr(part, "records", None)
+        if records is not None:
+            keep_difficult = bool(getattr(part, "keep_difficult", False))
+            for record in records:
+                keep = slice(None) if keep_difficult else ~record.difficult
+                yield record.height, record.width, record.boxes_xyxy[keep], record.labels[keep]
+        else:
+            for index in range(len(part)):
+                image, boxes, labels = part.raw(index)
+                yield image.shape[0], image.shape[1], boxes, labels

@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from frcnn.data.records import training_annotations
 from frcnn.data.transforms import paper_scale_factor
 from frcnn.errors import ConfigError
 
@@ -83,21 +84,8 @@ def training_boxes_wh(dataset, scales: Sequence[int], max_size: int) -> np.ndarr
     decoding an image, leaving out what training leaves out (difficult / crowd boxes); a generated data
     set is drawn item by item (``raw``).
     """
-    per_image: list[tuple[int, int, np.ndarray]] = []  # (H, W, boxes_xyxy [N, 4]) of the stored image
-    parts = getattr(dataset, "datasets", None) or [dataset]
-    for part in parts:
-        records = getattr(part, "records", None)
-        if records is not None:
-            keep_difficult = bool(getattr(part, "keep_difficult", False))
-            for record in records:
-                keep = slice(None) if keep_difficult else ~record.difficult
-                per_image.append((record.height, record.width, record.boxes_xyxy[keep]))
-        else:
-            for index in range(len(part)):
-                image, boxes, _ = part.raw(index)
-                per_image.append((image.shape[0], image.shape[1], boxes))
     sizes = []
-    for height, width, boxes in per_image:
+    for height, width, boxes, _ in training_annotations(dataset):
         wh = np.stack([boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]], axis=1).astype(np.float64)  # [N, 2]
         for scale in scales:
             sizes.append(wh * paper_scale_factor(height, width, int(scale), int(max_size)))

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from torchvision.ops import box_iou
 
+from frcnn.data.records import training_annotations
 from frcnn.modeling.boxes import encode_boxes
 
 log = logging.getLogger(__name__)
@@ -29,20 +30,9 @@ log = logging.getLogger(__name__)
 
 def ground_truth_per_image(dataset) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """(boxes_xyxy [N, 4] in original-image px, labels [N]) of every image of ``dataset`` in index order,
-    as training sees them: from the annotations without decoding an image where the data set has records
-    (VOC, COCO; difficult / crowd boxes left out unless kept), else item by item (``raw``)."""
-    parts = getattr(dataset, "datasets", None) or [dataset]
-    for part in parts:
-        records = getattr(part, "records", None)
-        if records is not None:
-            keep_difficult = bool(getattr(part, "keep_difficult", False))
-            for record in records:
-                keep = slice(None) if keep_difficult else ~record.difficult
-                yield record.boxes_xyxy[keep], record.labels[keep]
-        else:
-            for index in range(len(part)):
-                _, boxes, labels = part.raw(index)
-                yield boxes, labels
+    as training sees them (:func:`frcnn.data.records.training_annotations`)."""
+    for _, _, boxes, labels in training_annotations(dataset):
+        yield boxes, labels
 
 
 def regression_target_statistics(
