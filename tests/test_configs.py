@@ -403,7 +403,6 @@ def test_reproduce_settings_become_overrides():
     assert setting_overrides(lam, anchor_scale=0.4) == ["rpn.lambda=0.1"]
 
 
-
 GROUPS_IN_README = ("data", "backbone", "rpn", "roi_head", "optim", "schedule", "recipe", "trainer", "logger", "experiment")
 
 

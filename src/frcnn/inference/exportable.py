@@ -179,10 +179,10 @@ class ExportableDetector(nn.Module):
             pooled = torch.ops.torchvision.roi_pool(features, rois, self.spatial_scale, size, size)[0]
         class_logits, box_deltas = self.predictor(self.roi_features(pooled))  # [P, C+1], [P, (C+1)*4]
         probs = F.softmax(class_logits, dim=-1)
-        num = proposals.shape[0]
-        box_deltas = (box_deltas.reshape(num, self.num_classes + 1, 4) * self.delta_stds + self.delta_means).reshape(num, (self.num_classes + 1) * 4)
-        boxes = decode_deltas(box_deltas, proposals, self.box_weights, self.max_log_scale, self.num_classes + 1)
-        boxes = clip_boxes_to_image(boxes.reshape(num, self.num_classes + 1, 4), (height, width))[:, 1:]  # [P, C, 4]
+        num, num_boxes = proposals.shape[0], self.num_classes + 1  # constant K: no -1 in a reshape of P = 0 rows
+        box_deltas = (box_deltas.reshape(num, num_boxes, 4) * self.delta_stds + self.delta_means).reshape(num, num_boxes * 4)
+        boxes = decode_deltas(box_deltas, proposals, self.box_weights, self.max_log_scale, num_boxes)
+        boxes = clip_boxes_to_image(boxes.reshape(num, num_boxes, 4), (height, width))[:, 1:]  # [P, C, 4]
         scores = probs[:, 1:]  # [P, C]
         labels = torch.arange(1, self.num_classes + 1, device=scores.device).unsqueeze(0).expand(num, -1)
         boxes, scores, labels = boxes.reshape(-1, 4), scores.reshape(-1), labels.reshape(-1)

@@ -60,7 +60,7 @@ def decode_boxes(
     reference_boxes_xyxy: [..., 4] -> boxes [..., 4] / [..., K*4]
     """
     shape = deltas.shape
-    deltas = deltas.reshape(*shape[:-1], shape[-1] // 4, 4)  # [..., K, 4]; K from the last dim (also with 0 boxes)
+    deltas = deltas.unflatten(-1, (-1, 4))  # [..., K, 4]; K from the last dim alone, so 0 boxes work too
     ax, ay, aw, ah = (v.unsqueeze(-1) for v in _centre_size(reference_boxes_xyxy.to(deltas.dtype)))
     wx, wy, ww, wh = weights
     dx = deltas[..., 0] / wx

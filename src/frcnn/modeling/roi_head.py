@@ -203,8 +203,7 @@ class RoIHead(nn.Module):
         fold into bbox_pred's weights when they snapshot: W std, b std + mean, lib/fast_rcnn/train.py)."""
         if self.target_normalization == "fixed":
             return box_deltas
-        num = box_deltas.shape[0]
-        return (box_deltas.reshape(num, self.num_classes + 1, 4) * self.target_stds + self.target_means).reshape(num, box_deltas.shape[1])
+        return (box_deltas.unflatten(1, (-1, 4)) * self.target_stds + self.target_means).flatten(1)
 
     def loss(self, class_logits: Tensor, box_deltas: Tensor, labels: Tensor, regression_targets: Tensor) -> dict[str, Tensor]:
         """Fast R-CNN multi-task loss: log loss over C+1 classes + [u >= 1] smooth-L1 of the
@@ -212,7 +211,7 @@ class RoIHead(nn.Module):
         num_rois = max(labels.numel(), 1)
         loss_cls = F.cross_entropy(class_logits, labels, reduction="sum") / num_rois
         fg = torch.nonzero(labels > 0).flatten()
-        deltas = box_deltas.reshape(box_deltas.shape[0], self.num_classes + 1, 4)[fg, labels[fg]]  # [F, 4]
+        deltas = box_deltas.unflatten(1, (-1, 4))[fg, labels[fg]]  # [F, 4]
         loss_reg = F.smooth_l1_loss(deltas, regression_targets[fg], beta=self.smooth_l1_beta, reduction="sum") / num_rois
         return {"det_cls": loss_cls, "det_reg": loss_reg, "det": loss_cls + loss_reg}
 
@@ -226,7 +225,7 @@ class RoIHead(nn.Module):
         detections = []
         for image_probs, image_boxes, image_hw in zip(probs.split(counts), boxes_all.split(counts), image_sizes):
             num = image_probs.shape[0]
-            image_boxes = clip_boxes_to_image(image_boxes.reshape(num, self.num_classes + 1, 4), image_hw)[:, 1:]  # [R, C, 4]
+            image_boxes = clip_boxes_to_image(image_boxes.unflatten(1, (-1, 4)), image_hw)[:, 1:]  # [R, C, 4]
             scores = image_probs[:, 1:]  # [R, C]
             labels = torch.arange(1, self.num_classes + 1, device=scores.device).expand(num, -1)
             image_boxes, scores, labels = image_boxes.reshape(-1, 4), scores.reshape(-1), labels.reshape(-1)

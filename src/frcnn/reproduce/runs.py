@@ -94,8 +94,9 @@ class RunStore:
         cfg = compose([*overrides, f"seed={seed}"], "UNSET")
         digest = config_digest(cfg)
         existing = []
-        for key in (digest, config_digest(cfg, numbers_as_written=True)) if self.runs_dir.exists() else ():
-            existing = existing or sorted(self.runs_dir.glob(f"*-{key}"))
+        if self.runs_dir.exists():  # this digest's directory, else one named by the earlier digest
+            existing = (sorted(self.runs_dir.glob(f"*-{digest}"))
+                        or sorted(self.runs_dir.glob(f"*-{config_digest(cfg, numbers_as_written=True)}")))
         base = existing[0] if existing else self.runs_dir / f"{slug(name)}-{digest}"
         run_dir = base / f"seed{seed}"
         cfg["run_dir"] = str(run_dir)
