@@ -2,8 +2,8 @@
 
 ``rpn.anchor_scales=auto``: an octave ladder of n = floor(log2(p95 / p5) + 0.5) + 1 scales (3 to 5), centred
 on sqrt(p5 p95), each rounded to whole px; the tests sit on either side of the half-octave where n steps.
-``rpn.min_size=auto``: the paper's 16 px, or half the 1st-percentile SHORTER box side (rounded down to
-0.5 px, at least 1 px) when that is less; the tests use thin boxes whose longer side (or sqrt(w h)) would
+``rpn.min_size=auto``: the paper's 16 px, or half the 1st-percentile SHORTER box side in original-image px
+(rounded down to 0.5 px, at least 1 px) when that is less; the tests use thin boxes whose longer side (or sqrt(w h)) would
 keep the paper's 16.
 """
 
@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from frcnn.engine.fit_to_data import anchor_scales_for_box_sides, fit_config_to_data, min_proposal_size_for
+from frcnn.modeling.rpn import ProposalSettings, RegionProposalNetwork
 
 P5 = 16.0  # the lower box side of the ladder tests
 
@@ -114,3 +116,24 @@ def test_min_size_leaves_16_only_below_32_px_boxes(compose_cfg, tmp_path, shorte
     """Boxes of shorter side 32 px keep the paper's 16; 31 px moves it to 15.5 (longer side 200 px either way)."""
     dataset = BoxesDataset((256, 256), [[box(10, 10, shorter, 200), box(50, 20, 200, shorter)]] * 5)
     assert fitted_rpn(compose_cfg, tmp_path, dataset)["min_size"] == expected
+
+
+@pytest.mark.parametrize("image_side, factor", [(64, 4.0), (128, 2.0), (256, 1.0), (512, 0.5)])
+def test_fitted_min_size_keeps_a_proposal_on_the_smallest_object(compose_cfg, tmp_path, image_side, factor):
+    """rpn.min_size is in ORIGINAL-image px (the authors' proposal layer: min_size x im_scale; frcnn.modeling.rpn
+    multiplies it by each image's resize factor), so it is fitted from the boxes' original sides.
+    Square images of ``image_side`` px at data.scales=[256] are resized by ``factor``; every object is 12 x 40
+    original px (12 factor x 40 factor at the network input): min_size = 12 / 2 = 6 original px, i.e. 6 factor px
+    at the input, half the object's shorter side there. (Fitted from the input sides instead, factor 4 would
+    give min(16, 48 / 2) = 16 original px = 64 input px, more than the 48-px object: none of its proposals kept.)
+    A proposal exactly on the object goes through the proposal layer with the fitted value."""
+    dataset = BoxesDataset((image_side, image_side), [[box(4, 4, 12, 40), box(30, 10, 40, 12)]] * 4)
+    min_size = fitted_rpn(compose_cfg, tmp_path, dataset)["min_size"]
+    assert min_size == 6.0
+    input_side = 256
+    on_object = torch.tensor([[0.0, 0.0, 12 * factor, 40 * factor]])  # network-input px
+    rpn = RegionProposalNetwork(in_channels=1)
+    settings = ProposalSettings(pre_nms_top_n=-1, post_nms_top_n=10, min_size_px=min_size)
+    proposals, _ = rpn.propose(on_object, torch.zeros(1, 1), torch.zeros(1, 1, 4), [(input_side, input_side)],
+                               settings, image_scales=[factor])
+    assert torch.equal(proposals[0], on_object)

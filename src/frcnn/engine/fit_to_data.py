@@ -6,7 +6,8 @@ and size (``experiment=cpu_own_data``) the preset says ``auto`` / ``epochs`` and
 :func:`fit_config_to_data` turns them into numbers from the training set before any model is built:
 
 * ``rpn.anchor_scales: auto`` -> :func:`anchor_scales_for_box_sides` of the training boxes at the input scale;
-* ``rpn.min_size: auto`` -> :func:`min_proposal_size_for` of the same boxes;
+* ``rpn.min_size: auto`` -> :func:`min_proposal_size_for` of the same boxes' shorter sides in original-image px
+  (``rpn.min_size`` is in original-image px: the proposal layer multiplies it by each image's resize factor);
 * ``schedule.<recipe>[.<stage>]: {epochs, lr_epochs}`` -> ``max_steps`` / ``lr_steps`` (:func:`steps_for_epochs`).
 
 Each derived value is logged in one line with what it came from; the saved detector holds the numbers.
@@ -54,9 +55,11 @@ def anchor_scales_for_box_sides(box_sides_px: Sequence[float] | np.ndarray, low_
 
 
 def min_proposal_size_for(shorter_sides_px: Sequence[float] | np.ndarray, percentile: float = 1.0) -> float:
-    """The minimum proposal side (px at the network input): the paper's 16 px, or half the shorter box
-    side of the ``percentile``-th smallest object when that is less, so that the proposals of the
-    smallest objects of the data survive the cut (rounded down to 0.5 px, at least 1 px)."""
+    """The minimum proposal side in original-image px (``rpn.min_size``'s unit: the proposal layer drops boxes
+    under it x the image's resize factor, as the authors' ``min_size * im_scale``) from the boxes' shorter sides
+    in original-image px: the paper's 16 px, or half the shorter box side of the ``percentile``-th smallest
+    object when that is less, so that the proposals of the smallest objects of the data survive the cut
+    (rounded down to 0.5 px, at least 1 px)."""
     sides = np.asarray(shorter_sides_px, dtype=np.float64).reshape(-1)
     sides = sides[np.isfinite(sides) & (sides > 0)]
     if sides.size == 0:
@@ -84,12 +87,22 @@ def training_boxes_wh(dataset, scales: Sequence[int], max_size: int) -> np.ndarr
     decoding an image, leaving out what training leaves out (difficult / crowd boxes); a generated data
     set is drawn item by item (``raw``).
     """
-    sizes = []
+    return training_boxes_wh_and_factors(dataset, scales, max_size)[0]
+
+
+def training_boxes_wh_and_factors(dataset, scales: Sequence[int], max_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`training_boxes_wh` and, per row, the resize factor that took it to the network input
+    (network px per original px) -> (wh [M, 2], factors [M])."""
+    sizes, factors = [], []
     for height, width, boxes, _ in training_annotations(dataset):
         wh = np.stack([boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]], axis=1).astype(np.float64)  # [N, 2]
         for scale in scales:
-            sizes.append(wh * paper_scale_factor(height, width, int(scale), int(max_size)))
-    return np.concatenate(sizes) if sizes else np.zeros((0, 2))
+            factor = paper_scale_factor(height, width, int(scale), int(max_size))
+            sizes.append(wh * factor)
+            factors.append(np.full(len(wh), factor, dtype=np.float64))
+    if not sizes:
+        return np.zeros((0, 2)), np.zeros(0)
+    return np.concatenate(sizes), np.concatenate(factors)
 
 
 def _processes(trainer_cfg: Mapping[str, Any]) -> int:
@@ -126,7 +139,7 @@ def fit_config_to_data(cfg: Mapping[str, Any], train_dataset) -> dict:
     lines = []
     if needs_boxes:
         data = cfg["data"]
-        wh = training_boxes_wh(train_dataset, data["scales"], data["max_size"])  # [M, 2]
+        wh, factors = training_boxes_wh_and_factors(train_dataset, data["scales"], data["max_size"])  # [M, 2], [M]
         if len(wh) == 0:
             raise ConfigError("rpn.anchor_scales / rpn.min_size = auto: the training set has no boxes to fit them "
                               "to; give numbers (e.g. rpn.anchor_scales=[128,256,512] rpn.min_size=16)")
@@ -139,10 +152,11 @@ def fit_config_to_data(cfg: Mapping[str, Any], train_dataset) -> dict:
             lines.append(f"rpn.anchor_scales=auto -> {scales} px: an octave ladder over the box sides sqrt(w h) "
                          f"p5 {low:.1f} px .. p95 {high:.1f} px ({at})")
         if rpn["min_size"] == AUTO:
-            shorter = wh.min(axis=1)
+            shorter = wh.min(axis=1) / factors  # original-image px, rpn.min_size's unit (x each image's factor)
             fitted["rpn"]["min_size"] = min_proposal_size_for(shorter)
-            lines.append(f"rpn.min_size=auto -> {fitted['rpn']['min_size']:g} px: the paper's 16 px or half the "
-                         f"1st-percentile shorter box side ({np.percentile(shorter, 1):.1f} px), the smaller ({at})")
+            lines.append(f"rpn.min_size=auto -> {fitted['rpn']['min_size']:g} px of the original images: the paper's "
+                         f"16 px or half the 1st-percentile shorter box side ({np.percentile(shorter, 1):.1f} original "
+                         f"px), the smaller ({at})")
     fitted_schedule = fitted["schedule"][recipe]
     for key, stage in stages.items():
         target = fitted_schedule if key == f"schedule.{recipe}" else fitted_schedule[key.rsplit(".", 1)[1]]
