@@ -3,8 +3,8 @@
 ``rpn.anchor_scales=auto``: an octave ladder of n = floor(log2(p95 / p5) + 0.5) + 1 scales (3 to 5), centred
 on sqrt(p5 p95), each rounded to whole px; the tests sit on either side of the half-octave where n steps.
 ``rpn.min_size=auto``: the paper's 16 px, or half the 1st-percentile SHORTER box side in original-image px
-(rounded down to 0.5 px, at least 1 px) when that is less; the tests use thin boxes whose longer side (or sqrt(w h)) would
-keep the paper's 16.
+(rounded down to 0.5 px, at least 1 px) when that is less; the tests use thin boxes whose longer side (or
+sqrt(w h)) would keep the paper's 16, and images resized by factors 0.5 to 4.
 """
 
 from __future__ import annotations
