@@ -167,7 +167,8 @@ RPN = Node(
         "ignore_cross_boundary": Bool(),
         "mid_channels": Number(1, integer=True, nullable=True),
         "nms_thresh": IOU,
-        "min_size": OrAuto(NON_NEGATIVE),  # px at the network input (paper: 16); auto: frcnn.engine.fit_to_data
+        "min_size": OrAuto(NON_NEGATIVE),  # px of the original image, x its resize factor at the network input
+                                           # (paper: 16); auto: frcnn.engine.fit_to_data
         "train": PROPOSALS_TRAIN,
         "test": PROPOSALS_TEST,
     }
