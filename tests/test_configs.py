@@ -165,7 +165,7 @@ def test_cli_bad_value_exits_2_before_training(tmp_path):
 def test_cli_help_lists_groups_and_presets():
     result = run_cli("--help")
     assert result.returncode == 0, result.stderr
-    for text in ("Usage:", "backbone: resnet50_c4, small, vgg16, zf", "recipe: alternating, joint",
+    for text in ("Usage:", "backbone: efficientnet_lite0, efficientnet_lite1, efficientnet_lite2, resnet50_c4, small, timm, vgg16, zf", "recipe: alternating, joint",
                  "experiment/paper:", "voc07_vgg16_alt", "rpn:", "anchor_scales", "-m rpn.lambda=1,10,100"):
         assert text in result.stdout
 

@@ -84,7 +84,7 @@ def check_backbone_weights(cfg: Mapping[str, Any]) -> None:
 
     backbone = cfg["backbone"]
     try:
-        check_weights_available(str(backbone["name"]), backbone.get("weights"))
+        check_weights_available(str(backbone["name"]), backbone.get("weights"), backbone.get("model"))
     except (WeightsUnavailableError, FileNotFoundError, ValueError) as err:
         raise ConfigError(str(err)) from None
 

@@ -33,6 +33,12 @@ def _backbones() -> list[str]:
     return list(available_backbones())
 
 
+def _timm_backbones() -> list[str]:
+    from frcnn.modeling.backbone.build import TIMM_BACKBONES
+
+    return list(TIMM_BACKBONES)
+
+
 def _builtin_weight_backbones() -> list[str]:
     from frcnn.modeling.backbone import backbones_with_builtin_weights
 
@@ -123,8 +129,9 @@ DATA = Node(
 
 
 class BackboneNode(Node):
-    """backbone.{name, weights}; ``weights: builtin`` / ``builtin_voclike`` (the package's own
-    pre-trained weights) only for a backbone the package ships weights for (``small``)."""
+    """backbone.{name, weights, model}; ``weights: builtin`` / ``builtin_voclike`` (the package's own
+    pre-trained weights) only for a backbone the package ships weights for (``small``); ``model`` (a timm
+    architecture) for ``backbone=timm`` and only there."""
 
     def check(self, value: Any, key: str) -> None:
         from frcnn.modeling.backbone import BUILTIN_WEIGHT_NAMES
@@ -134,11 +141,23 @@ class BackboneNode(Node):
         if weights in BUILTIN_WEIGHT_NAMES and value["name"] not in _builtin_weight_backbones():
             raise ConfigError(
                 f"{key}.weights={weights!r} is only shipped for backbone {', '.join(_builtin_weight_backbones())}, "
-                f"not {value['name']!r}: use imagenet (vgg16, resnet50_c4), a local state-dict path, or null"
+                f"not {value['name']!r}: use imagenet (vgg16, resnet50_c4, timm, efficientnet_lite0/1/2), a local "
+                "state-dict path, or null"
             )
+        if value["name"] == "timm" and not value.get("model"):
+            raise ConfigError(f"{key}.model is missing: backbone=timm needs {key}.model=<timm model name>, "
+                              "e.g. resnet50, tf_efficientnet_lite0, convnext_tiny")
+        if value.get("head") is not None and value["name"] not in _timm_backbones():
+            raise ConfigError(f"{key}.head={value['head']!r} is only read by the timm backbones "
+                              f"({', '.join(_timm_backbones())}), not backbone={value['name']}")
+        if value["name"] != "timm" and value.get("model") is not None:
+            raise ConfigError(f"{key}.model={value['model']!r} is only read by backbone=timm, not "
+                              f"backbone={value['name']}")
 
 
-BACKBONE = BackboneNode({"name": Choice(_backbones, hint="choose with backbone=<name>"), "weights": Text(nullable=True)})
+BACKBONE = BackboneNode({"name": Choice(_backbones, hint="choose with backbone=<name>"), "weights": Text(nullable=True),
+                         "model": Text(nullable=True), "head": Choice(("c4", "fc"))},
+                        optional=frozenset({"model", "head"}))
 
 PROPOSALS_TRAIN = Node({"pre_nms_top_n": TOP_N, "post_nms_top_n": COUNT})
 PROPOSALS_TEST = Node(

