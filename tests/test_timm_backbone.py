@@ -232,3 +232,53 @@ def test_local_timm_file_and_own_layout_round_trip(tmp_path):
     torch.testing.assert_close(again.head.layer4[1].conv2.weight, source.layer4[1].conv2.weight)
     with pytest.raises(RuntimeError, match="do not fit"):
         build_backbone("timm", weights=str(tmp_path / "resnet18.safetensors"), model="resnet34")
+
+
+def _model_cfg(head: str) -> dict:
+    rpn = dict(anchor_scales=[32, 64, 128], anchor_ratios=[0.5, 1, 2], mid_channels=None, fg_iou=0.7, bg_iou=0.3,
+               batch_size=256, positive_fraction=0.5, reg_normalizer="anchor_locations", smooth_l1_beta=1.0,
+               ignore_cross_boundary=True, nms_thresh=0.7, min_size=4, train=dict(pre_nms_top_n=12000, post_nms_top_n=2000),
+               test=dict(pre_nms_top_n=6000, post_nms_top_n=300), **{"lambda": 10.0})
+    roi = dict(pool_type="max", rois_per_minibatch=128, positive_fraction=0.25, fg_iou=0.5, bg_iou_hi=0.5, bg_iou_lo=0.1,
+               target_stds=[0.1, 0.1, 0.2, 0.2], add_gt_to_proposals=True, smooth_l1_beta=1.0, score_thresh=0.0,
+               nms_thresh=0.3, detections_per_image=100)
+    return {"backbone": {"name": "efficientnet_lite0", "weights": "imagenet", "head": head}, "rpn": rpn, "roi_head": roi}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("head", ["fc", "c4"])
+def test_lite0_detector_trains_saves_reloads_and_exports(head, tmp_path):
+    """The whole detector on Lite0: a training step moves only the trainable layers (BatchNorm statistics and the
+    stride-4 stem stay), the saved file reloads to the same detections, and the TorchScript file gives them too."""
+    from frcnn.inference.detector_file import load_detector, save_detector
+    from frcnn.inference.exportable import export_detector, parity, parity_problem, run_exported
+    from frcnn.modeling.build import build_model
+
+    torch.manual_seed(0)
+    cfg = _model_cfg(head)
+    model = build_model(cfg, num_classes=2)
+    assert model.pixel_mean.flatten().tolist() == [0.5, 0.5, 0.5]
+    frozen = {n: p.detach().clone() for n, p in model.named_parameters() if n.startswith("backbone.conv_stem")}
+    stats = {n: b.clone() for n, b in model.named_buffers() if n.endswith("running_mean")}
+    trained = {n: p.detach().clone() for n, p in model.named_parameters() if n.startswith("backbone.blocks_4")}
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.01)
+    model.train()
+    images = [torch.rand(3, 160, 224), torch.rand(3, 192, 160)]
+    targets = [{"boxes": torch.tensor([[20.0, 30.0, 90.0, 120.0]]), "labels": torch.tensor([1])},
+               {"boxes": torch.tensor([[40.0, 20.0, 140.0, 100.0]]), "labels": torch.tensor([2])}]
+    model(images, targets)["total"].backward()
+    optimizer.step()
+    assert all(torch.equal(p, frozen[n]) for n, p in model.named_parameters() if n in frozen)
+    assert all(torch.equal(b, stats[n]) for n, b in model.named_buffers() if n in stats)
+    assert any(not torch.equal(p, trained[n]) for n, p in model.named_parameters() if n in trained)
+    model.eval()
+    image = torch.rand(3, 160, 224)
+    with torch.no_grad():
+        before = model([image])[0]
+    save_detector(model, cfg, ["a", "b"], tmp_path / "model.pt")
+    with torch.no_grad():
+        after = load_detector(tmp_path / "model.pt")[0]([image])[0]
+    torch.testing.assert_close(after["boxes"], before["boxes"])
+    torch.testing.assert_close(after["scores"], before["scores"])
+    exported = export_detector(model, ["a", "b"], 160, 400, "torchscript", tmp_path / "model.ts")
+    assert parity_problem(parity(model, run_exported(exported, image), image)) is None
