@@ -301,3 +301,36 @@ def test_fixed_leading_layers_run_channels_last_while_the_rest_trains_nchw():
         assert model._forward_only_prefix() == 0  # no backward at all: the whole conv channels-last
     set_trainable(model.backbone.stage1, True)
     assert model._forward_only_prefix() == 0
+
+
+def test_conv_roi_head_runs_channels_last_with_the_nchw_numbers():
+    """A C4 head (the rest of a timm net per RoI) runs channels-last (BENCHMARKS.md: 0.64-0.88x NCHW): the same
+    features and input gradient as NCHW; an fc head and a head whose BatchNorm trains stay as they are."""
+    from torch import nn
+
+    from frcnn.modeling.backbone import build_backbone
+    from frcnn.modeling.roi_head import RoIHead
+
+    torch.manual_seed(0)
+    backbone = build_backbone("timm", weights=None, model="resnet18")
+    roi_head = RoIHead(backbone.head, backbone.representation_size, 3, roi_output_size=14, spatial_scale=1 / 16)
+    assert roi_head.conv_head
+    seen = []
+    hook = roi_head.head.register_forward_pre_hook(lambda m, args: seen.append(args[0].is_contiguous()))
+    pooled = torch.randn(6, backbone.out_channels, 14, 14, requires_grad=True)
+    fast = roi_head.region_features(pooled)
+    (fast_grad,) = torch.autograd.grad(fast.square().sum(), pooled)
+    plain = roi_head.head(pooled)  # the NCHW reference
+    (plain_grad,) = torch.autograd.grad(plain.square().sum(), pooled)
+    assert seen == [False, True]  # region_features handed the head a channels-last batch
+    torch.testing.assert_close(fast, plain, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(fast_grad, plain_grad, rtol=1e-3, atol=1e-4)
+    hook.remove()
+    trainable_bn = RoIHead(nn.Sequential(nn.Conv2d(8, 8, 3), nn.BatchNorm2d(8), nn.Flatten(1)), 8 * 12 * 12, 3)
+    trainable_bn.train()
+    seen.clear()
+    trainable_bn.head.register_forward_pre_hook(lambda m, args: seen.append(args[0].is_contiguous()))
+    trainable_bn.region_features(torch.randn(2, 8, 14, 14))
+    assert trainable_bn.conv_head and seen == [True]  # NCHW while its BatchNorm trains
+    fc = RoIHead(nn.Sequential(nn.Flatten(1), nn.Linear(8 * 49, 16)), 16, 3)
+    assert not fc.conv_head

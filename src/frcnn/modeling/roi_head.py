@@ -10,6 +10,7 @@ from torchvision.ops import batched_nms, box_iou, clip_boxes_to_image, remove_sm
 from frcnn.layers.onednn_linear import OneDNNLinear
 from frcnn.layers.precision import full_precision
 from frcnn.layers.roi_warp import roi_warp
+from frcnn.modeling.backbone.base import has_training_batchnorm
 from frcnn.modeling.boxes import decode_boxes, encode_boxes
 from frcnn.modeling.sampling import IGNORE, NEGATIVE, POSITIVE, sample_balanced
 
@@ -103,6 +104,7 @@ class RoIHead(nn.Module):
         if target_normalization not in TARGET_NORMALIZATIONS:
             raise ValueError(f"roi_head.target_normalization={target_normalization!r}; allowed: {TARGET_NORMALIZATIONS}")
         self.head = head
+        self.conv_head = any(isinstance(m, nn.Conv2d) for m in head.modules())  # C4: layers of the classification net
         self.predictor = FastRCNNPredictor(representation_size, num_classes + 1)
         self.num_classes = num_classes
         self.roi_output_size = roi_output_size
@@ -142,6 +144,17 @@ class RoIHead(nn.Module):
         if self.pool_type == "max":
             return roi_pool(features, rois, self.roi_output_size, self.spatial_scale)
         return roi_align(features, rois, self.roi_output_size, self.spatial_scale, sampling_ratio=2, aligned=True)
+
+    def region_features(self, pooled: Tensor) -> Tensor:
+        """The per-RoI head on pooled regions [R, C, P, P] -> [R, representation_size].
+
+        A head of convolutions (C4: ResNet's layer4, the rest of a timm net) runs channels-last: oneDNN's NHWC
+        kernels take 0.64-0.88x the NCHW time there, forward and forward + backward, AVX-512 and AVX2 (BENCHMARKS.md,
+        "EfficientNet-Lite0"); not while a BatchNorm of the head trains (its NHWC backward sums in float32, see
+        :class:`frcnn.modeling.faster_rcnn.FasterRCNN`). The values are the same up to float rounding."""
+        if self.conv_head and not has_training_batchnorm(self.head):
+            pooled = pooled.contiguous(memory_format=torch.channels_last)
+        return self.head(pooled)
 
     def rois_per_image(self, num_images: int) -> int:
         """Fast R-CNN §2.3: R = 128 RoIs per mini-batch of N = 2 images, i.e. R / N = 64 from each
@@ -248,7 +261,7 @@ class RoIHead(nn.Module):
         """Training (gt given): sample RoIs and return losses. Otherwise: detections."""
         if gt_boxes is not None:
             rois, labels, targets = self.sample_rois(proposals, gt_boxes, gt_labels)
-            class_logits, box_deltas = self.predictor(self.head(self.pool(features, rois)))
+            class_logits, box_deltas = self.predictor(self.region_features(self.pool(features, rois)))
             return [], self.loss(class_logits, box_deltas, labels, targets)
-        class_logits, box_deltas = self.predictor(self.head(self.pool(features, proposals)))
+        class_logits, box_deltas = self.predictor(self.region_features(self.pool(features, proposals)))
         return self.postprocess(class_logits, box_deltas, proposals, image_sizes), {}
