@@ -76,7 +76,9 @@ from frcnn.utils.host_info import cpu_description
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--size", choices=("paper", "small", "all"), default="all")
+    parser.add_argument("--size", choices=("paper", "small", "lite0", "all"), default="all")
+    parser.add_argument("--head", choices=("c4", "fc"), default=None,
+                        help="--size lite0: the per-RoI head (backbone.head; default c4)")
     parser.add_argument("--mode", choices=("infer", "train", "breakdown", "data", "nms", "warp", "svd", "export", "scale",
                                            "all"), default="all")
     parser.add_argument("--repeats", type=int, default=None, help="timed runs per model (default: per size)")
@@ -109,6 +111,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--device {args.device}: only --mode infer, train or warp run on a GPU")
     if SETTINGS.device.type == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: torch sees no CUDA device here")
+    if args.head:
+        SIZES["lite0"]["head"] = args.head
     if args.head_width:
         for spec in SIZES.values():
             spec["hidden"] = args.head_width
@@ -125,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
           f"{f' | GPU: {torch.cuda.get_device_name(SETTINGS.device)}' if SETTINGS.device.type == 'cuda' else ''}"
           f"{f' | head width {args.head_width}' if args.head_width else ''}"
           f"{' | frcnn BASELINE (before issue 6)' if SETTINGS.baseline else ''}", flush=True)
-    sizes = ("small", "paper") if args.size == "all" else (args.size,)
+    sizes = ("small", "paper", "lite0") if args.size == "all" else (args.size,)
     if args.mode == "scale":
         bench_scale(args.scale_images, args.eval_images, Path(args.scale_dir), args.scale_parts)
         return 0

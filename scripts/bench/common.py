@@ -32,6 +32,9 @@ SIZES = {
                   hidden=None, infer_repeats=5, train_repeats=3, breakdown_repeats=3),
     "small": dict(backbone="small", image_hw=(256, 256), scales=(32, 64, 128), num_classes=5, train_batch=4,
                   hidden=None, infer_repeats=30, train_repeats=20, breakdown_repeats=30),
+    # experiment=cpu_own_data on the README's trees: EfficientNet-Lite0 (timm), 400-px tiles at scale 600, 2 per step
+    "lite0": dict(backbone="efficientnet_lite0", image_hw=(600, 600), scales=(27, 53, 107), num_classes=1,
+                  train_batch=2, hidden=None, infer_repeats=10, train_repeats=8, breakdown_repeats=10),
 }
 
 

@@ -62,7 +62,7 @@ def full_nms_then_cut(boxes, scores, iou_thresh, top_n):
 
 def build_frcnn(size: str) -> FasterRCNN:
     spec = SIZES[size]
-    backbone = build_backbone(spec["backbone"], num_hidden=spec["hidden"])
+    backbone = build_backbone(spec["backbone"], num_hidden=spec["hidden"], head=spec.get("head"))
     freeze_prefix(backbone)  # VGG-16: conv1_1..conv2_2 fixed (§3.1.3), as factory.build_model does
     rpn = RegionProposalNetwork(
         backbone.out_channels, anchor_scales_px=spec["scales"], stride=16,
@@ -70,11 +70,13 @@ def build_frcnn(size: str) -> FasterRCNN:
         test_proposals=ProposalSettings(6000, 300, 0.7, TORCHVISION_MIN_PROPOSAL_SIZE),
     )
     # 128 RoIs per image, as torchvision's box_batch_size_per_image (frcnn counts them per mini-batch)
-    roi_head = RoIHead(backbone.head, backbone.representation_size, spec["num_classes"], roi_output_size=7,
+    roi_head = RoIHead(backbone.head, backbone.representation_size, spec["num_classes"],
+                       roi_output_size=backbone.roi_output_size,
                        spatial_scale=1 / 16, pool_type="max", rois_per_minibatch=128 * spec["train_batch"],
                        positive_fraction=0.25, bg_iou_lo=0.0, score_thresh=0.05, nms_thresh=0.3,
                        detections_per_image=100)
-    model = FasterRCNN(backbone, rpn, roi_head, channels_last=not SETTINGS.baseline)
+    model = FasterRCNN(backbone, rpn, roi_head, backbone.pixel_mean, backbone.pixel_std,
+                       channels_last=not SETTINGS.baseline)
     if SETTINGS.baseline:
         frcnn.modeling.rpn.nms_top_n = full_nms_then_cut
     return model
@@ -123,7 +125,7 @@ def build_torchvision_twin(ours: FasterRCNN, size: str) -> TVFasterRCNN:
         bbox_reg_weights=(10.0, 10.0, 5.0, 5.0),
     )
     # The constructor only accepts MultiScaleRoIAlign; any module with its call signature works.
-    model.roi_heads.box_roi_pool = _SingleMapRoIPool(7, 1 / 16)
+    model.roi_heads.box_roi_pool = _SingleMapRoIPool(ours.roi_head.roi_output_size, 1 / 16)
     h, w = spec["image_hw"]
     model.transform = _NoResizeTransform(min(h, w), max(h, w), list(ours.pixel_mean.flatten().tolist()),
                                          list(ours.pixel_std.flatten().tolist()), size_divisible=16)
