@@ -32,6 +32,17 @@ def compose_config(overrides, run_dir):
     return OmegaConf.to_container(cfg, resolve=True)
 
 
+@pytest.fixture(scope="module")
+def two_torch_threads():
+    """At most 2 torch threads for a module of big-net tests (``pytestmark = pytest.mark.usefixtures(...)``)."""
+    import torch
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(min(old, 2))
+    yield
+    torch.set_num_threads(old)
+
+
 @pytest.fixture
 def compose_cfg():
     return compose_config

