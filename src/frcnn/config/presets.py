@@ -16,8 +16,8 @@ OWN_DATA_PRESET = "cpu_own_data"
 PRESET_PURPOSES = {  # presets outside paper/: what each was made for
     "cpu_shapes": "the built-in 256-px shapes data: the small net pre-trained on generated shapes, anchors "
                   "32/64/128 px, a 4 px minimum proposal size, 800 steps of 4 images",
-    OWN_DATA_PRESET: "own data on a CPU: the small net from random init, anchors and minimum proposal size "
-                     "fitted to the training boxes, a schedule in epochs",
+    OWN_DATA_PRESET: "own data on a CPU: EfficientNet-Lite0 with ImageNet weights (pip), anchors and minimum "
+                     "proposal size fitted to the training boxes, a schedule in epochs",
 }
 
 
