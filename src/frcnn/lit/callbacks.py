@@ -44,8 +44,29 @@ class CheckpointOnSigterm(L.Callback):
 
     def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
         if isinstance(exception, SIGTERMException):
+            start_next_epoch_if_ended(trainer)
             trainer.save_checkpoint(str(self.last_ckpt))  # atomically: frcnn.lit.checkpoint_io
             self.saved_step = trainer.global_step
+
+
+def start_next_epoch_if_ended(trainer) -> None:
+    """Between two epochs, zero the batch counters of the epoch that ended, as Lightning does when
+    the next one starts.
+
+    A SIGTERM during an epoch's last step is acted on after the epoch ends (Lightning raises from the
+    fit loop's epoch end): the epoch is counted complete, but the epoch loop still holds the ended
+    epoch's batch count. Saved as it is, a resume reads that count as batches already done in the
+    next epoch, ends that epoch after one step and trains on the batches of the epoch after it (the
+    resumed weights differ from an uninterrupted run's; tests/test_resume_weights.py). A SIGTERM
+    within an epoch (Lightning raises after the step) leaves an epoch in flight: nothing to do.
+    """
+    epochs = trainer.fit_loop.epoch_progress.current
+    if epochs.completed != epochs.ready:  # an epoch in flight: its batch counts are the resume position
+        return
+    epoch_loop = trainer.fit_loop.epoch_loop
+    epoch_loop.batch_progress.reset_on_run()
+    epoch_loop.scheduler_progress.reset_on_run()
+    epoch_loop.automatic_optimization.optim_progress.reset_on_run()
 
 
 class FaultPoint(L.Callback):
