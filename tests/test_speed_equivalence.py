@@ -58,15 +58,18 @@ def test_nms_per_image_on_threads_equals_one_image_at_a_time(workers):
     assert len(got) == len(expected) and all(torch.equal(g, e) for g, e in zip(got, expected))
 
 
-def _reference_propose(anchors, logits, deltas, image_sizes, settings: ProposalSettings):
+def _reference_propose(anchors, logits, deltas, image_sizes, settings: ProposalSettings, stride=16):
     """The proposal layer written plainly, one image at a time, in the authors' order
-    (py-faster-rcnn proposal_layer.py): decode every anchor, clip, drop small boxes, sort by score,
-    cut to the pre-NMS N, full NMS, cut to the post-NMS N."""
+    (py-faster-rcnn proposal_layer.py): the anchors of the image's own area (their window starts on it:
+    the anchors the image alone has), decode them, clip, drop small boxes, sort by score, cut to the
+    pre-NMS N, full NMS, cut to the post-NMS N."""
     proposals, scores = [], []
-    for i, image_hw in enumerate(image_sizes):
-        boxes = clip_boxes_to_image(decode_boxes(deltas[i], anchors), image_hw)
+    for i, (height, width) in enumerate(image_sizes):
+        window_start = (anchors[:, :2] + anchors[:, 2:]) / 2 - stride / 2  # [A, 2] (x, y)
+        own = torch.where((window_start[:, 0] < width) & (window_start[:, 1] < height))[0]
+        boxes = clip_boxes_to_image(decode_boxes(deltas[i][own], anchors[own]), (height, width))
         keep = remove_small_boxes(boxes, settings.min_size_px)
-        boxes, image_logits = boxes[keep], logits[i][keep]
+        boxes, image_logits = boxes[keep], logits[i][own][keep]
         order = image_logits.argsort(descending=True)[: settings.pre_nms_top_n]
         boxes, image_scores = boxes[order], torch.sigmoid(image_logits[order])
         keep = nms(boxes, image_scores, settings.nms_thresh)[: settings.post_nms_top_n]

@@ -149,14 +149,22 @@ class ExportableDetector(nn.Module):
         """RPN + proposal layer at the test settings (§3.1, §3.3), in the authors' order as
         :meth:`frcnn.modeling.rpn.RegionProposalNetwork.propose`: decode every anchor, clip, drop boxes
         under ``min_size`` network-input px (the minimum size in original-image px x the resize
-        factor), top pre-NMS N by objectness, NMS, top post-NMS N. -> [P, 4]."""
+        factor), top pre-NMS N by objectness, NMS, top post-NMS N. Only anchors centred on the image padded
+        to a multiple of the stride compete (:func:`frcnn.modeling.anchors.centred_on_own_area`: all of them
+        where the feature map has ceil(H / stride) x ceil(W / stride) positions, as the eager model's). -> [P, 4]."""
         logits, deltas = self.rpn_head(features)  # [1, A], [1, A, 4]
         anchors = grid_anchors(self.reference_anchors, (features.shape[-2], features.shape[-1]), self.stride)
         anchor_deltas = deltas[0] if self.use_regression else torch.zeros_like(anchors)
         boxes = decode_deltas(anchor_deltas, anchors, [1.0, 1.0, 1.0, 1.0], self.max_log_scale)  # [A, 4]
         boxes = clip_boxes_to_image(boxes, (height, width))
         widths, heights = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
-        keep = torch.where((widths >= min_size) & (heights >= min_size))[0]  # remove_small_boxes' rule
+        own_height = (height + self.stride - 1) // self.stride * self.stride
+        own_width = (width + self.stride - 1) // self.stride * self.stride
+        centres_x = (anchors[:, 0] + anchors[:, 2]) / 2
+        centres_y = (anchors[:, 1] + anchors[:, 3]) / 2
+        on_own_area = (centres_x < own_width) & (centres_y < own_height)
+        big_enough = (widths >= min_size) & (heights >= min_size)  # remove_small_boxes' rule
+        keep = torch.where(big_enough & on_own_area)[0]
         boxes, logits = boxes[keep], logits[0][keep]
         num_big_enough = logits.shape[0]
         top_n = num_big_enough if self.pre_nms_top_n <= 0 else min(self.pre_nms_top_n, num_big_enough)

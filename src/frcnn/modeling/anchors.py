@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -79,6 +80,23 @@ def inside_image(anchors_xyxy: Tensor, image_hw: tuple[int, int], allowed_border
         & (anchors_xyxy[:, 2] <= width + allowed_border_px)
         & (anchors_xyxy[:, 3] <= height + allowed_border_px)
     )
+
+
+def centred_on_own_area(anchors_xyxy: Tensor, image_sizes: Sequence[tuple[int, int]], stride: int) -> Tensor:
+    """Which anchors of a padded batch belong to each picture: those centred on the picture's own area,
+    (H_i, W_i) padded alone to a multiple of ``stride``, not on the padding a larger picture of the batch
+    adds. These are the anchor positions a pass of the picture alone has (its feature map has
+    ceil(H_i / stride) x ceil(W_i / stride) positions): the sliding window of position (y, x) starts on
+    the picture, y * stride < H_i and x * stride < W_i. The authors run one picture per pass and never
+    have other anchors (an anchor of the picture's last row or column may be centred up to stride / 2
+    beyond its edge, as theirs are).
+
+    anchors_xyxy [A, 4] (:func:`grid_anchors`), image_sizes [(H_i, W_i)] * B -> bool [B, A].
+    """
+    own_hw = [(math.ceil(h / stride) * stride, math.ceil(w / stride) * stride) for h, w in image_sizes]
+    limits = anchors_xyxy.new_tensor([[w, h] for h, w in own_hw]).reshape(-1, 2)  # [B, 2] (x, y)
+    centres = (anchors_xyxy[:, :2] + anchors_xyxy[:, 2:]) / 2  # [A, 2]
+    return (centres[None, :, :] < limits[:, None, :]).all(dim=-1)
 
 
 def label_anchors(

@@ -11,7 +11,7 @@ from torch import Tensor, nn
 
 from frcnn.layers.nms import nms_top_n_per_image
 from frcnn.layers.precision import full_precision
-from frcnn.modeling.anchors import AnchorGenerator, inside_image, label_anchors
+from frcnn.modeling.anchors import AnchorGenerator, centred_on_own_area, inside_image, label_anchors
 from frcnn.modeling.boxes import decode_boxes, encode_boxes
 from frcnn.modeling.sampling import sample_balanced
 
@@ -215,10 +215,22 @@ class RegionProposalNetwork(nn.Module):
         scaled 1.6x to 600 px is 25.6 px). ``image_scales``: network-input px per original px,
         one per image (None: 1, images not rescaled).
 
+        Proposals from the picture, not its padding: in a batch of pictures of different sizes
+        (zero-padded to a common size), the anchors centred over the padding a larger picture adds
+        do not compete for picture i's proposals (:func:`frcnn.modeling.anchors.centred_on_own_area`:
+        those of its own area padded alone to a multiple of the stride). The authors run one picture
+        per pass and never have them; decoded and clipped they would rank by scores the RPN loss never
+        trained (they cross the border, §3.3). A picture alone (and every inference pass, which runs
+        pictures of one padded size together) has no such anchors: its proposals are unchanged. What
+        remains different from running the picture alone: the features near its right and bottom
+        border see the batch's padding through the convolutions (the layers' outputs over the padding
+        are not the zeros the picture alone is padded with), so its border anchors' scores and deltas
+        differ a little.
+
         The whole batch is decoded, clipped and size-tested at once; boxes under the minimum size
-        rank last (score -inf) in one top-k over [B, A] and are then left out. NMS stops once it has
-        kept the post-NMS N (:func:`frcnn.layers.nms.nms_top_n`, same boxes as full NMS + cut), the
-        images of the batch on parallel threads on the CPU.
+        (or of anchors over the padding) rank last (score -inf) in one top-k over [B, A] and are then
+        left out. NMS stops once it has kept the post-NMS N (:func:`frcnn.layers.nms.nms_top_n`, same
+        boxes as full NMS + cut), the images of the batch on parallel threads on the CPU.
         anchors [A, 4], logits [B, A], deltas [B, A, 4] -> per image (boxes [<=N, 4], scores [<=N]
         sorted desc).
 
@@ -226,6 +238,19 @@ class RegionProposalNetwork(nn.Module):
         then they stay functions of ``deltas`` (non-approximate joint training, §3.2 iii): the
         selections (min size, top-k, NMS) pick boxes without gradient, decoding and clipping
         pass it (see :mod:`frcnn.layers.roi_warp` for the rule). Scores are always constants.
+        """
+        boxes, scores, picked = self.select_anchors(anchors, logits, deltas, image_sizes, settings, image_scales,
+                                                    keep_box_graph)
+        proposals = [image_boxes[index] for image_boxes, index in zip(boxes, picked)]
+        proposal_scores = [image_scores[index] for image_scores, index in zip(scores, picked)]
+        return proposals, proposal_scores
+
+    def select_anchors(
+        self, anchors: Tensor, logits: Tensor, deltas: Tensor, image_sizes: list[tuple[int, int]],
+        settings: ProposalSettings, image_scales: list[float] | None = None, keep_box_graph: bool = False,
+    ) -> tuple[Tensor, Tensor, list[Tensor]]:
+        """The selection of :meth:`propose` (its rules), by anchor: -> (decoded, clipped boxes [B, A, 4],
+        scores [B, A], per image the indices of the anchors whose boxes are its proposals [N_i], best first).
         """
         logits = logits.detach()
         if not keep_box_graph:
@@ -242,22 +267,19 @@ class RegionProposalNetwork(nn.Module):
         min_side_px = logits.new_tensor([settings.min_size_px * scale for scale in scales])[:, None]  # [B, 1]
         sides = boxes.detach()
         big_enough = ((sides[..., 2] - sides[..., 0]) >= min_side_px) & ((sides[..., 3] - sides[..., 1]) >= min_side_px)
+        eligible = big_enough & centred_on_own_area(anchors, image_sizes, self.anchor_generator.stride)  # [B, A]
         top_n = num_anchors if settings.pre_nms_top_n <= 0 else min(settings.pre_nms_top_n, num_anchors)
-        _, top_idx = logits.masked_fill(~big_enough, float("-inf")).topk(top_n, dim=1)  # [B, K]
-        top_big_enough = big_enough.gather(1, top_idx)  # [B, K]: a prefix of each row (the -inf rank last)
+        _, top_idx = logits.masked_fill(~eligible, float("-inf")).topk(top_n, dim=1)  # [B, K]
+        top_eligible = eligible.gather(1, top_idx)  # [B, K]: a prefix of each row (the -inf rank last)
         scores = torch.sigmoid(logits)
-        candidates = []  # per image: (boxes [K_i, 4], scores [K_i]) big enough, by decreasing score
-        for i in range(batch):
-            kept = top_idx[i][top_big_enough[i]]
-            candidates.append((boxes[i][kept], scores[i][kept]))
-        if settings.use_nms:  # NMS selects on the box values; the graph (if any) stays on `candidates`
-            keeps = nms_top_n_per_image([(b.detach(), s) for b, s in candidates], settings.nms_thresh,
-                                        settings.post_nms_top_n)
+        candidates = [top_idx[i][top_eligible[i]] for i in range(batch)]  # per image: anchors by decreasing score
+        if settings.use_nms:  # NMS selects on the box values; the graph (if any) stays on `boxes`
+            keeps = nms_top_n_per_image([(sides[i][kept], scores[i][kept]) for i, kept in enumerate(candidates)],
+                                        settings.nms_thresh, settings.post_nms_top_n)
         else:  # already sorted by score (topk)
-            keeps = [torch.arange(min(s.numel(), settings.post_nms_top_n), device=s.device) for _, s in candidates]
-        proposals = [image_boxes[keep] for (image_boxes, _), keep in zip(candidates, keeps)]
-        proposal_scores = [image_scores[keep] for (_, image_scores), keep in zip(candidates, keeps)]
-        return proposals, proposal_scores
+            keeps = [torch.arange(min(kept.numel(), settings.post_nms_top_n), device=kept.device)
+                     for kept in candidates]
+        return boxes, scores, [kept[keep] for kept, keep in zip(candidates, keeps)]
 
     def proposals_at(self, features: Tensor, image_sizes: list[tuple[int, int]], settings: Sequence[ProposalSettings],
                      image_scales: list[float] | None = None) -> list[tuple[list[Tensor], list[Tensor]]]:
