@@ -59,6 +59,8 @@ def run_cli(*args, timeout=120):
     ("trainer.precision=8", r"trainer\.precision=8 is not allowed; allowed: .*32-true"),
     ("trainer.strategy=horovod", r"trainer\.strategy='horovod' is not allowed; allowed: .*ddp"),
     ("trainer.devices=0", r"trainer\.devices: expected"),
+    ("trainer.progress_every_s=0", r"trainer\.progress_every_s=0 is out of range: must be > 0"),
+    ("trainer.progress_every_s=often", r"trainer\.progress_every_s: expected a number > 0, got 'often'"),
     ("trainer.strategy=ddp_spawn", r"trainer\.strategy=ddp_spawn is not supported: .*use trainer\.strategy=ddp"),
     ("roi_head.rois_per_minibatch=510", r"roi_head\.rois_per_minibatch \(510\) must be a multiple of "
                                         r"schedule\.alternating\.stage1_det\.images_per_batch \(4\)"),

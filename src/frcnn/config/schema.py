@@ -304,10 +304,11 @@ TRAINER = Node(
         "strategy": Choice(_strategies),
         "precision": Choice(PRECISIONS),
         "log_every_n_steps": COUNT,
-        "enable_progress_bar": Bool(),
+        "enable_progress_bar": Bool(),  # false: no progress bar or progress lines (frcnn.lit.progress)
+        "progress_every_s": Number(0.0, low_open=True),  # seconds between progress lines when stdout is no terminal
         "deterministic": AnyOf([Bool(), Choice(["warn"])]),
     },
-    optional=frozenset({"deterministic"}),
+    optional=frozenset({"deterministic", "progress_every_s"}),
 )
 
 _NAME_ONLY = Node({"name": Free()})
