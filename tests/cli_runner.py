@@ -23,6 +23,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 from tests.conftest import REPO_ROOT
@@ -71,6 +72,51 @@ def run_script(args, cwd=REPO_ROOT, env=None, timeout=300) -> subprocess.Complet
             raise subprocess.TimeoutExpired([sys.executable, *args], timeout)
         return subprocess.CompletedProcess([sys.executable, *args], process.exitcode,
                                            out_path.read_text(errors="replace"), err_path.read_text(errors="replace"))
+
+
+def run_in_terminal(args, cwd=REPO_ROOT, env=None, timeout=300, columns=160) -> subprocess.CompletedProcess:
+    """``python <script> <args...>`` with its stdout on a pseudo-terminal of ``columns`` columns (a user's
+    terminal: ``sys.stdout.isatty()`` is true), its stderr in a file; started as :func:`run_script` starts
+    it. -> a CompletedProcess whose stdout is what the terminal received (carriage returns and all)."""
+    import fcntl
+    import pty
+    import select
+    import struct
+    import termios
+
+    args = [str(a) for a in args]
+    env = dict(os.environ if env is None else env)
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, columns, 0, 0))
+    received = bytearray()
+    with tempfile.TemporaryDirectory(prefix="frcnn_cli_") as tmp:
+        err_path = Path(tmp) / "stderr"
+        if _use_fresh_processes():
+            with open(err_path, "w") as err:
+                process = subprocess.Popen([sys.executable, *args], cwd=cwd, env=env, stdout=slave, stderr=err)
+            alive, exitcode = (lambda: process.poll() is None), (lambda: process.returncode)
+        else:  # the child opens the terminal by its name as its stdout (O_TRUNC does nothing to a terminal)
+            process = fork_server().Process(target=_run_as_main,
+                                             args=(args, str(cwd), env, os.ttyname(slave), str(err_path)))
+            process.start()
+            alive, exitcode = process.is_alive, (lambda: process.exitcode)
+        try:
+            deadline = time.monotonic() + timeout
+            while True:
+                if select.select([master], [], [], 0.2)[0]:
+                    received += os.read(master, 65536)
+                elif not alive():
+                    while select.select([master], [], [], 0.1)[0]:  # what it wrote just before it ended
+                        received += os.read(master, 65536)
+                    break
+                if time.monotonic() > deadline:
+                    process.kill()
+                    raise subprocess.TimeoutExpired([sys.executable, *args], timeout)
+        finally:
+            os.close(master)
+            os.close(slave)
+        return subprocess.CompletedProcess([sys.executable, *args], exitcode(),
+                                           received.decode(errors="replace"), err_path.read_text(errors="replace"))
 
 
 def _run_as_main(args: list[str], cwd: str, env: dict, out_path: str, err_path: str) -> None:

@@ -1,4 +1,4 @@
-"""Loggers: W&B falls back to offline by itself and says how to sync; csv/none work."""
+"""Loggers: W&B falls back to offline by itself and the run's closing summary says how to sync; csv/none work."""
 
 import os
 
@@ -6,6 +6,7 @@ import pytest
 
 from frcnn.engine.loggers import build_logger, resolve_wandb_mode
 from frcnn.engine.recipes import run_recipe
+from frcnn.engine.run_report import closing_summary
 
 TINY = ["recipe=joint", "data.num_train=4", "data.num_val=2", "schedule.joint.max_steps=2",
         "schedule.joint.images_per_batch=2", "recipe.val_every_n_epochs=null"]
@@ -48,11 +49,11 @@ def test_default_wandb_logger_runs_offline_and_prints_sync_command(compose_cfg, 
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     cfg = compose_cfg(TINY, tmp_path / "run")
     assert cfg["logger"]["name"] == "wandb"
-    run_recipe(cfg, tmp_path / "run")
+    metrics = run_recipe(cfg, tmp_path / "run")
     captured = capsys.readouterr()
-    out = captured.out
-    assert "wandb sync" in out
-    assert "anonymous setting" not in out + captured.err  # wandb's answer to Lightning's anonymous=None
+    assert "anonymous setting" not in captured.out + captured.err  # wandb's answer to Lightning's anonymous=None
+    assert "wandb sync" not in captured.out  # not once per stage: once, in the run's closing summary
     runs = list((tmp_path / "run" / "wandb").glob("offline-run-*"))
     assert len(runs) == 2 and all(any(run.glob("*.wandb")) for run in runs)  # the joint stage + the final evaluation
-    assert out.count("wandb sync") == 2
+    summary = closing_summary(metrics, tmp_path / "run")
+    assert summary.count("wandb sync") == 1 and f"wandb sync {tmp_path / 'run' / 'wandb'}/offline-run-*" in summary

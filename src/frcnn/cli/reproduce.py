@@ -40,6 +40,7 @@ from frcnn.reproduce.tables import (
     paper_table,
     slug,
 )
+from frcnn.utils.progress import Countdown
 
 QUICK_SEEDS = (0, 1, 2)
 PAPER_EXPERIMENT = {table: f"experiment=paper/ablation_{table}" for table in TABLES}
@@ -58,15 +59,20 @@ def base_overrides(table: str, quick: bool, steps: int, num_train: int | None, n
     return merge_overrides(base, extra)
 
 
+def rows_to_run(table: PaperTable, quick: bool, all_rows: bool) -> list:
+    """The settings of ``table`` this invocation runs: in --quick, not those marked ``quick: false`` (e.g. λ=3:
+    a training with no paper number to compare with is not worth its minutes) unless --all-rows."""
+    return [setting for setting in table.settings if setting.quick or all_rows or not quick]
+
+
 def run_table(store, table: PaperTable, base: Sequence[str], seed: int, quick: bool, all_rows: bool,
-              outcomes: dict) -> None:
+              outcomes: dict, countdown: Countdown | None = None) -> None:
     """Train (or read back) and evaluate every row of ``table`` for ``seed`` into
-    ``outcomes[label][seed]``. Test-time rows re-evaluate the default row's model."""
+    ``outcomes[label][seed]``. Test-time rows re-evaluate the default row's model. Each row's line
+    says which row of the invocation's it was and the ETA of them all (``countdown``)."""
     default_setting = table.setting(table.default)
     trained_default = None
-    for setting in table.settings:
-        if quick and not setting.quick and not all_rows:
-            continue  # e.g. λ=3: a training with no paper number to compare with is not worth its minutes
+    for setting in rows_to_run(table, quick, all_rows):
         if setting.test is not None:
             if trained_default is None:
                 trained_default = store.train(merge_overrides(base, default_setting.training), seed,
@@ -77,8 +83,8 @@ def run_table(store, table: PaperTable, base: Sequence[str], seed: int, quick: b
             outcome = store.train(merge_overrides(base, setting.training), seed, f"{table.key}_{setting.label}")
         outcomes.setdefault(setting.label, {})[seed] = outcome
         print(f"[{table.name}] seed {seed} {setting.label}: {outcome.status}"
-              + ("" if outcome.metrics is None else f", {table.metric} {100 * outcome.metrics[table.metric]:.1f}"),
-              flush=True)
+              + ("" if outcome.metrics is None else f", {table.metric} {100 * outcome.metrics[table.metric]:.1f}")
+              + (f" ({countdown.tick()})" if countdown is not None else ""), flush=True)
 
 
 def write_report(out_dir: Path, tables: Sequence[PaperTable], outcomes: dict, seeds: Sequence[int], quick: bool,
@@ -172,10 +178,12 @@ def reproduce_tables(table_keys: Sequence[str], out_dir: Path, quick: bool, step
     fig4_outcomes: list = []
     fig4_table = next((t for t in tables if t.key == "proposals"), tables[0])  # its default model's recall
     start = time.perf_counter()
+    countdown = Countdown(len(seeds) * sum(len(rows_to_run(t, quick, all_rows)) for t in tables), "row",
+                          "the tables" if len(tables) > 1 else "the table")
     for seed in seeds:
         for table in tables:
             base = base_overrides(table.key, quick, steps, num_train, num_val, extra, data)
-            run_table(store, table, base, seed, quick, all_rows, outcomes.setdefault(table.key, {}))
+            run_table(store, table, base, seed, quick, all_rows, outcomes.setdefault(table.key, {}), countdown)
         if fig4:
             fig4_outcomes.append(outcomes[fig4_table.key][fig4_table.default][seed])
         header = report_header(command, quick, steps, seeds, time.perf_counter() - start, compute_seconds(outcomes),

@@ -225,7 +225,15 @@ def _hydra_run() -> dict[str, Any]:
         "job_num": hc.job.get("num"),
         "launcher": str(hc.launcher.get("_target_", "")),
         "experiment": hc.runtime.choices.get("experiment"),  # the preset's name; None with ~experiment
+        "data_overrides": eval_data_overrides(hc.runtime.choices.get("data"), list(hc.overrides.task)),
     }
+
+
+def eval_data_overrides(data_choice: str | None, task_overrides: Sequence[str]) -> list[str]:
+    """The data arguments of ``scripts/eval.py`` for the data this run trained on: its data group
+    choice (``data=voc``, also when a preset chose it) and the command line's ``data.*`` overrides."""
+    chosen = [f"data={data_choice}"] if data_choice else []
+    return chosen + [text for text in task_overrides if text.lstrip("+").startswith("data.")]
 
 
 def _num_processes(trainer_cfg: Mapping[str, Any]) -> int:
@@ -290,8 +298,12 @@ def train(cfg: DictConfig | Mapping[str, Any]) -> dict:
         logger_cfg["run_name"] = logger_cfg.get("run_name") or sweep_run_name(run["override_dirname"], run["job_num"])
         plain["logger"] = logger_cfg
     from frcnn.engine.recipes import run_recipe  # lazy: torch + Lightning only once the config is known good
+    from frcnn.engine.run_report import closing_summary
 
-    return run_recipe(plain, plain["run_dir"])
+    metrics = run_recipe(plain, plain["run_dir"])
+    if "cwd" in run and not _launched_as_a_further_rank():  # a Hydra job's rank 0: what to do with the result
+        print(closing_summary(metrics, plain["run_dir"], run.get("data_overrides", ())), flush=True)
+    return metrics
 
 
 def run_job(cfg: DictConfig) -> float | None:

@@ -174,22 +174,22 @@ def read_csv_rows_before(path: Path, step: int) -> list[dict]:
     return [row for row in rows if "step" in row and int(float(row["step"])) < step]
 
 
-def finish_logger(logger) -> None:
-    """Close a W&B run and say how to upload it when it was offline."""
+def finish_logger(logger) -> Path | None:
+    """Close a W&B run -> its folder when it ran offline, else None. Nothing is printed: a run's closing
+    summary (frcnn.engine.run_report.closing_summary) gives one ``wandb sync`` command for all its stages."""
     try:
         from lightning.pytorch.loggers import WandbLogger
     except ImportError:  # pragma: no cover
-        return
+        return None
     if not isinstance(logger, WandbLogger):
-        return
+        return None
     import wandb
 
     run = logger.experiment
     run_dir = Path(run.dir).parent if getattr(run, "dir", None) else None
     offline = bool(getattr(run, "offline", False))
     wandb.finish()
-    if run_dir is not None and offline:
-        print(f"W&B run saved offline in {run_dir}\n  upload it later with: wandb sync {run_dir}")
+    return run_dir if offline else None
 
 
 def flat_scalar_metrics(metrics: Mapping[str, Any], prefix: str = "final") -> dict[str, float]:

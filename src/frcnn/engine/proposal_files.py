@@ -23,6 +23,7 @@ from frcnn.modeling.rpn import ProposalSettings
 
 PROPOSAL_FILE_NAME = "proposals.safetensors"  # in <run_dir>/stage1_proposals, stage2_proposals
 PROPOSE_CHUNK_BATCHES = 16  # proposal batches held in memory before they are written
+PROPOSAL_BATCH_SIZE = 4  # images per RPN pass of a proposal stage (the file does not depend on it)
 
 
 def _dist_info() -> tuple[int, int]:
@@ -99,8 +100,15 @@ def shard_path(path: Path, rank: int, world: int) -> Path:
     return path.with_name(f"{path.stem}.rank{rank}-of-{world}{path.suffix}")
 
 
+def images_of_this_rank(num_images: int, batch_size: int = PROPOSAL_BATCH_SIZE) -> int:
+    """How many of ``num_images`` this process proposes (all of them without torch.distributed)."""
+    rank, world = _dist_info()
+    return len(shard_range(num_images, rank, world, batch_size))
+
+
 def generate_proposal_file(model, dataset, settings: ProposalSettings, path: str | Path, device="cpu",
-                           on_progress: Callable[[int], None] | None = None, batch_size: int = 4) -> Path:
+                           on_progress: Callable[[int], None] | None = None,
+                           batch_size: int = PROPOSAL_BATCH_SIZE) -> Path:
     """Propose boxes for every image of ``dataset`` and write one complete file at ``path``
     (:mod:`frcnn.engine.proposal_store`; the same bytes for every ``batch_size``: see
     :func:`propose_images`), streaming: memory does not grow with the dataset.

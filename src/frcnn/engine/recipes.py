@@ -35,10 +35,12 @@ from frcnn.engine.proposal_files import (
     PROPOSAL_FILE_NAME,
     ProposalDataset,
     generate_proposal_file,
+    images_of_this_rank,
     load_proposal_file,
 )
 from frcnn.engine.proposal_store import ProposalFile
 from frcnn.engine.resume import check_run_config, finished_metrics, resume_checkpoint
+from frcnn.engine.run_report import stage_banner
 from frcnn.engine.target_stats import use_empirical_targets
 from frcnn.evaluation.evaluate import evaluate_split
 from frcnn.evaluation.proposal_recall import format_recall_table
@@ -49,12 +51,14 @@ from frcnn.lit.callbacks import CheckpointOnSigterm, FaultPoint, StepSeed, seed_
 from frcnn.lit.checkpoint_io import AtomicCheckpointIO
 from frcnn.lit.guards import LossGuard
 from frcnn.lit.joint import JointModule
+from frcnn.lit.progress import stage_progress
 from frcnn.lit.stages import StageModule
 from frcnn.lit.val_images import PictureCollector, ValidationPictureLogger
 from frcnn.modeling.faster_rcnn import UnsharedFasterRCNN
 from frcnn.modeling.rpn import ProposalSettings
 from frcnn.utils.atomic_io import atomic_torch_save, atomic_write_json, atomic_write_text
 from frcnn.utils.fault_injection import fault_point
+from frcnn.utils.progress import configure_progress, start_progress
 from frcnn.utils.run_lock import RunDirLock
 
 log = logging.getLogger(__name__)
@@ -92,6 +96,7 @@ def build_datamodule(cfg: Mapping[str, Any], images_per_batch: int, train_factor
 def build_trainer(cfg: Mapping[str, Any], stage_dir: Path, stage_name: str, max_steps: int, logger,
                   val_every_n_epochs: int | None, extra_callbacks: list | None = None) -> L.Trainer:
     trainer_cfg = cfg["trainer"]
+    progress, enable_progress_bar = stage_progress(stage_name, trainer_cfg)  # a bar in a terminal, else lines
     checkpoint = ModelCheckpoint(
         dirpath=stage_dir / "checkpoints", save_last=True, save_top_k=0,
         every_n_train_steps=int(cfg["recipe"].get("checkpoint_every_n_steps", 200)),
@@ -103,10 +108,10 @@ def build_trainer(cfg: Mapping[str, Any], stage_dir: Path, stage_name: str, max_
         check_val_every_n_epoch=int(val_every_n_epochs) if val_every_n_epochs else None,
         limit_val_batches=None if val_every_n_epochs else 0,  # None: all batches, without Lightning's note
         log_every_n_steps=int(trainer_cfg["log_every_n_steps"]),
-        enable_progress_bar=bool(trainer_cfg["enable_progress_bar"]),
+        enable_progress_bar=enable_progress_bar,
         deterministic=bool(trainer_cfg.get("deterministic", False)),
         gradient_clip_val=cfg["optim"].get("gradient_clip_norm"),
-        default_root_dir=str(stage_dir), logger=logger, callbacks=[checkpoint, *(extra_callbacks or [])],
+        default_root_dir=str(stage_dir), logger=logger, callbacks=[checkpoint, *progress, *(extra_callbacks or [])],
         num_sanity_val_steps=0, enable_model_summary=False,
         plugins=[AtomicCheckpointIO()],  # last.ckpt: .tmp beside it, fsync, rename; the old one survives a failed write
     )
@@ -135,6 +140,8 @@ def fit_stage(cfg: Mapping[str, Any], run_dir: Path, stage_name: str, module: L.
     """
     stage_dir = run_dir / stage_name
     weights = stage_dir / "model.pt"
+    if rank_zero_only.rank == 0:
+        log.info("%s", stage_banner(cfg, stage_name, f"{int(schedule['max_steps'])} steps"))
     if (stage_dir / "DONE").exists() and weights.exists():
         log.info("stage %s already finished; loading %s", stage_name, weights)
         module.model.load_state_dict(read_torch_file(weights, "stage weights file"))
@@ -225,6 +232,8 @@ def proposal_stage(cfg: Mapping[str, Any], run_dir: Path, stage_name: str, model
     (atomically; streamed, so memory does not grow with the dataset); a file that does not load
     (damaged) is moved aside and the proposals are computed again."""
     path = run_dir / stage_name / PROPOSAL_FILE_NAME
+    if rank_zero_only.rank == 0:
+        log.info("%s", stage_banner(cfg, stage_name, f"{len(dataset)} images"))
     if path.exists():
         try:
             return load_proposal_file(path, len(dataset))
@@ -237,7 +246,15 @@ def proposal_stage(cfg: Mapping[str, Any], run_dir: Path, stage_name: str, model
         pre_nms_top_n=int(prop_cfg["pre_nms_top_n"]), post_nms_top_n=int(prop_cfg["post_nms_top_n"]),
         nms_thresh=float(prop_cfg["nms_thresh"]), min_size_px=float(cfg["rpn"]["min_size"]),
     )
-    generate_proposal_file(model, dataset, settings, path, on_progress=lambda done: fault_point(stage_name, done))
+    progress = start_progress(stage_name, images_of_this_rank(len(dataset)), "images")  # rank 0's share under DDP
+
+    def on_progress(done: int) -> None:
+        progress.update(done)
+        fault_point(stage_name, done)
+
+    generate_proposal_file(model, dataset, settings, path, on_progress=on_progress)
+    progress.update(images_of_this_rank(len(dataset)))
+    progress.close()
     timings[stage_name] = time.perf_counter() - start
     return load_proposal_file(path, len(dataset))
 
@@ -370,6 +387,14 @@ def finalize(cfg, run_dir: Path, model, class_names, datamodule, timings: dict[s
 
 
 RECIPES = {"joint": run_joint, "alternating": run_alternating}
+# Keys of the console a rerun may change, beside frcnn.engine.resume.RESUME_FREE_KEYS; left out of the
+# recorded config, so run dirs recorded before the key existed resume too
+CONSOLE_KEYS = ("progress_every_s",)  # of the trainer node
+
+
+def without_console_keys(cfg: Mapping[str, Any]) -> dict:
+    trainer = {k: v for k, v in cfg["trainer"].items() if k not in CONSOLE_KEYS}
+    return {**cfg, "trainer": trainer}
 
 
 def run_recipe(cfg: Mapping[str, Any], run_dir: str | Path) -> dict:
@@ -377,10 +402,12 @@ def run_recipe(cfg: Mapping[str, Any], run_dir: str | Path) -> dict:
     if name not in RECIPES:
         raise ValueError(f"recipe={name!r}; allowed: {sorted(RECIPES)}")
     run_dir = Path(run_dir)
+    trainer_cfg = cfg["trainer"]
+    configure_progress(trainer_cfg.get("progress_every_s"), bool(trainer_cfg.get("enable_progress_bar", True)))
     # one writer per run dir: rank 0 holds the lock for the whole run (the other ranks are its children)
     with RunDirLock(run_dir) if rank_zero_only.rank == 0 else contextlib.nullcontext():
         if rank_zero_only.rank == 0:
-            check_run_config(cfg, run_dir)  # refuses a changed config in a used run dir
+            check_run_config(without_console_keys(cfg), run_dir)  # refuses a changed config in a used run dir
         done = finished_metrics(run_dir)
         if done is not None:
             print(f"run in {run_dir} is already finished (map_50={done.get('map_50')}, metrics in "

@@ -15,12 +15,15 @@ import io
 import json
 import logging
 import math
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from hydra.experimental.callback import Callback
+
+from frcnn.utils.progress import eta_seconds, format_duration
 
 log = logging.getLogger(__name__)
 
@@ -171,8 +174,55 @@ def write_summary(sweep_dir: str | Path, keys: Sequence[str]) -> str:
     return f"{title}\n{format_text_table(header, rows)}"
 
 
+def count_sweep_jobs(task_overrides: Iterable[str], sweeper: Mapping[str, Any] | None = None) -> int | None:
+    """How many jobs a multirun launches: Optuna's ``n_trials``, else the product of the sizes of the
+    command line's and the sweeper's ``params`` sweeps (Hydra's basic sweeper); None when a sweep
+    cannot be counted (an interval)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    sweeper = sweeper or {}
+    if sweeper.get("n_trials") is not None:
+        return int(sweeper["n_trials"])
+    texts = [str(t) for t in task_overrides] + [f"{k}={v}" for k, v in (sweeper.get("params") or {}).items()]
+    parser, count = OverridesParser.create(), 1
+    try:
+        for text in texts:
+            override = parser.parse_override(text)
+            if override.is_sweep_override():
+                count *= len(list(override.sweep_string_iterator()))
+    except Exception:  # noqa: BLE001 - e.g. interval(0, 1): only a search sweeper can run it
+        return None
+    return count
+
+
 class SweepSummaryCallback(Callback):
-    """Hydra callback: on_multirun_end -> print + write the sweep summary (see module doc)."""
+    """Hydra callback: a line as each job starts (job k of n, the sweep's ETA); on_multirun_end, print
+    and write the sweep summary (see module doc)."""
+
+    def __init__(self) -> None:
+        self.total_jobs: int | None = None
+        self.keys: list[str] = []
+        self.start = time.monotonic()
+
+    def on_multirun_start(self, config, **kwargs: Any) -> None:
+        sweeper = config.hydra.get("sweeper")
+        self.total_jobs = count_sweep_jobs(list(config.hydra.overrides.task), dict(sweeper) if sweeper else None)
+        params = sweeper.get("params") if sweeper else None
+        self.keys = sweep_keys(list(config.hydra.overrides.task), dict(params) if params else None)
+        self.start = time.monotonic()
+
+    def on_job_start(self, config, **kwargs: Any) -> None:
+        """'sweep job 2 of 3 (rpn.lambda=10); elapsed 5m02s, ETA of the sweep 10m04s' (jobs run in this
+        process: Hydra's basic launcher)."""
+        if not self.total_jobs or "num" not in config.hydra.job:
+            return
+        num, elapsed = int(config.hydra.job.num), time.monotonic() - self.start
+        eta = eta_seconds(num, self.total_jobs, elapsed)
+        overrides = dict(p for p in map(parse_override, map(str, config.hydra.overrides.task)) if p is not None)
+        swept = " ".join(f"{key}={overrides[key]}" for key in self.keys if key in overrides)
+        log.info("sweep job %d of %d (%s); elapsed %s, ETA of the sweep %s", num + 1, self.total_jobs,
+                 swept or config.hydra.job.override_dirname, format_duration(elapsed),
+                 format_duration(eta) if eta is not None else "-")
 
     def on_multirun_end(self, config, **kwargs: Any) -> None:
         sweep_dir = Path(str(config.hydra.sweep.dir))

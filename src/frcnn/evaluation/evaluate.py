@@ -16,6 +16,7 @@ from frcnn.evaluation.proposal_recall import (
     update_from_targets,
 )
 from frcnn.evaluation.voc_ap import DetectionEvaluator
+from frcnn.utils.progress import start_progress
 
 # CocoEvaluator's keys -> the keys under metrics["coco"]
 _COCO_KEYS = {
@@ -59,6 +60,7 @@ def evaluate_split(
     iou_thresholds: Sequence[float] = PAPER_IOU_THRESHOLDS,
     coco: bool = True,
     on_batch: Callable[[list[Tensor], list[dict], list[dict]], None] | None = None,
+    progress_name: str = "evaluation",
 ) -> tuple[dict, dict]:
     """One pass over the split scoring detections and proposals -> (metrics, pr_curves).
 
@@ -73,12 +75,15 @@ def evaluate_split(
     The shared conv layers run once per image (``model.detect_and_rank``); ``on_batch(images,
     targets, detections)`` sees every batch (e.g. to draw the first few). The result does not
     depend on the loader's batch size (:func:`frcnn.modeling.faster_rcnn.padded_size_groups`).
+    Progress (images done, ETA) as ``progress_name`` (:func:`frcnn.utils.progress.start_progress`).
     """
     was_training = model.training
     model.eval()
     voc = DetectionEvaluator(num_classes=len(class_names), class_names=list(class_names))
     coco_evaluator = CocoEvaluator() if coco else None
     recall = ProposalRecallAccumulator(top_ns, iou_thresholds) if top_ns else None
+    progress = start_progress(progress_name, len(getattr(dataloader, "dataset", ())), "images")
+    done = 0
     try:
         for images, targets in dataloader:
             images = [img.to(device) for img in images]
@@ -94,8 +99,11 @@ def evaluate_split(
                 coco_evaluator.update(*detections_in_original_pixels(detections, targets, images))
             if on_batch is not None:
                 on_batch(images, targets, detections)
+            done += len(images)
+            progress.update(done)
     finally:
         model.train(was_training)
+        progress.close()
     metrics = voc.compute()
     if coco_evaluator is not None:
         coco_result = coco_evaluator.compute()

@@ -34,6 +34,7 @@ from omegaconf import OmegaConf
 from frcnn.config.schema import ALTERNATING_STAGES
 from frcnn.reproduce.report import format_number
 from frcnn.reproduce.tables import CONFIG_DIR, DEFAULT_QUICK_DATA, QUICK_DATA, QuickData
+from frcnn.utils.progress import Countdown
 
 
 def cpu_schedule_lengths(schedule: str) -> tuple[int, dict[str, int]]:
@@ -178,6 +179,7 @@ def reproduce_schemes(out_dir: Path, quick: bool = False, steps: int = 100, num_
                              + ", ".join(f"{i}: {s[0]}" for i, s in enumerate(SCHEMES)))
     base = quick_overrides(steps, num_train, num_val, data) if quick else [f"experiment={data.experiment}"]
     rows = []
+    countdown = Countdown(len(schemes) * len(seeds), "run", "the schemes")
     for i, (key, label, scheme_overrides, paper) in schemes:
         seed_rows = []
         for seed in seeds:
@@ -191,7 +193,7 @@ def reproduce_schemes(out_dir: Path, quick: bool = False, steps: int = 100, num_
                 outcome = train_in(run_dir, compose(overrides, run_dir), seed_label)
             except Exception as exc:  # noqa: BLE001 - a bad override is this scheme's failure
                 outcome = failed(exc, run_dir, start)
-            print(f"[schemes] {seed_label}: {time.perf_counter() - start:.0f} s", flush=True)
+            print(f"[schemes] {seed_label}: {time.perf_counter() - start:.0f} s ({countdown.tick()})", flush=True)
             row = scheme_row(key, seed_label, paper, run_dir, outcome.metrics, outcome.status)
             seed_rows.append({**row, "seed": seed, "scheme_label": label})
         rows += seed_rows + ([mean_row(seed_rows)] if len(seeds) > 1 else [])

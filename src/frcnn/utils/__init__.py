@@ -1,1 +1,1 @@
-"""Run-directory plumbing: atomic writes, the run lock, fault injection, host description."""
+"""Run-directory plumbing: atomic writes, the run lock, fault injection, host description, progress lines."""

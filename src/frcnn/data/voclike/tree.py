@@ -24,6 +24,7 @@ from PIL import Image
 
 from frcnn.data.voclike.scene import SceneObject, render_scene
 from frcnn.data.voclike.voc2007 import CLASS_NAMES
+from frcnn.utils.progress import start_progress
 
 GENERATOR_VERSION = 1  # bump when a change to the generator changes its pictures or annotations
 SPLIT_STREAMS = {"trainval": 0, "test": 1}
@@ -87,9 +88,11 @@ def write_tree(params: VoclikeParams, root: Path) -> Path:
     for folder in ("Annotations", "JPEGImages", "ImageSets/Main"):
         (root / folder).mkdir(parents=True, exist_ok=True)
     counts = {}
+    progress = start_progress(f"writing the VOC-like data to {root.parent}", params.num_trainval + params.num_test)
     for split, number in (("trainval", params.num_trainval), ("test", params.num_test)):
         ids = []
         for index in range(number):
+            progress.update(sum(counts.values()) + index)
             image, objects = render_item(params, split, index)
             name = image_id(split, index)
             Image.fromarray(image).save(root / "JPEGImages" / f"{name}.jpg", quality=JPEG_QUALITY, subsampling=0)
@@ -98,6 +101,8 @@ def write_tree(params: VoclikeParams, root: Path) -> Path:
             ids.append(name)
         (root / "ImageSets" / "Main" / f"{split}.txt").write_text("\n".join(ids) + "\n")
         counts[split] = number
+    progress.update(sum(counts.values()))
+    progress.close()
     manifest = {"generator_version": GENERATOR_VERSION, "params": asdict(params), "images": counts,
                 "classes": list(CLASS_NAMES)}
     (root / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
