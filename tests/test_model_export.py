@@ -1,8 +1,8 @@
-"""scripts/export.py: TorchScript and ONNX files of the whole detector against eager frcnn.
+"""scripts/export.py: torch.export (.pt2), ONNX and TorchScript files of the whole detector against eager frcnn.
 
 Parity rule (issue 14): on the built-in data's val images (and crops of other sizes, none a multiple
 of the stride) the same number of detections, the same labels, boxes within 0.5 px and scores within
-1e-4 of eager frcnn, for both formats and for the unshared pair.
+1e-4 of eager frcnn, for every format and for the unshared pair.
 """
 
 import json
@@ -16,6 +16,7 @@ from frcnn.data.synthetic import CLASS_NAMES, ShapesDataset
 from frcnn.inference.detector_file import save_detector
 from frcnn.inference.exportable import (
     ExportableDetector,
+    SUFFIXES,
     ExportError,
     export_detector,
     parity,
@@ -70,7 +71,7 @@ def export_once(model, tmp_path_factory):
         if export_format == "onnx":
             pytest.importorskip("onnxruntime", reason="the deploy extra: pip install -e '.[deploy]'")
         if export_format not in files:
-            out = tmp_path_factory.mktemp("exported") / f"det{'.onnx' if export_format == 'onnx' else '.pt'}"
+            out = tmp_path_factory.mktemp("exported") / f"det{SUFFIXES[export_format]}"
             files[export_format] = export_detector(model, list(CLASS_NAMES), 256, 1000, export_format, out)
         return files[export_format]
 
@@ -110,12 +111,13 @@ def test_parity_report_shows_a_score_or_box_beyond_tolerance(model, val_images):
     assert "exported detections against" in parity_problem(parity(model, dropped, image, eager=eager))
 
 
-@pytest.mark.parametrize("export_format", ["torchscript", "onnx"])
+@pytest.mark.parametrize("export_format", ["pt2", "torchscript", "onnx"])
 def test_exported_detector_matches_eager_frcnn_on_val_images(model, export_once, export_format, val_images):
     assert_parity(model, export_once(export_format), val_images)
 
 
-@pytest.mark.parametrize("export_format, suffix", [("torchscript", ".pt"), ("onnx", ".onnx")])
+@pytest.mark.parametrize("export_format, suffix", [pytest.param("pt2", ".pt2", marks=pytest.mark.slow),
+                                                   ("torchscript", ".pt"), ("onnx", ".onnx")])
 def test_unshared_pair_and_roi_align_export_too(export_format, suffix, val_images, tmp_path):
     if export_format == "onnx":
         pytest.importorskip("onnxruntime", reason="the deploy extra: pip install -e '.[deploy]'")
@@ -154,7 +156,7 @@ def test_exported_proposal_layer_drops_small_boxes_before_the_pre_nms_cut(model)
     assert ((graph[:, 2:] - graph[:, :2]) >= 40.0).all()
 
 
-@pytest.mark.parametrize("export_format", ["torchscript", "onnx"])
+@pytest.mark.parametrize("export_format", ["pt2", "torchscript", "onnx"])
 def test_an_image_whose_proposals_are_all_too_small_gives_no_detections(model, export_once, export_format, val_images):
     """An image enlarged 100x from its original: 16 original px are 1,600 px on the network input, so no
     proposal passes the minimum size; eager frcnn and the exported file return zero detections, not an error."""
@@ -166,13 +168,20 @@ def test_an_image_whose_proposals_are_all_too_small_gives_no_detections(model, e
     assert eager["scores"].numel() == scores.numel() == labels.numel() == 0
 
 
-def test_torchscript_file_runs_without_frcnn(model, export_once, val_images, tmp_path):
-    path = export_once("torchscript")
+LOADERS = {  # how a user without frcnn loads each format (the README's lines)
+    "torchscript": "module = torch.jit.load({path!r}, _extra_files=files)\n",
+    "pt2": "module = torch.export.load({path!r}, extra_files=files).module()\n",
+}
+
+
+@pytest.mark.parametrize("export_format", [pytest.param("pt2", marks=pytest.mark.slow), "torchscript"])
+def test_exported_file_runs_without_frcnn(model, export_once, val_images, tmp_path, export_format):
+    path = export_once(export_format)
     torch.save(val_images[2], tmp_path / "image.pt")
     script = (
         "import json, sys, torch, torchvision\n"
         "files = {'frcnn.json': ''}\n"
-        f"module = torch.jit.load({str(path)!r}, _extra_files=files)\n"
+        + LOADERS[export_format].format(path=str(path)) +
         f"boxes, scores, labels = module(torch.load({str(tmp_path / 'image.pt')!r}), torch.tensor(1.0))\n"
         "assert not any(name.startswith('frcnn') for name in sys.modules), 'frcnn was imported'\n"
         f"torch.save((boxes, scores, labels), {str(tmp_path / 'out.pt')!r})\n"
@@ -208,6 +217,12 @@ def test_export_command_writes_the_file_and_checks_it(model, tmp_path, capsys, m
         name = next(n for n in archive.namelist() if n.endswith("extra/frcnn.json"))
         metadata = json.loads(archive.read(name))
     assert metadata["class_names"] == list(CLASS_NAMES) and metadata["input"]["max_size"] == 1000
+    assert export_main([str(tmp_path / "model.pt"), "--format", "pt2", "--out", str(tmp_path / "d.pt2"),
+                        "--scale", "128"]) == 0
+    assert "max_box_diff_px" in capsys.readouterr().out
+    files = {"frcnn.json": ""}
+    torch.export.load(str(tmp_path / "d.pt2"), extra_files=files)
+    assert json.loads(files["frcnn.json"])["format"] == "frcnn-exported-detector-v1/pt2"
 
     # beyond the parity rule the command removes the file and exits 1 naming the difference
     from frcnn.cli import export_detector as command

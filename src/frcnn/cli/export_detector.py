@@ -1,10 +1,12 @@
-"""`python scripts/export.py MODEL.pt --format torchscript|onnx --out FILE`: the whole detector as one file.
+"""`python scripts/export.py MODEL.pt --format pt2|onnx|torchscript --out FILE`: the whole detector as one file.
 
 The file holds normalisation, shared conv, RPN, proposal layer, RoI head and per-class NMS for images
 of any size; it takes ONE float32 [3, H, W] RGB image in [0, 1] already rescaled by the paper's rule
 to the scale written into the file, and returns boxes (in that image's pixels), scores and labels
-(:mod:`frcnn.inference.exportable` says exactly what it expects). TorchScript runs with ``torch.jit.load`` (torch
-and torchvision, no frcnn); ONNX in onnxruntime (``pip install -e ".[deploy]"``). After writing, the
+(:mod:`frcnn.inference.exportable` says exactly what it expects). ``pt2`` (a torch.export ExportedProgram) runs
+with ``torch.export.load(path).module()`` (torch and torchvision, no frcnn); ONNX (torch's dynamo exporter) in
+onnxruntime (``pip install -e ".[deploy]"``); TorchScript (deprecated by torch, kept while torch ships it) with
+``torch.jit.load``. After writing, the
 file is run once next to eager frcnn on a random image and the differences are printed; beyond the
 parity rule (same detections, boxes within 0.5 px, scores within 1e-4) the file is removed and the
 command exits with status 1 naming the difference (``--no-verify`` skips the check and keeps the file).
@@ -21,10 +23,17 @@ import torch
 
 from frcnn.checkpoint.safe_load import UnreadableFileError
 from frcnn.inference.detector_file import PAPER_TEST_SCALE, DetectorFileError, checkpoint_input_scale, load_detector
-from frcnn.inference.exportable import FORMATS, ExportError, export_detector, parity, parity_problem, run_exported
+from frcnn.inference.exportable import (
+    FORMATS,
+    SUFFIXES,
+    ExportError,
+    export_detector,
+    parity,
+    parity_problem,
+    run_exported,
+)
 from frcnn.inference.svd import compress_roi_head
 
-SUFFIXES = {"torchscript": ".pt", "onnx": ".onnx"}
 PARITY_FAILED_EXIT_STATUS = 1
 
 
@@ -42,6 +51,7 @@ def export_file(checkpoint: str | Path, export_format: str, out: str | Path, sca
         try:
             import onnx  # noqa: F401
             import onnxruntime  # noqa: F401
+            import onnxscript  # noqa: F401  (torch's dynamo exporter)
         except ImportError as exc:
             raise ExportError(f"--format onnx needs the deploy extra ({exc.name} is missing): "
                               "pip install -e \".[deploy]\"") from None
@@ -64,7 +74,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].strip("`"))
     parser.add_argument("checkpoint", help="detector file written by training (<run dir>/final/model.pt)")
     parser.add_argument("--format", required=True, choices=FORMATS, dest="export_format")
-    parser.add_argument("--out", required=True, help="file to write (*.pt for torchscript, *.onnx for onnx)")
+    parser.add_argument("--out", required=True,
+                        help="file to write (*.pt2 for pt2, *.onnx for onnx, *.pt for torchscript)")
     parser.add_argument("--scale", type=int, default=None,
                         help="shorter side recorded in the file (default: the checkpoint's training scale, else 600)")
     parser.add_argument("--max-size", type=int, default=None, help="longer-side cap recorded (default: the checkpoint's, else 1000)")

@@ -1,5 +1,5 @@
-"""The whole detector as one TorchScript or ONNX file: normalisation, shared conv, RPN, proposal
-layer, RoI pooling, RoI head, per-class NMS; any image size.
+"""The whole detector as one file (torch.export ``.pt2``, ONNX, or TorchScript): normalisation, shared
+conv, RPN, proposal layer, RoI pooling, RoI head, per-class NMS; any image size.
 
 What the exported graph expects and returns (also stored in the file, see :func:`export_metadata`):
 
@@ -15,16 +15,18 @@ What the exported graph expects and returns (also stored in the file, see :func:
   int64 [D] in 1..C (``class_names[label - 1]``), at most ``detections_per_image``, in the order of
   the eager model (decreasing score).
 
-The graph follows the eager inference path op for op (:class:`ExportableDetector`), so a TorchScript
-file runs with ``import torch, torchvision; torch.jit.load(path)`` (torchvision registers the nms /
-roi_pool / roi_align kernels; frcnn is not needed) and an ONNX file in onnxruntime
-(``pip install frcnn[deploy]``). Parity with eager frcnn: ``tests/test_model_export.py``.
+The graph follows the eager inference path op for op (:class:`ExportableDetector`). A ``.pt2`` file (a
+``torch.export`` ExportedProgram, :mod:`frcnn.inference.torch_export`) runs with ``import torch,
+torchvision; torch.export.load(path).module()`` (torchvision registers the nms / roi_pool / roi_align
+kernels; frcnn is not needed), an ONNX file (torch's dynamo exporter, the same trace) in onnxruntime
+(``pip install frcnn[deploy]``), a TorchScript file (deprecated by torch 2.10+, kept while torch ships
+it) with ``torch.jit.load(path)``. Parity with eager frcnn: ``tests/test_model_export.py``.
 """
 
 from __future__ import annotations
 
 import contextlib
-import io
+import functools
 import json
 import warnings
 from pathlib import Path
@@ -38,10 +40,12 @@ from torchvision.ops import clip_boxes_to_image, remove_small_boxes
 
 from frcnn.modeling.anchors import grid_anchors
 from frcnn.modeling.boxes import DEFAULT_MAX_LOG_SCALE
+from frcnn.inference.torch_export import exported_program, load_program, onnx_model_bytes, save_program
 from frcnn.modeling.faster_rcnn import FasterRCNN, UnsharedFasterRCNN
 
-FORMATS = ("torchscript", "onnx")
-ONNX_OPSET = 17  # >= 16: RoiAlign's half_pixel mode (roi_head.pool_type=align); 17 is onnxruntime-tested
+FORMATS = ("pt2", "onnx", "torchscript")
+SUFFIXES = {"pt2": ".pt2", "onnx": ".onnx", "torchscript": ".pt"}  # run_exported tells the formats apart by them
+ONNX_OPSET = 18  # >= 16: RoiAlign's half_pixel mode (roi_head.pool_type=align); 18: onnxscript's torchvision ops
 METADATA_NAME = "frcnn.json"  # TorchScript extra file / ONNX metadata_props key
 
 
@@ -81,9 +85,10 @@ def per_class_nms(boxes: Tensor, scores: Tensor, labels: Tensor, iou_thresh: flo
     every class (torchvision's ``batched_nms`` coordinate trick; the shift moves coordinates by
     ~1e-4 px of float rounding, which only matters for an IoU within ~1e-6 of the threshold).
     boxes [N, 4], scores [N], labels [N] -> kept indices [K], decreasing score."""
-    if boxes.numel() == 0:
-        return torch.zeros(0, dtype=torch.int64, device=boxes.device)
-    offsets = labels.to(boxes.dtype) * (boxes.max() + 1.0)
+    # max over the boxes and a 0 (boxes are clipped to the image, so >= 0): defined for no boxes too, without a
+    # branch on their number (torch.export cannot branch on a data-dependent size)
+    max_coordinate = torch.cat((boxes.reshape(-1), boxes.new_zeros(1))).max()
+    offsets = labels.to(boxes.dtype) * (max_coordinate + 1.0)
     return torch.ops.torchvision.nms(boxes + offsets[:, None], scores, iou_thresh)
 
 
@@ -252,8 +257,8 @@ def export_metadata(model, class_names: list[str], scale: int, max_size: int, ex
 @contextlib.contextmanager
 def torchscript_quietly():
     """Recent torch warns on every torch.jit.script / save / load that TorchScript is deprecated in
-    favour of torch.export; both files are made from TorchScript here (module docstring), so the
-    warning is not repeated to every user of scripts/export.py."""
+    favour of torch.export; ``--format torchscript`` is kept on purpose while torch ships it (the README
+    marks it deprecated and points to ``--format pt2``), so the warning is not repeated to its users."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=r".*torch\.jit\.(script|save|load)` is deprecated",
                                 category=FutureWarning)
@@ -278,28 +283,20 @@ def export_torchscript(model, class_names: list[str], scale: int, max_size: int,
     return out
 
 
-def export_onnx(model, class_names: list[str], scale: int, max_size: int, out: str | Path,
-                example_hw: tuple[int, int] | None = None) -> Path:
-    """Write an ONNX file (opset 17, dynamic height / width / number of detections; metadata in
-    ``metadata_props['frcnn.json']``) through the TorchScript-based exporter, whose symbolics map
-    torchvision's nms / roi_pool / roi_align to NonMaxSuppression / MaxRoiPool / RoiAlign."""
+def export_onnx(model, class_names: list[str], scale: int, max_size: int, out: str | Path) -> Path:
+    """Write an ONNX file (opset 18, dynamic height / width / number of detections; metadata in
+    ``metadata_props['frcnn.json']``) through torch's dynamo exporter (``torch.onnx.export(dynamo=True)``,
+    :func:`frcnn.inference.torch_export.onnx_model_bytes`), which maps torchvision's nms / roi_pool /
+    roi_align to NonMaxSuppression / MaxRoiPool / RoiAlign."""
     import onnx  # the deploy extra
 
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    height, width = example_hw or (128, 160)  # any size: the graph is scripted; a small one exports faster
-    example = torch.rand(3, height, width)
-    buffer = io.BytesIO()  # one write of the (VGG-16: ~550 MB) file, after the metadata is added
-    torch.onnx.export(
-        scripted(model, channels_last=False), (example, torch.tensor(1.0)), buffer, dynamo=False,
-        opset_version=ONNX_OPSET,
-        input_names=["image", "image_scale"], output_names=["boxes", "scores", "labels"],
-        dynamic_axes={"image": {1: "height", 2: "width"}, "boxes": {0: "detections"},
-                      "scores": {0: "detections"}, "labels": {0: "detections"}},
-    )
-    graph = onnx.load_model_from_string(buffer.getvalue())
+    # one write of the (VGG-16: ~550 MB) file, after the metadata is added
+    graph = onnx.load_model_from_string(onnx_model_bytes(ExportableDetector(model.cpu().eval(), channels_last=False),
+                                                         ONNX_OPSET))
     for output, dims in zip(graph.graph.output, (["detections", 4], ["detections"], ["detections"])):
-        shape = output.type.tensor_type.shape  # the exporter guesses ranks wrongly behind the NMS
+        shape = output.type.tensor_type.shape  # the exporter names the data-dependent count by its formula
         del shape.dim[:]
         for dim in dims:
             entry = shape.dim.add()
@@ -313,9 +310,21 @@ def export_onnx(model, class_names: list[str], scale: int, max_size: int, out: s
     return out
 
 
+def export_pt2(model, class_names: list[str], scale: int, max_size: int, out: str | Path) -> Path:
+    """Write a ``torch.export`` ExportedProgram (``.pt2``; dynamic height / width; metadata in its extra
+    file ``frcnn.json``, read back by ``torch.export.load(path, extra_files={'frcnn.json': ''})``)."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    program = exported_program(ExportableDetector(model.cpu().eval()))
+    metadata = export_metadata(model, class_names, scale, max_size, "pt2")
+    return save_program(program, out, {METADATA_NAME: json.dumps(metadata)})
+
+
 def export_detector(model, class_names: list[str], scale: int, max_size: int, export_format: str,
                     out: str | Path) -> Path:
-    """Dispatch on ``export_format`` ('torchscript' | 'onnx')."""
+    """Dispatch on ``export_format`` ('pt2' | 'onnx' | 'torchscript')."""
+    if export_format == "pt2":
+        return export_pt2(model, class_names, scale, max_size, out)
     if export_format == "torchscript":
         return export_torchscript(model, class_names, scale, max_size, out)
     if export_format == "onnx":
@@ -325,9 +334,9 @@ def export_detector(model, class_names: list[str], scale: int, max_size: int, ex
 
 # ----------------------------------------------------------------------------- running and checking a file
 def run_exported(path: str | Path, image: Tensor, image_scale: float = 1.0) -> tuple[Tensor, Tensor, Tensor]:
-    """Run an exported file (by its suffix: .onnx in onnxruntime, else TorchScript) on one network-scale
-    image [3, H, W] made by resizing with ``image_scale`` -> (boxes [D, 4], scores [D], labels [D]) as
-    CPU tensors."""
+    """Run an exported file (by its suffix: .pt2 by torch.export.load, .onnx in onnxruntime, else TorchScript)
+    on one network-scale image [3, H, W] made by resizing with ``image_scale`` -> (boxes [D, 4], scores [D],
+    labels [D]) as CPU tensors."""
     scale = torch.tensor(float(image_scale), dtype=torch.float32)
     path = Path(path)
     if path.suffix == ".onnx":
@@ -336,10 +345,21 @@ def run_exported(path: str | Path, image: Tensor, image_scale: float = 1.0) -> t
         session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         outputs = session.run(None, {"image": image.detach().cpu().float().numpy(), "image_scale": scale.numpy()})
         return tuple(torch.from_numpy(value) for value in outputs)
+    if path.suffix == ".pt2":
+        program = _loaded_program(str(path.resolve()), path.stat().st_mtime_ns, path.stat().st_size)
+        with torch.inference_mode():
+            return tuple(value.cpu() for value in program(image.detach().cpu().float(), scale))
     with torchscript_quietly():
         module = torch.jit.load(str(path), map_location="cpu")
     with torch.inference_mode():
         return tuple(value.cpu() for value in module(image.detach().cpu().float(), scale))
+
+
+@functools.lru_cache(maxsize=1)
+def _loaded_program(path: str, mtime_ns: int, size: int) -> nn.Module:
+    """A .pt2 file loaded once for a run of images (loading takes seconds: the program is deserialised and
+    rebuilt as a module); a rewritten file (other time or size) is loaded again."""
+    return load_program(path)
 
 
 def parity(model, exported: tuple[Tensor, Tensor, Tensor], image: Tensor, score_tol: float = 1e-4,
@@ -356,7 +376,7 @@ def parity(model, exported: tuple[Tensor, Tensor, Tensor], image: Tensor, score_
     if eager is None:
         with torch.inference_mode():
             eager = model.cpu().eval()([image.detach().cpu().float()], image_scales=[image_scale])[0]
-    boxes, scores, labels = exported
+    boxes, scores, labels = (value.detach() for value in exported)
     free = torch.ones(eager["scores"].numel(), dtype=torch.bool)
     matched, box_diff, score_diff = 0, 0.0, 0.0
     for box, score, label in zip(boxes, scores, labels.to(eager["labels"].dtype)):
