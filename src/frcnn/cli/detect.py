@@ -5,8 +5,9 @@ the output folder gets a copy of the image, same size and format, with each dete
 name and score drawn, plus ONE ``detections.json`` in COCO results format and its sidecar
 ``categories.json`` (see :mod:`frcnn.evaluation.detections_io`). Images enter the network rescaled by
 the paper's test rule (shorter side = scale, longer side <= max_size, §3.3) and the boxes are mapped
-back to original pixels. An unreadable image is an error naming the file (``--skip-bad``: a warning,
-and the image is skipped).
+back to original pixels; ``--tile 400 --overlap 0.2`` detects each image by overlapping tiles of 400 of
+its px instead (:mod:`frcnn.inference.tiling`). An unreadable image is an error naming the file
+(``--skip-bad``: a warning, and the image is skipped).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from frcnn.data.checks import BadImageError
 from frcnn.evaluation.detections_io import coco_result_records, write_coco_results
 from frcnn.inference.drawing import draw_detections
 from frcnn.inference.predictor import Detector, read_image
+from frcnn.inference.tiling import DEFAULT_OVERLAP
 
 log = logging.getLogger(__name__)
 
@@ -82,9 +84,11 @@ def read_images(paths: Sequence[Path], skip_bad: bool, skipped: list[str]) -> li
 
 def detect_files(checkpoint: str | Path, inputs: Sequence[str | Path], out_dir: str | Path, score_thresh: float = 0.5,
                  scale: int | None = None, max_size: int | None = None, device: str = "cpu",
-                 skip_bad: bool = False, svd_rank: Sequence[int] | None = None) -> dict:
+                 skip_bad: bool = False, svd_rank: Sequence[int] | None = None, tile: int | None = None,
+                 overlap: float = DEFAULT_OVERLAP, batch_size: int = 1) -> dict:
     """Detect, draw and write (module docstring) with :class:`frcnn.Detector`. ``scale`` / ``max_size``
-    default to the checkpoint's training values when recorded, else the paper's 600 / 1000.
+    default to the checkpoint's training values when recorded, else the paper's 600 / 1000. ``tile`` /
+    ``overlap``: detect by tiles; ``batch_size``: images or tiles per forward pass.
 
     -> {"images": processed count, "detections": written count, "skipped": [files], "results": path,
     "scale": (scale, max_size)}.
@@ -95,7 +99,7 @@ def detect_files(checkpoint: str | Path, inputs: Sequence[str | Path], out_dir: 
     images = find_images(inputs)
     # first: the restricted reader checks the file
     detector = Detector.from_checkpoint(checkpoint, device, scale, max_size, svd_rank=svd_rank,
-                                        score_thresh=score_thresh)
+                                        score_thresh=score_thresh, tile=tile, overlap=overlap, batch_size=batch_size)
     out_dir.mkdir(parents=True, exist_ok=True)
 
     records, image_entries, skipped, used_names = [], [], [], set()
@@ -129,6 +133,14 @@ def build_parser() -> argparse.ArgumentParser:
                         help="shorter side in px the network sees (default: the checkpoint's training scale, else 600)")
     parser.add_argument("--max-size", type=int, default=None,
                         help="cap on the longer side in px (default: the checkpoint's, else 1000)")
+    parser.add_argument("--tile", type=int, default=None, metavar="PX",
+                        help="detect each image by overlapping tiles of PX of its own pixels (e.g. the 400 of "
+                             "scripts/tile_voc.py's training tiles), merged by class-wise NMS")
+    parser.add_argument("--overlap", type=float, default=DEFAULT_OVERLAP,
+                        help="with --tile: neighbouring tiles overlap by this fraction of a tile "
+                             f"(default {DEFAULT_OVERLAP})")
+    parser.add_argument("--batch-size", type=int, default=1,
+                        help="images or tiles per forward pass (same-size ones; default 1)")
     parser.add_argument("--device", default="cpu", help="torch device: cpu, cuda, cuda:1, ...")
     parser.add_argument("--skip-bad", action="store_true", help="warn about and skip unreadable images")
     parser.add_argument("--svd-rank", type=int, nargs="+", default=None, metavar="RANK",
@@ -143,11 +155,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     try:
         summary = detect_files(args.checkpoint, args.inputs, args.out_dir, args.score_thresh, args.scale,
-                               args.max_size, args.device, args.skip_bad, args.svd_rank)
+                               args.max_size, args.device, args.skip_bad, args.svd_rank, args.tile, args.overlap,
+                               args.batch_size)
     except (BadImageError, FileNotFoundError, ValueError) as exc:
         parser.exit(2, f"error: {exc}\n")
-    print(f"{summary['images']} images, {summary['detections']} detections (score >= {args.score_thresh}) at scale "
-          f"{summary['scale'][0]}/{summary['scale'][1]}; results in {summary['results']}"
+    how = f"at scale {summary['scale'][0]}/{summary['scale'][1]}" + (
+        f" by tiles of {args.tile} px (overlap {args.overlap:g})" if args.tile else "")
+    print(f"{summary['images']} images, {summary['detections']} detections (score >= {args.score_thresh}) {how}; "
+          f"results in {summary['results']}"
           + (f"; skipped {len(summary['skipped'])} unreadable" if summary["skipped"] else ""))
     return 0
 

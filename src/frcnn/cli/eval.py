@@ -19,6 +19,7 @@ from frcnn.evaluation.eval_data import build_eval_loader, check_class_names, eva
 from frcnn.evaluation.evaluate import evaluate_split
 from frcnn.evaluation.proposal_recall import PAPER_IOU_THRESHOLDS, PAPER_TOP_NS, format_recall_table
 from frcnn.evaluation.report import write_evaluation_report
+from frcnn.evaluation.tiled_eval import TiledModel, in_original_pixels
 from frcnn.evaluation.voc_ap import format_table
 from frcnn.inference.detector_file import DetectorFileError
 from frcnn.inference.predictor import Detector, resolve_device
@@ -50,21 +51,33 @@ def evaluate_checkpoint(cfg: Mapping[str, Any]) -> dict:
     recall_cfg = cfg.get("proposal_recall") or {}
 
     svd_rank = (cfg.get("roi_head") or {}).get("svd_rank")
-    detector = Detector.from_checkpoint(checkpoint, device, svd_rank=svd_rank)  # restricted reader; eval mode on device
-    model, class_names = detector.model, detector.class_names
+    tile, overlap = cfg.get("tile"), float(cfg.get("overlap", 0.2))
+    batch_size = int(cfg.get("batch_size", 4))
     data_cfg = evaluation_data_cfg(cfg["data"], checkpoint, cfg.get("scale"))
-    loader = build_eval_loader(data_cfg, split, int(cfg.get("batch_size", 4)))
+    # restricted reader; eval mode on device; tile= / overlap= checked here. Tiles at the scale the loader would use
+    detector = Detector.from_checkpoint(checkpoint, device, data_cfg["scales"][0], data_cfg.get("max_size"),
+                                        svd_rank=svd_rank, tile=tile, overlap=overlap, batch_size=batch_size)
+    model, class_names = detector.model, detector.class_names
+    loader = build_eval_loader(data_cfg, split, 1 if tile else batch_size)  # tiles: batch_size tiles per pass
     check_class_names(class_names, loader.dataset.class_names, checkpoint, str(cfg["data"].get("name")))
-    log.info("evaluating %s on %s/%s (%d images) at scale %d", checkpoint, cfg["data"].get("name"), split,
-             len(loader.dataset), data_cfg["scales"][0])
+    top_ns = list(recall_cfg.get("top_ns", PAPER_TOP_NS))
+    if tile:  # the whole images in their own pixels, detected by tiles as frcnn-detect --tile does
+        model, loader = TiledModel(detector), in_original_pixels(loader)
+        if top_ns:
+            log.info("tile=%d: no proposal recall (the proposals are per tile)", detector.tile)
+        top_ns = []
+    log.info("evaluating %s on %s/%s (%d images) at scale %d%s", checkpoint, cfg["data"].get("name"), split,
+             len(loader.dataset), data_cfg["scales"][0],
+             f", by tiles of {detector.tile} px overlapping {detector.overlap:g}" if tile else "")
     metrics, pr_curves = evaluate_split(
         model, loader, class_names, device,
-        top_ns=list(recall_cfg.get("top_ns", PAPER_TOP_NS)),
+        top_ns=top_ns,
         iou_thresholds=list(recall_cfg.get("iou_thresholds", PAPER_IOU_THRESHOLDS)),
         coco=bool(cfg.get("coco", True)),
     )
     metrics.update({"checkpoint": str(checkpoint), "data": cfg["data"].get("name"), "split": split,
-                    "input_scale": [data_cfg["scales"][0], data_cfg.get("max_size")], "svd_rank": svd_rank})
+                    "input_scale": [data_cfg["scales"][0], data_cfg.get("max_size")], "svd_rank": svd_rank,
+                    "tile": detector.tile, "overlap": detector.overlap if tile else None})
     written = write_evaluation_report(metrics, pr_curves, out_dir)
 
     print(format_table(metrics))

@@ -19,6 +19,10 @@ blocks a batch of 3 differently from a batch of 1; features differ by ~1e-7, sco
 default ``batch_size=1`` gives every image exactly the result it gets alone, and a larger one (for a
 GPU) the same detections up to that rounding (``tests/test_predictor.py``: batch_size 1 against 4 on
 images of mixed sizes).
+
+``tile=400, overlap=0.2``: a large image is cut into overlapping tiles of 400 original px, each detected at
+the training magnification, ``batch_size`` tiles per forward pass, and the tiles' boxes merged by class-wise
+NMS (:mod:`frcnn.inference.tiling` states the rules).
 """
 
 from __future__ import annotations
@@ -38,6 +42,17 @@ from frcnn.data.checks import BadImageError
 from frcnn.data.transforms import PaperRescale, paper_scale_factor, resize_factor, to_float_chw_tensor
 from frcnn.inference.detector_file import PAPER_TEST_SCALE, checkpoint_input_scale, load_detector
 from frcnn.inference.svd import compress_roi_head
+from frcnn.inference.tiling import (
+    DEFAULT_OVERLAP,
+    check_tiling,
+    image_detection_cap,
+    merge_tiles,
+    no_cap_per_image,
+    roi_heads,
+    shift_boxes,
+    tile_resize_factor,
+    tile_windows,
+)
 
 log = logging.getLogger(__name__)
 
@@ -105,11 +120,13 @@ def as_hwc_array(image: ImageInput) -> np.ndarray:
                     "array or a CHW float tensor in [0, 1] (or a list of them)")
 
 
-def network_input(image_hwc: np.ndarray, scale: int, max_size: int) -> Tensor:
+def network_input(image_hwc: np.ndarray, scale: int, max_size: int, factor: float | None = None) -> Tensor:
     """[H, W, 3] -> float32 [3, H', W'] in [0, 1], resized by the paper's rule (§3.3) with
-    training's own resize (:class:`PaperRescale`: area for shrinking, bilinear for enlarging)."""
+    training's own resize (:class:`PaperRescale`: area for shrinking, bilinear for enlarging);
+    ``factor``: resize by this factor instead of the rule's own (the tiles of a tiled image)."""
     height, width = image_hwc.shape[:2]
-    factor = paper_scale_factor(height, width, scale, max_size)
+    if factor is None:
+        factor = paper_scale_factor(height, width, scale, max_size)
     resized = PaperRescale(scales=(scale,), max_size=max_size).apply(image_hwc, factor=factor)
     if resized.dtype == np.uint8:
         return to_float_chw_tensor(resized)
@@ -142,25 +159,31 @@ class Detector:
     ``scale`` / ``max_size``: the shorter side and the cap on the longer side the network sees
     (:meth:`from_checkpoint` takes the checkpoint's training values). ``score_thresh``: keep
     detections with score >= this (the model itself drops scores <= its ``roi_head.score_thresh``,
-    0.05). ``batch_size``: images per forward pass (same-size images only; the detections do not
+    0.05). ``batch_size``: images (tiles) per forward pass (same-size images only; the detections do not
     depend on it, their values only up to the convolutions' float rounding: module docstring).
+    ``tile``: detect each image by tiles of this many original px overlapping by ``overlap`` of a tile
+    (:mod:`frcnn.inference.tiling`); None: the whole image at once.
     """
 
     def __init__(self, model: torch.nn.Module, class_names: Sequence[str], scale: int = PAPER_TEST_SCALE[0],
                  max_size: int = PAPER_TEST_SCALE[1], device: str | torch.device = "cpu",
-                 score_thresh: float = 0.0, batch_size: int = 1):
+                 score_thresh: float = 0.0, batch_size: int = 1, tile: int | None = None,
+                 overlap: float = DEFAULT_OVERLAP):
         if not 0.0 <= score_thresh <= 1.0:
             raise ValueError(f"score_thresh must be in [0, 1], got {score_thresh}")
         if int(batch_size) < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if int(scale) < 1 or int(max_size) < int(scale):
             raise ValueError(f"need 1 <= scale ({scale}) <= max_size ({max_size})")
+        check_tiling(tile, overlap)
         self.device = resolve_device(device)
         self.model = model.to(self.device).eval()
         self.class_names = [str(name) for name in class_names]
         self.scale, self.max_size = int(scale), int(max_size)
         self.score_thresh = float(score_thresh)
         self.batch_size = int(batch_size)
+        self.tile = None if tile is None else int(tile)
+        self.overlap = float(overlap)
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str | torch.device = "cpu", scale: int | None = None,
@@ -189,14 +212,17 @@ class Detector:
         runs under ``torch.inference_mode``; the returned tensors are ordinary ones (copied out)."""
         single = not isinstance(images, (list, tuple))
         images = [images] if single else list(images)
+        if self.tile is not None:
+            return self._detect_tiled(images[0]) if single else [self._detect_tiled(image) for image in images]
         results: list[Detections] = []
         chunk = max(IMAGES_IN_MEMORY, self.batch_size)  # network-scale copies held at once
         for start in range(0, len(images), chunk):
             results += self._detect_chunk(images[start:start + chunk])
         return results[0] if single else results
 
-    def _detect_chunk(self, images: Sequence[ImageInput]) -> list[Detections]:
-        inputs = [self.network_input(image) for image in images]
+    def _forward(self, inputs: Sequence[tuple[Tensor, tuple[int, int]]]) -> list[dict[str, Tensor]]:
+        """(network-scale image [3, H', W'], original (H, W)) pairs -> the model's outputs, same-size
+        images ``batch_size`` at a time, boxes in network-input pixels."""
         outputs: list[dict[str, Tensor]] = [{}] * len(inputs)
         sizes = [tuple(tensor.shape[-2:]) for tensor, _ in inputs]
         with torch.inference_mode():
@@ -206,14 +232,47 @@ class Detector:
                 factors = [resize_factor(sizes[i], inputs[i][1]) for i in batch]
                 for index, output in zip(batch, self.model(batch_images, image_scales=factors)):
                     outputs[index] = output
-        return [self._in_original_pixels(output, size, original_hw)
-                for output, size, (_, original_hw) in zip(outputs, sizes, inputs)]
+        return outputs
+
+    def _detect_chunk(self, images: Sequence[ImageInput]) -> list[Detections]:
+        inputs = [self.network_input(image) for image in images]
+        outputs = self._forward(inputs)
+        return [self._in_original_pixels(output, tuple(tensor.shape[-2:]), original_hw)
+                for output, (tensor, original_hw) in zip(outputs, inputs)]
+
+    def _detect_tiled(self, image: ImageInput) -> Detections:
+        """One image by tiles (:mod:`frcnn.inference.tiling`): every tile at the training magnification, no
+        cap per tile, class-wise NMS across tiles, a cap that scales with the image's area."""
+        pixels = as_hwc_array(image)
+        height, width = int(pixels.shape[0]), int(pixels.shape[1])
+        windows = tile_windows(height, width, self.tile, self.overlap)
+        factor = tile_resize_factor(self.tile, self.scale, self.max_size)
+        boxes, scores, labels = [], [], []
+        chunk = max(IMAGES_IN_MEMORY, self.batch_size)  # network-scale tiles held at once
+        with no_cap_per_image(self.model):
+            for start in range(0, len(windows), chunk):
+                some = windows[start:start + chunk]
+                crops = [pixels[y1:y2, x1:x2] for x1, y1, x2, y2 in some]
+                inputs = [(network_input(crop, self.scale, self.max_size, factor), crop.shape[:2]) for crop in crops]
+                for window, output, (tensor, crop_hw) in zip(some, self._forward(inputs), inputs):
+                    tile_boxes = boxes_to_original_pixels(output["boxes"].float().cpu(), tensor.shape[-2:], crop_hw)
+                    boxes.append(shift_boxes(tile_boxes, window))
+                    scores.append(output["scores"].float().cpu())
+                    labels.append(output["labels"].cpu())
+        boxes, scores, labels = torch.cat(boxes), torch.cat(scores), torch.cat(labels)
+        head = roi_heads(self.model)[-1]
+        cap = image_detection_cap(height, width, self.tile, head.detections_per_image)
+        keep = merge_tiles(boxes, scores, labels, float(head.nms_thresh), cap)
+        return self._found(boxes[keep], scores[keep], labels[keep], (height, width))
 
     def _in_original_pixels(self, output: dict[str, Tensor], network_hw, original_hw) -> Detections:
         boxes = boxes_to_original_pixels(output["boxes"].float().cpu().clone(), network_hw, original_hw)
-        labels = output["labels"].cpu().clone()
+        return self._found(boxes, output["scores"].float().cpu().clone(), output["labels"].cpu().clone(),
+                           tuple(original_hw))
+
+    def _found(self, boxes: Tensor, scores: Tensor, labels: Tensor, original_hw: tuple[int, int]) -> Detections:
         names = [self.class_names[label - 1] for label in labels.tolist()]
-        found = Detections(boxes, output["scores"].float().cpu().clone(), labels, names, tuple(original_hw))
+        found = Detections(boxes, scores, labels, names, tuple(original_hw))
         return found.above(self.score_thresh) if self.score_thresh > 0 else found
 
 
