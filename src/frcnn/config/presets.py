@@ -11,7 +11,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-OWN_DATA_DATASETS = ("voc", "voc0712", "coco")  # read from files the user points at; the others are generated
+# read from files the user points at; the others are generated
+OWN_DATA_DATASETS = ("voc", "voc0712", "coco", "yolo", "labelme")
 OWN_DATA_PRESET = "cpu_own_data"
 PRESET_PURPOSES = {  # presets outside paper/: what each was made for
     "cpu_shapes": "the built-in 256-px shapes data: the small net pre-trained on generated shapes, anchors "

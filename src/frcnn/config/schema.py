@@ -140,8 +140,10 @@ DATA = Node(
         "hflip_prob": PROB,
         "num_workers": OrAuto(Number(0, integer=True)),  # auto: frcnn.data.datamodule.resolve_num_workers
         "augment": AUGMENT,  # the augment group (conf/augment/)
+        "val_fraction": Number(0.0, 1.0, low_open=True, high_open=True),  # automatic split's val share (data.split)
+        "split_dir": Text(nullable=True),  # where the automatic split is kept (data_split.json; the run dir)
     },
-    optional=frozenset({"augment"}),
+    optional=frozenset({"augment", "val_fraction", "split_dir"}),
     open=True,  # dataset-specific keys (root, splits, classes, ...) are checked by the dataset builder
 )
 

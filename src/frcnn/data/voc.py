@@ -146,6 +146,7 @@ class VOCDataset(FileDetectionDataset):
     ImageSets without an XML, a missing image file and every problem of :func:`parse_voc_xml` follow
     ``on_bad_sample`` ("error" raises naming the file, "skip" drops and counts the image in ``skipped``).
     The image is ``JPEGImages/<id>.jpg``, or ``JPEGImages/<filename>`` from the XML if that is absent.
+    ``image_ids``: the ids to read instead of the split file's (a folder without ImageSets: frcnn.data.split).
     """
 
     def __init__(
@@ -157,6 +158,7 @@ class VOCDataset(FileDetectionDataset):
         transform: Callable | None = None,
         on_bad_sample: str = "error",
         verify_images: bool = False,
+        image_ids: Sequence[str] | None = None,
     ):
         check_on_bad_sample(on_bad_sample)
         self.root, self.split = Path(root), split
@@ -167,13 +169,16 @@ class VOCDataset(FileDetectionDataset):
         for folder in (annotations, images):
             if not folder.is_dir():
                 raise DatasetLayoutError(root, f"no {folder.name}/ folder ({VOC_LAYOUT})")
-        if not split_file.is_file():
+        if image_ids is None and not split_file.is_file():
             raise DatasetLayoutError(root, f"no split file ImageSets/Main/{split}.txt ({VOC_LAYOUT})")
         class_index = {name: label for label, name in enumerate(class_names, start=1)}
         xml_names, image_names = list_dir_names(annotations), list_dir_names(images)
         records: list[ImageRecord] = []
         skipped: list[tuple[str, str]] = []
-        image_ids = read_split_ids(split_file)
+        if image_ids is None:
+            image_ids = read_split_ids(split_file)
+        else:  # the automatic split's ids (frcnn.data.split): errors name the split
+            split_file = Path(f"{split} (the automatic split of {self.root})")
         if not image_ids:
             raise DatasetLayoutError(root, f"split file {split_file} lists no image ids (split {split!r} is empty)")
         for position, image_id in enumerate(image_ids, start=1):

@@ -12,6 +12,7 @@ from torch.utils.data import DataLoader
 
 from frcnn.data.build import build_dataset
 from frcnn.data.datamodule import resolve_num_workers
+from frcnn.data.split import split_dir_of_run
 from frcnn.data.transforms import collate_detection
 from frcnn.inference.detector_file import PAPER_TEST_SCALE, checkpoint_input_scale
 
@@ -49,8 +50,12 @@ def evaluation_data_cfg(data_cfg: Mapping[str, Any], checkpoint: Path, scale: in
     """The ``data`` node with the input scale to evaluate at: ``scale`` when given, else the scale
     the checkpoint was trained at (evaluation at the training scale, paper §3.3), else the data
     config's own ``scales[0]``. A data config whose scale differs from the training scale is
-    overridden with a warning: a detector scored at another scale than it learned scores low."""
+    overridden with a warning: a detector scored at another scale than it learned scores low.
+    A folder split automatically (``data.split_dir`` null) is split as the detector's run split it: by the
+    ``data_split.json`` beside ``<run dir>/final/model.pt`` (frcnn.data.split)."""
     data_cfg = dict(data_cfg)
+    if "split_dir" in data_cfg and data_cfg["split_dir"] is None:
+        data_cfg["split_dir"] = split_dir_of_run(checkpoint)
     recorded = checkpoint_input_scale(checkpoint)
     if scale is not None:
         data_cfg["scales"] = [int(scale)]
