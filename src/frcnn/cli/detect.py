@@ -1,4 +1,5 @@
-"""`python scripts/detect.py CHECKPOINT IMAGE_OR_FOLDER... --out-dir DIR`: run a saved detector on image files.
+"""`python scripts/detect.py CHECKPOINT IMAGE_OR_FOLDER_OR_VIDEO... --out-dir DIR`: run a saved detector on
+image and video files.
 
 For every input image (jpg / jpeg / png / bmp; a folder contributes its images, not its sub-folders)
 the output folder gets a copy of the image, same size and format, with each detection's box, class
@@ -8,6 +9,9 @@ the paper's test rule (shorter side = scale, longer side <= max_size, §3.3) and
 back to original pixels; ``--tile 400 --overlap 0.2`` detects each image by overlapping tiles of 400 of
 its px instead (:mod:`frcnn.inference.tiling`). An unreadable image is an error naming the file
 (``--skip-bad``: a warning, and the image is skipped).
+
+A video file (mp4 / mov / avi / mkv / webm / ...) gives ``<stem>.mp4``, its frames with the detections
+drawn, and ``<stem>.jsonl``, one JSON line per frame (:mod:`frcnn.inference.video`; the ``video`` extra).
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from frcnn.evaluation.detections_io import coco_result_records, write_coco_resul
 from frcnn.inference.drawing import draw_detections
 from frcnn.inference.predictor import Detector, read_image
 from frcnn.inference.tiling import DEFAULT_OVERLAP
+from frcnn.inference.video import BadVideoError, detect_video, import_av, is_video
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +48,7 @@ def find_images(inputs: Sequence[str | Path]) -> list[Path]:
         elif path.is_file():
             found.append(path)
         else:
-            raise FileNotFoundError(f"{path}: no such image file or folder")
+            raise FileNotFoundError(f"{path}: no such image / video file or folder")
     if not found:
         raise ValueError(f"no images ({'/'.join(e[1:] for e in IMAGE_EXTENSIONS)}) in {[str(i) for i in inputs]}")
     return found
@@ -88,15 +93,19 @@ def detect_files(checkpoint: str | Path, inputs: Sequence[str | Path], out_dir: 
                  overlap: float = DEFAULT_OVERLAP, batch_size: int = 1) -> dict:
     """Detect, draw and write (module docstring) with :class:`frcnn.Detector`. ``scale`` / ``max_size``
     default to the checkpoint's training values when recorded, else the paper's 600 / 1000. ``tile`` /
-    ``overlap``: detect by tiles; ``batch_size``: images or tiles per forward pass.
+    ``overlap``: detect by tiles; ``batch_size``: images, tiles or frames per forward pass.
 
-    -> {"images": processed count, "detections": written count, "skipped": [files], "results": path,
-    "scale": (scale, max_size)}.
+    -> {"images": processed count, "detections": written count, "skipped": [files], "results": path (None
+    without images), "scale": (scale, max_size), "videos": [detect_video's summary per video]}.
     """
     out_dir = Path(out_dir)
     if not 0.0 <= score_thresh <= 1.0:
         raise ValueError(f"--score-thresh must be in [0, 1], got {score_thresh}")
-    images = find_images(inputs)
+    found_files = find_images(inputs)
+    videos = [path for path in found_files if is_video(path)]
+    images = [path for path in found_files if not is_video(path)]
+    if videos:
+        import_av()  # the video extra, before loading a model
     # first: the restricted reader checks the file
     detector = Detector.from_checkpoint(checkpoint, device, scale, max_size, svd_rank=svd_rank,
                                         score_thresh=score_thresh, tile=tile, overlap=overlap, batch_size=batch_size)
@@ -116,16 +125,22 @@ def detect_files(checkpoint: str | Path, inputs: Sequence[str | Path], out_dir: 
                                   "height": image.height})
             records += coco_result_records(image_id, out_name, detections.boxes, detections.scores,
                                            detections.labels)
-    results_path, _ = write_coco_results(records, detector.class_names, image_entries, out_dir)
+    results_path = write_coco_results(records, detector.class_names, image_entries, out_dir)[0] if images else None
+    video_summaries = []
+    for path in videos:
+        name = _unique_name(f"{path.stem}.mp4", used_names)
+        video_summaries.append(detect_video(detector, path, out_dir / name, out_dir / f"{Path(name).stem}.jsonl"))
     return {"images": len(image_entries), "detections": len(records), "skipped": skipped,
-            "results": str(results_path), "scale": (detector.scale, detector.max_size)}
+            "results": None if results_path is None else str(results_path),
+            "scale": (detector.scale, detector.max_size), "videos": video_summaries}
 
 
 # ----------------------------------------------------------------------------- command line
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].strip("`"))
     parser.add_argument("checkpoint", help="detector file written by training (<run dir>/final/model.pt)")
-    parser.add_argument("inputs", nargs="+", help="image files and/or folders of jpg/jpeg/png/bmp images")
+    parser.add_argument("inputs", nargs="+", help="image files, folders of jpg/jpeg/png/bmp images, video files "
+                                                  "(mp4/mov/avi/mkv/webm: the video extra)")
     parser.add_argument("--out-dir", required=True, help="folder for the drawn images and detections.json")
     parser.add_argument("--score-thresh", type=float, default=0.5,
                         help="keep (draw and write) detections with score >= this (default 0.5)")
@@ -140,7 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="with --tile: neighbouring tiles overlap by this fraction of a tile "
                              f"(default {DEFAULT_OVERLAP})")
     parser.add_argument("--batch-size", type=int, default=1,
-                        help="images or tiles per forward pass (same-size ones; default 1)")
+                        help="images, tiles or video frames per forward pass (same-size ones; default 1)")
     parser.add_argument("--device", default="cpu", help="torch device: cpu, cuda, cuda:1, ...")
     parser.add_argument("--skip-bad", action="store_true", help="warn about and skip unreadable images")
     parser.add_argument("--svd-rank", type=int, nargs="+", default=None, metavar="RANK",
@@ -157,13 +172,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         summary = detect_files(args.checkpoint, args.inputs, args.out_dir, args.score_thresh, args.scale,
                                args.max_size, args.device, args.skip_bad, args.svd_rank, args.tile, args.overlap,
                                args.batch_size)
-    except (BadImageError, FileNotFoundError, ValueError) as exc:
+    except (BadImageError, BadVideoError, FileNotFoundError, ValueError) as exc:
         parser.exit(2, f"error: {exc}\n")
     how = f"at scale {summary['scale'][0]}/{summary['scale'][1]}" + (
         f" by tiles of {args.tile} px (overlap {args.overlap:g})" if args.tile else "")
-    print(f"{summary['images']} images, {summary['detections']} detections (score >= {args.score_thresh}) {how}; "
-          f"results in {summary['results']}"
-          + (f"; skipped {len(summary['skipped'])} unreadable" if summary["skipped"] else ""))
+    if summary["results"] is not None:
+        print(f"{summary['images']} images, {summary['detections']} detections (score >= {args.score_thresh}) {how}; "
+              f"results in {summary['results']}"
+              + (f"; skipped {len(summary['skipped'])} unreadable" if summary["skipped"] else ""))
+    for video in summary["videos"]:
+        print(f"{video['frames']} frames, {video['detections']} detections (score >= {args.score_thresh}) {how}; "
+              f"wrote {video['video']} and {video['jsonl']}")
     return 0
 
 
