@@ -63,7 +63,8 @@ class Quadrants(torch.nn.Module):
         out = []
         for image in images:
             h, w = image.shape[-2:]
-            boxes = torch.tensor([[0, 0, w / 2, h / 2], [w / 2, 0, w, h / 2], [0, h / 2, w / 2, h], [w / 2, h / 2, w, h]])
+            boxes = torch.tensor([[0, 0, w / 2, h / 2], [w / 2, 0, w, h / 2],
+                                  [0, h / 2, w / 2, h], [w / 2, h / 2, w, h]])
             keep = slice(0, self.roi_head.detections_per_image)
             scores = torch.tensor([0.5, 0.4, 0.3, 0.2]) + 0.4 * image.mean()
             out.append({"boxes": boxes[keep], "scores": scores[keep],

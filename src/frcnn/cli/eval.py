@@ -1,9 +1,10 @@
 """`python scripts/eval.py checkpoint=... [overrides]`: score a saved detector on a dataset split.
 
 The config is conf/eval.yaml (the training ``data`` group, plus checkpoint, out_dir, split,
-device, batch_size, coco, proposal_recall). Outputs in ``out_dir``: metrics.json (VOC AP, COCO AP
-under ``coco``, Fig. 4 proposal recall under ``proposal_recall``), ap_table.md, pr_curves.png,
-proposal_recall.png.
+device, batch_size, score_thresh, tile, coco, proposal_recall). Outputs in ``out_dir``: metrics.json (VOC
+AP, COCO AP under ``coco``, Fig. 4 proposal recall under ``proposal_recall``, the confusion matrix and
+per-class precision / recall / F1 at ``score_thresh`` with each class's best-F1 threshold under
+``mistakes``), ap_table.md, pr_curves.png, proposal_recall.png, confusion_matrix.png.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Any
 from frcnn.checkpoint.safe_load import UnreadableFileError
 from frcnn.evaluation.eval_data import build_eval_loader, check_class_names, evaluation_data_cfg
 from frcnn.evaluation.evaluate import evaluate_split
+from frcnn.evaluation.mistakes import confused_pairs, format_mistakes_table
 from frcnn.evaluation.proposal_recall import PAPER_IOU_THRESHOLDS, PAPER_TOP_NS, format_recall_table
 from frcnn.evaluation.report import write_evaluation_report
 from frcnn.evaluation.tiled_eval import TiledModel, in_original_pixels
@@ -52,6 +54,9 @@ def evaluate_checkpoint(cfg: Mapping[str, Any]) -> dict:
 
     svd_rank = (cfg.get("roi_head") or {}).get("svd_rank")
     tile, overlap = cfg.get("tile"), float(cfg.get("overlap", 0.2))
+    score_thresh = float(cfg.get("score_thresh", 0.5))
+    if not 0.0 <= score_thresh <= 1.0:
+        raise ValueError(f"score_thresh={cfg.get('score_thresh')!r}: a detection score threshold must be in [0, 1]")
     batch_size = int(cfg.get("batch_size", 4))
     data_cfg = evaluation_data_cfg(cfg["data"], checkpoint, cfg.get("scale"))
     # restricted reader; eval mode on device; tile= / overlap= checked here. Tiles at the scale the loader would use
@@ -74,6 +79,7 @@ def evaluate_checkpoint(cfg: Mapping[str, Any]) -> dict:
         top_ns=top_ns,
         iou_thresholds=list(recall_cfg.get("iou_thresholds", PAPER_IOU_THRESHOLDS)),
         coco=bool(cfg.get("coco", True)),
+        score_thresh=score_thresh,
     )
     metrics.update({"checkpoint": str(checkpoint), "data": cfg["data"].get("name"), "split": split,
                     "input_scale": [data_cfg["scales"][0], data_cfg.get("max_size")], "svd_rank": svd_rank,
@@ -85,6 +91,11 @@ def evaluate_checkpoint(cfg: Mapping[str, Any]) -> dict:
         print(format_coco_line(metrics["coco"]))
     if "proposal_recall" in metrics:
         print(format_recall_table(metrics["proposal_recall"]))
+    print(format_mistakes_table(metrics["mistakes"]))
+    pairs = confused_pairs(metrics["mistakes"])
+    if pairs:
+        print("most frequent mistakes (object -> detected as): "
+              + ", ".join(f"{obj} -> {det} {count}" for obj, det, count in pairs))
     print(f"wrote {', '.join(sorted(written))} to {out_dir}")
     return metrics
 

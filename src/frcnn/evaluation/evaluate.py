@@ -9,6 +9,7 @@ from torch import Tensor
 
 from frcnn.data.transforms import image_scales
 from frcnn.evaluation.coco_map import CocoEvaluator
+from frcnn.evaluation.mistakes import detection_mistakes, threshold_curve
 from frcnn.evaluation.proposal_recall import (
     PAPER_IOU_THRESHOLDS,
     PAPER_TOP_NS,
@@ -61,6 +62,7 @@ def evaluate_split(
     coco: bool = True,
     on_batch: Callable[[list[Tensor], list[dict], list[dict]], None] | None = None,
     progress_name: str = "evaluation",
+    score_thresh: float | None = None,
 ) -> tuple[dict, dict]:
     """One pass over the split scoring detections and proposals -> (metrics, pr_curves).
 
@@ -69,9 +71,13 @@ def evaluate_split(
     * ``coco`` (if ``coco``): COCO AP@[.5:.95] ``map``, ``map_50``, ``map_75``, ``map_small`` /
       ``map_medium`` / ``map_large`` (-1 where undefined), boxes in original-image pixels;
     * ``proposal_recall`` (if ``top_ns``): the paper's Fig. 4 for the RPN's top-N proposals
-      (:func:`frcnn.evaluation.proposal_recall.recall_at_iou`).
+      (:func:`frcnn.evaluation.proposal_recall.recall_at_iou`);
+    * ``mistakes`` (if ``score_thresh`` is given): the confusion matrix at that score threshold, per-class
+      precision / recall / F1 there and the F1-maximising threshold
+      (:func:`frcnn.evaluation.mistakes.detection_mistakes`).
 
-    ``pr_curves`` is :meth:`DetectionEvaluator.pr_curves` (numpy arrays; not for JSON).
+    ``pr_curves`` is :meth:`DetectionEvaluator.pr_curves` (numpy arrays; not for JSON), with ``score_thresh``
+    each class's ``threshold_curve`` (:func:`frcnn.evaluation.mistakes.threshold_curve`) added.
     The shared conv layers run once per image (``model.detect_and_rank``); ``on_batch(images,
     targets, detections)`` sees every batch (e.g. to draw the first few). The result does not
     depend on the loader's batch size (:func:`frcnn.modeling.faster_rcnn.padded_size_groups`).
@@ -110,7 +116,12 @@ def evaluate_split(
         metrics["coco"] = {ours: coco_result[theirs] for theirs, ours in _COCO_KEYS.items()}
     if recall is not None:
         metrics["proposal_recall"] = recall.compute()
-    return metrics, voc.pr_curves()
+    pr_curves = voc.pr_curves()
+    if score_thresh is not None:
+        metrics["mistakes"] = detection_mistakes(voc, score_thresh)
+        for label, name in enumerate(class_names, start=1):
+            pr_curves[name]["threshold_curve"] = threshold_curve(voc, label)
+    return metrics, pr_curves
 
 
 def evaluate_detector(model, dataloader, class_names: list[str], device: torch.device | str = "cpu") -> dict:

@@ -89,3 +89,47 @@ def plot_pr_curves(curves: dict[str, dict], path: str | Path, title: str = "Prec
         if index >= (rows - 1) * columns:
             axes.set_xlabel("recall", fontsize=8)
     return _save(figure, path)
+
+
+def plot_mistakes(mistakes: dict, curves: dict[str, dict | None], path: str | Path) -> Path:
+    """Left: the detection confusion matrix (:func:`frcnn.evaluation.mistakes.confusion_matrix`), counts
+    written in the cells, colour = the share of the row (of each class's objects; the background row: of
+    the false positives). Right: F1 against the score threshold per class
+    (:func:`frcnn.evaluation.mistakes.threshold_curve`), a dot at each class's best, the dashed line at
+    ``mistakes['score_thresh']``."""
+    confusion = mistakes["confusion"]
+    counts = np.asarray(confusion["counts"], dtype=np.int64)  # [C + 1, C + 1]
+    size = counts.shape[0]
+    side = min(14.0, max(4.5, 2.5 + 0.45 * size))
+    figure = _new_figure(2 * side + 1.0, side)
+    matrix_axes, curve_axes = figure.subplots(1, 2, width_ratios=[1.15, 1.0])
+    shares = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
+    image = matrix_axes.imshow(shares, cmap="Blues", vmin=0.0, vmax=1.0)
+    figure.colorbar(image, ax=matrix_axes, fraction=0.046, pad=0.02, label="share of the row")
+    font = max(5, 10 - size // 4)
+    for row in range(size):
+        for column in range(size):
+            if counts[row, column]:
+                matrix_axes.text(column, row, str(counts[row, column]), ha="center", va="center", fontsize=font,
+                                 color="white" if shares[row, column] > 0.5 else "black")
+    matrix_axes.set_xticks(range(size), confusion["columns"], rotation=60, ha="right", fontsize=font + 1)
+    matrix_axes.set_yticks(range(size), confusion["rows"], fontsize=font + 1)
+    matrix_axes.set_xlabel("detected as")
+    matrix_axes.set_ylabel("object (ground truth)")
+    matrix_axes.set_title(f"Confusion at score >= {mistakes['score_thresh']:g}, IoU > {mistakes['iou_thresh']:g}")
+    for name, curve in curves.items():
+        if curve is None:
+            continue
+        line, = curve_axes.plot(curve["score_thresh"], curve["f1"], linewidth=1.0, label=name)
+        best = int(np.argmax(curve["f1"]))
+        curve_axes.plot(curve["score_thresh"][best], curve["f1"][best], "o", color=line.get_color(), markersize=4)
+    curve_axes.axvline(mistakes["score_thresh"], color="grey", linestyle="--", linewidth=1.0)
+    curve_axes.set_xlim(0.0, 1.0)
+    curve_axes.set_ylim(0.0, 1.02)
+    curve_axes.grid(True, alpha=0.3)
+    curve_axes.set_xlabel("score threshold (keep score >=)")
+    curve_axes.set_ylabel("F1")
+    curve_axes.set_title("F1 by score threshold (dot: each class's best)")
+    if curve_axes.get_legend_handles_labels()[0]:
+        curve_axes.legend(fontsize=7, ncol=2 if len(curves) > 10 else 1, loc="lower left")
+    return _save(figure, path)

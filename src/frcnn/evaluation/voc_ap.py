@@ -139,14 +139,16 @@ def _match_detections(
     iou_per_image: list[np.ndarray],
     difficult_per_image: list[np.ndarray],
     iou_thresh: float,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Devkit greedy assignment of score-sorted detections -> (is_tp [N], is_fp [N]) bool.
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Devkit greedy assignment of score-sorted detections -> (is_tp [N], is_fp [N]) bool, matched gt [N]
+    (its index in the image for a TP or an ignored detection, else -1).
 
     Detections with both flags False matched a difficult gt and are ignored.
     """
     num_dets = len(image_ids)
     is_tp = np.zeros(num_dets, dtype=bool)
     is_fp = np.zeros(num_dets, dtype=bool)
+    matched_gt = np.full(num_dets, -1, dtype=np.int64)
     gt_taken = [np.zeros(len(d), dtype=bool) for d in difficult_per_image]
     for k in range(num_dets):
         img = image_ids[k]
@@ -158,13 +160,41 @@ def _match_detections(
         if not ious[best_gt] > iou_thresh:  # devkit: ovmax > ovthresh (strict)
             is_fp[k] = True
         elif difficult_per_image[img][best_gt]:
-            continue  # ignored: neither TP nor FP
+            matched_gt[k] = best_gt  # ignored: neither TP nor FP
         elif gt_taken[img][best_gt]:
             is_fp[k] = True  # duplicate detection
         else:
             is_tp[k] = True
+            matched_gt[k] = best_gt
             gt_taken[img][best_gt] = True
-    return is_tp, is_fp
+    return is_tp, is_fp, matched_gt
+
+
+def devkit_match(
+    detections: Sequence,
+    ground_truths: Sequence,
+    iou_thresh: float = 0.5,
+    pixel_plus_one: bool = False,
+) -> dict[str, np.ndarray | int]:
+    """The devkit's assignment of one class's detections (module rules; arguments as :func:`voc_class_ap`),
+    every array in decreasing score order (ties in image order):
+    ``image`` [N] image index, ``row`` [N] row in that image's detections, ``score`` [N], ``is_tp`` [N],
+    ``is_fp`` [N] (both False: matched a difficult gt, ignored), ``gt`` [N] the matched gt's index in its image
+    (TP or ignored; else -1), and ``npos`` (non-difficult gts)."""
+    if len(detections) != len(ground_truths):
+        raise ValueError(f"{len(detections)} images of detections but {len(ground_truths)} of ground truth")
+    gt_boxes = [_as_boxes(boxes) for boxes, _ in ground_truths]  # per image [G, 4]
+    gt_difficult = [_to_numpy(diff, bool).reshape(-1) for _, diff in ground_truths]  # per image [G]
+    npos = int(sum(int((~d).sum()) for d in gt_difficult))
+
+    image_ids, scores, rows, det_boxes = _flatten_detections(detections)
+    order = np.argsort(-scores, kind="stable")  # score descending, ties in image order
+    image_ids, rows, scores = image_ids[order], rows[order], scores[order]
+
+    iou_per_image = [pairwise_iou(d, g, pixel_plus_one) for d, g in zip(det_boxes, gt_boxes)]  # [D_i, G_i]
+    is_tp, is_fp, matched_gt = _match_detections(image_ids, rows, iou_per_image, gt_difficult, iou_thresh)
+    return {"image": image_ids, "row": rows, "score": scores, "is_tp": is_tp, "is_fp": is_fp, "gt": matched_gt,
+            "npos": npos}
 
 
 def voc_class_ap(
@@ -188,19 +218,8 @@ def voc_class_ap(
         order. If ``npos == 0`` (class absent) ``ap`` is NaN and recall is NaN; exclude such classes
         from a mean.
     """
-    if len(detections) != len(ground_truths):
-        raise ValueError(f"{len(detections)} images of detections but {len(ground_truths)} of ground truth")
-    gt_boxes = [_as_boxes(boxes) for boxes, _ in ground_truths]  # per image [G, 4]
-    gt_difficult = [_to_numpy(diff, bool).reshape(-1) for _, diff in ground_truths]  # per image [G]
-    npos = int(sum(int((~d).sum()) for d in gt_difficult))
-
-    image_ids, scores, rows, det_boxes = _flatten_detections(detections)
-    order = np.argsort(-scores, kind="stable")  # score descending, ties in image order
-    image_ids, rows = image_ids[order], rows[order]
-
-    iou_per_image = [pairwise_iou(d, g, pixel_plus_one) for d, g in zip(det_boxes, gt_boxes)]  # [D_i, G_i]
-    is_tp, is_fp = _match_detections(image_ids, rows, iou_per_image, gt_difficult, iou_thresh)
-
+    matches = devkit_match(detections, ground_truths, iou_thresh, pixel_plus_one)
+    is_tp, is_fp, npos = matches["is_tp"], matches["is_fp"], matches["npos"]
     counted = is_tp | is_fp  # drop ignored (difficult) detections
     cum_tp = np.cumsum(is_tp[counted]).astype(np.float64)  # [N']
     cum_fp = np.cumsum(is_fp[counted]).astype(np.float64)  # [N']
@@ -260,6 +279,7 @@ class DetectionEvaluator:
         self._gt_labels: list[np.ndarray] = []  # per image [G]
         self._gt_difficult: list[np.ndarray] = []  # per image [G]
         self._results_cache: list | None = None  # _class_results, until the next update
+        self._matches_cache: dict[int, dict] = {}  # class_matches by label, until the next update
 
     def _check_labels(self, labels: np.ndarray, what: str) -> None:
         if labels.size and (labels.min() < 1 or labels.max() > self.num_classes):
@@ -293,6 +313,7 @@ class DetectionEvaluator:
             self._gt_labels.append(gt_labels)
             self._gt_difficult.append(gt_difficult)
         self._results_cache = None
+        self._matches_cache = {}
 
     def _class_inputs(self, label: int) -> tuple[list, list]:
         """Per-image (boxes, scores) detections and (boxes, difficult) gts of one class label."""
@@ -318,6 +339,18 @@ class DetectionEvaluator:
                 ))
             self._results_cache = results
         return self._results_cache
+
+    def class_matches(self, label: int) -> dict[str, np.ndarray | int]:
+        """:func:`devkit_match` of one class label over everything accumulated (cached until the next update)."""
+        if label not in self._matches_cache:
+            self._matches_cache[label] = devkit_match(*self._class_inputs(label), self.iou_thresh, self.pixel_plus_one)
+        return self._matches_cache[label]
+
+    def images(self) -> list[tuple[dict[str, np.ndarray], dict[str, np.ndarray]]]:
+        """What :meth:`update` stored, per image: ({boxes, scores, labels}, {boxes, labels, difficult}), numpy."""
+        return [({"boxes": db, "scores": ds, "labels": dl}, {"boxes": gb, "labels": gl, "difficult": gd})
+                for db, ds, dl, gb, gl, gd in zip(self._det_boxes, self._det_scores, self._det_labels,
+                                                  self._gt_boxes, self._gt_labels, self._gt_difficult)]
 
     def pr_curves(self) -> dict[str, dict]:
         """Per-class precision/recall curves behind the APs (devkit cumulative TP/FP, score order).
