@@ -81,6 +81,12 @@ def _target_normalizations() -> list[str]:
     return list(TARGET_NORMALIZATIONS)
 
 
+def _samplers() -> list[str]:
+    from frcnn.data.sampler import SAMPLERS
+
+    return list(SAMPLERS)
+
+
 def _nonfinite_policies() -> list[str]:
     from frcnn.lit.guards import NONFINITE_POLICIES
 
@@ -142,8 +148,10 @@ DATA = Node(
         "augment": AUGMENT,  # the augment group (conf/augment/)
         "val_fraction": Number(0.0, 1.0, low_open=True, high_open=True),  # automatic split's val share (data.split)
         "split_dir": Text(nullable=True),  # where the automatic split is kept (data_split.json; the run dir)
+        "sampler": Choice(_samplers),  # uniform | repeat_factor (LVIS's repeat factors: frcnn.data.sampler)
+        "repeat_thresh": Number(0.0, 1.0, low_open=True),  # repeat_factor's t: classes in fewer pictures are repeated
     },
-    optional=frozenset({"augment", "val_fraction", "split_dir"}),
+    optional=frozenset({"augment", "sampler", "repeat_thresh", "val_fraction", "split_dir"}),
     open=True,  # dataset-specific keys (root, splits, classes, ...) are checked by the dataset builder
 )
 

@@ -9,10 +9,26 @@ from collections.abc import Callable, Sequence
 
 import lightning as L
 import torch
-from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, Sampler, SequentialSampler
+from torch.utils.data import (
+    BatchSampler,
+    DataLoader,
+    Dataset,
+    DistributedSampler,
+    RandomSampler,
+    Sampler,
+    SequentialSampler,
+)
 
 from frcnn.data.resumable import ResumeBatchSampler, StepSeededDataset
-from frcnn.data.sampler import AspectRatioBatchSampler, aspect_group_ids
+from frcnn.data.sampler import (
+    SAMPLERS,
+    AspectRatioBatchSampler,
+    RepeatFactorSampler,
+    aspect_group_ids,
+    image_classes,
+    log_repeat_factors,
+    repeat_factors,
+)
 from frcnn.data.synthetic import ShapesDataset
 from frcnn.data.transforms import DetectionTransform, collate_detection
 
@@ -63,6 +79,13 @@ class DetectionDataModule(L.LightningDataModule):
     sequence and each item's augmentation is seeded from (seed, step, index)
     (:mod:`frcnn.data.resumable`), so a stage resumed mid-epoch continues exactly; the recipe
     sets it from the checkpoint it resumes (0 for a fresh stage).
+
+    ``sampler``: ``uniform`` (each image once an epoch, shuffled) or ``repeat_factor`` (LVIS's repeat-factor
+    sampling with threshold ``repeat_thresh``: :class:`~frcnn.data.sampler.RepeatFactorSampler`, an epoch of
+    as many images as the set has, images of rare classes drawn more often; grouping applies on top). Its
+    loader is the resumable one in every process: under DDP the sampler deals each rank its share itself
+    (``shards_itself``: the Trainer must not inject a DistributedSampler) and the val loader is dealt out
+    here as Lightning would; :meth:`evaluation_dataloader` is the whole val split.
     """
 
     def __init__(
@@ -76,6 +99,8 @@ class DetectionDataModule(L.LightningDataModule):
         shuffle: bool = True,
         seed: int = 0,
         aspect_ratio_grouping: bool = False,
+        sampler: str = "uniform",
+        repeat_thresh: float = 0.5,
     ):
         super().__init__()
         self.train_dataset_factory = train_dataset_factory
@@ -87,6 +112,11 @@ class DetectionDataModule(L.LightningDataModule):
         self.shuffle = bool(shuffle)
         self.seed = int(seed)
         self.aspect_ratio_grouping = bool(aspect_ratio_grouping)
+        if sampler not in SAMPLERS:
+            raise ValueError(f"sampler={sampler!r}; allowed: {list(SAMPLERS)}")
+        self.sampler = sampler
+        self.repeat_thresh = float(repeat_thresh)
+        self._repeat_factors = None
         self.train_dataset: Dataset | None = None
         self.val_dataset: Dataset | None = None
         self.resume_step = 0
@@ -147,11 +177,30 @@ class DetectionDataModule(L.LightningDataModule):
             generator=generator,
         )
 
+    @property
+    def shards_itself(self) -> bool:
+        """True when the loaders deal out each rank's share under DDP themselves (repeat-factor sampling):
+        the Trainer then runs with ``use_distributed_sampler=False``."""
+        return self.sampler == "repeat_factor"
+
+    def repeat_factors(self):
+        """Per-image repeat factors of the training set (computed once, from its annotations)."""
+        if self._repeat_factors is None:
+            per_image, per_class = repeat_factors(image_classes(self.train_dataset), self.repeat_thresh,
+                                                  num_classes=len(self.class_names))
+            log_repeat_factors(per_class, per_image, self.class_names, self.repeat_thresh)
+            self._repeat_factors = per_image
+        return self._repeat_factors
+
     def train_dataloader(self) -> DataLoader:
         self.setup("fit")
         group_ids = None
         if self.aspect_ratio_grouping and self.batch_size > 1:
             group_ids = aspect_group_ids(self.train_dataset)
+        if self.sampler == "repeat_factor":
+            order = RepeatFactorSampler(self.repeat_factors(), seed=self.seed, num_replicas=self._world_size(),
+                                        rank=self._rank())
+            return self._resumable_loader(self.train_dataset, group_ids, order)
         if self._world_size() == 1:
             return self._resumable_loader(self.train_dataset, group_ids)
         if group_ids is not None:
@@ -162,12 +211,19 @@ class DetectionDataModule(L.LightningDataModule):
         trainer = getattr(self, "trainer", None)
         return int(trainer.world_size) if trainer is not None else 1
 
-    def _resumable_loader(self, dataset: Dataset, group_ids: list[int] | None) -> DataLoader:
-        """Single-process training loader: the seeded batches from step ``resume_step`` on, items
-        reseeded per (step, index) (see :mod:`frcnn.data.resumable`)."""
+    def _rank(self) -> int:
+        trainer = getattr(self, "trainer", None)
+        return int(trainer.global_rank) if trainer is not None else 0
+
+    def _resumable_loader(self, dataset: Dataset, group_ids: list[int] | None,
+                          order: Sampler | None = None) -> DataLoader:
+        """The training loader of one process: the seeded batches from step ``resume_step`` on, items
+        reseeded per (step, index) (see :mod:`frcnn.data.resumable`); ``order``: the indices' sampler
+        (default the seeded shuffle)."""
         if self.resume_step > 0:  # this loader does resume mid-epoch: Lightning's warning that it cannot is wrong here
             warnings.filterwarnings("ignore", message=RESUME_WARNING)
-        generator, order = self._seeded_order(dataset)
+        generator, shuffled = self._seeded_order(dataset)
+        order = shuffled if order is None else order
         if group_ids is not None:
             batches = AspectRatioBatchSampler(order, group_ids, self.batch_size, drop_last=False)
         else:
@@ -182,6 +238,19 @@ class DetectionDataModule(L.LightningDataModule):
         )
 
     def val_dataloader(self) -> DataLoader:
+        """Validation during training; under DDP with ``shards_itself`` this rank's share (DistributedSampler
+        without shuffling, as Lightning injects otherwise)."""
+        self.setup("validate")
+        if self.shards_itself and self._world_size() > 1:
+            share = DistributedSampler(self.val_dataset, num_replicas=self._world_size(), rank=self._rank(),
+                                       shuffle=False)
+            return DataLoader(self.val_dataset, batch_size=self.val_batch_size, sampler=share,
+                              num_workers=self.num_workers, pin_memory=self.pin_memory,
+                              collate_fn=collate_detection, persistent_workers=self.num_workers > 0)
+        return self._loader(self.val_dataset, self.val_batch_size, shuffle=False)
+
+    def evaluation_dataloader(self) -> DataLoader:
+        """The whole val split in one process (the final evaluation)."""
         self.setup("validate")
         return self._loader(self.val_dataset, self.val_batch_size, shuffle=False)
 

@@ -14,8 +14,9 @@ RNG from their seeds. Two small wrappers remove both sources of divergence:
   reading an item, so a random flip or scale depends on the item and its step, not on how
   many items were transformed before in this process.
 
-Used for single-process training; under DDP Lightning's distributed sampler is kept (resume then
-restarts the epoch order, as Lightning warns).
+Used for single-process training, and under DDP with ``data.sampler=repeat_factor`` (whose sampler deals
+each rank its share of the epoch itself); otherwise under DDP Lightning's distributed sampler is kept
+(resume then restarts the epoch order, as Lightning warns).
 """
 
 from __future__ import annotations
@@ -28,8 +29,9 @@ from torch.utils.data import Dataset, Sampler
 
 
 class ResumeBatchSampler(Sampler):
-    """Epoch ``e`` of ``batch_sampler`` with its shuffle ``generator`` seeded from (``seed``, e),
-    minus the batches before training step ``start_step``; items are ``(step, index)`` pairs
+    """Epoch ``e`` of ``batch_sampler`` with its shuffle ``generator`` seeded from (``seed``, e) (and
+    ``set_epoch(e)`` passed to its sampler where it has one), minus the batches before training step
+    ``start_step``; items are ``(step, index)`` pairs
     (step = e * batches per epoch + position) for :class:`StepSeededDataset`.
 
     Each epoch is a pure function of its number, which Lightning passes through ``set_epoch``
@@ -58,6 +60,9 @@ class ResumeBatchSampler(Sampler):
 
     def __iter__(self) -> Iterator[list[tuple[int, int]]]:
         self.generator.manual_seed(item_seed([self.seed, self.epoch]))
+        order = getattr(self.batch_sampler, "sampler", None)
+        if callable(getattr(order, "set_epoch", None)):  # a sampler seeded per epoch (RepeatFactorSampler)
+            order.set_epoch(self.epoch)
         first_step = self.epoch * len(self.batch_sampler)
         for position, batch in enumerate(self.batch_sampler):
             step = first_step + position

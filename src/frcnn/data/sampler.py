@@ -1,20 +1,37 @@
-"""Aspect-ratio grouping: mini-batches of only landscape (W >= H) or only portrait (W < H) images.
+"""Training samplers: aspect-ratio grouping and LVIS's repeat-factor sampling of rare classes.
 
+Aspect-ratio grouping: mini-batches of only landscape (W >= H) or only portrait (W < H) images.
 Images of a batch are padded to the largest H and W in it; after the paper rescale (shorter side
 600) a landscape and a portrait image padded together waste up to half the batch's pixels. Grouping
 by orientation keeps the padding small.
+
+Repeat-factor sampling (``data.sampler=repeat_factor``; LVIS, Gupta, Dollar and Girshick 2019, Appendix
+B.2; detectron2's RepeatFactorTrainingSampler): an image holding a rare class is drawn more often, in
+proportion to its repeat factor (:func:`repeat_factors`).
 """
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Iterator, Sequence
 
+import numpy as np
 from torch.utils.data import BatchSampler, Dataset, DistributedSampler, Sampler
 
-__all__ = ["LANDSCAPE", "PORTRAIT", "AspectRatioBatchSampler", "aspect_group_ids"]
+__all__ = ["LANDSCAPE", "PORTRAIT", "SAMPLERS", "AspectRatioBatchSampler", "RepeatFactorSampler", "aspect_group_ids",
+           "image_classes", "repeat_factors"]
 
 LANDSCAPE, PORTRAIT = 0, 1
+SAMPLERS = ("uniform", "repeat_factor")  # data.sampler
+log = logging.getLogger(__name__)
+
+
+def _base_dataset(dataset: Dataset) -> Dataset:
+    """The data set a wrapper with ``.base`` (ProposalDataset: the same images with proposals) reads."""
+    while getattr(dataset, "base", None) is not None:
+        dataset = dataset.base
+    return dataset
 
 
 def aspect_group_ids(dataset: Dataset) -> list[int] | None:
@@ -27,6 +44,105 @@ def aspect_group_ids(dataset: Dataset) -> list[int] | None:
     return [LANDSCAPE if w >= h else PORTRAIT for h, w in (sizes(i) for i in range(len(dataset)))]
 
 
+# ----------------------------------------------------------------------------- repeat-factor sampling
+def image_classes(dataset: Dataset) -> list[np.ndarray]:
+    """The distinct labels (1..C) of every training image's boxes, in index order, as training sees them
+    (difficult / crowd boxes left out; files read from their annotations, no image decoded:
+    :func:`frcnn.data.records.training_annotations`); a wrapper with ``.base`` uses its base."""
+    from frcnn.data.records import training_annotations
+
+    annotations = training_annotations(_base_dataset(dataset))
+    return [np.unique(np.asarray(labels, dtype=np.int64)) for *_, labels in annotations]
+
+
+def repeat_factors(classes_per_image: Sequence[np.ndarray], repeat_thresh: float,
+                   num_classes: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """LVIS's repeat factors -> (per image [N], per class [C + 1], index = label, 0 unused).
+
+    f(c) = the fraction of training images that hold class c; a class's factor is
+    r(c) = max(1, sqrt(t / f(c))) with t = ``repeat_thresh``, so a class in a fraction t of the images or
+    more is not repeated and a class in t / 4 of them is repeated twice; an image's factor is the largest
+    of its classes' (1 for an image without boxes). A class absent from every image keeps 1.
+    """
+    if not repeat_thresh > 0:
+        raise ValueError(f"repeat_thresh must be > 0, got {repeat_thresh!r}")
+    num_images = len(classes_per_image)
+    top = max((int(c.max()) for c in classes_per_image if len(c)), default=0)
+    num_classes = max(int(num_classes or 0), top)
+    images_with = np.zeros(num_classes + 1, dtype=np.int64)  # [C + 1]
+    for classes in classes_per_image:
+        images_with[np.unique(classes)] += 1
+    fraction = images_with / max(num_images, 1)
+    with np.errstate(divide="ignore"):
+        per_class = np.where(images_with > 0, np.maximum(1.0, np.sqrt(repeat_thresh / fraction)), 1.0)
+    per_class[0] = 1.0
+    per_image = np.array([per_class[c].max() if len(c) else 1.0 for c in classes_per_image], dtype=np.float64)
+    return per_image, per_class
+
+
+class RepeatFactorSampler(Sampler[int]):
+    """Image indices drawn by their repeat factors ``factors`` [N], each epoch a pure function of
+    (``seed``, epoch) (Lightning passes the epoch through ``set_epoch``), so a resumed run replays it.
+
+    Epoch e is one round of detectron2's RepeatFactorTrainingSampler seeded from (seed, e): image i is
+    listed floor(r_i) times and once more with probability frac(r_i) (stochastic rounding), the list is
+    shuffled, and the epoch is its first ``epoch_length`` entries (default N, the number of images: an
+    epoch sees as many images as uniform sampling, so a schedule in epochs or steps keeps its length and
+    cost; at most sum(floor(r)), the shortest a round can be). Image i is then drawn r_i / sum(r) of the
+    time, as in detectron2's endless stream.
+
+    ``num_replicas`` / ``rank`` (DDP): the epoch is padded with its first entries to a multiple of
+    ``num_replicas`` and rank k takes positions k, k + num_replicas, ... (as DistributedSampler does), so
+    the ranks' shares are disjoint parts of one list that every rank computes alike.
+    """
+
+    def __init__(self, factors: Sequence[float] | np.ndarray, seed: int = 0, epoch_length: int | None = None,
+                 num_replicas: int = 1, rank: int = 0):
+        self.factors = np.asarray(factors, dtype=np.float64).reshape(-1)  # [N]
+        if len(self.factors) == 0 or not np.all(self.factors >= 1.0):
+            raise ValueError("repeat factors must be a non-empty list of numbers >= 1")
+        self.epoch_length = len(self.factors) if epoch_length is None else int(epoch_length)
+        smallest_round = int(np.floor(self.factors).sum())  # a round lists at least this many draws
+        if not 1 <= self.epoch_length <= smallest_round:
+            raise ValueError(f"epoch_length must be in [1, {smallest_round}] (sum of the factors' integer parts), "
+                             f"got {epoch_length}")
+        if not 0 <= rank < num_replicas:
+            raise ValueError(f"need 0 <= rank < num_replicas, got rank={rank}, num_replicas={num_replicas}")
+        self.seed, self.num_replicas, self.rank = int(seed), int(num_replicas), int(rank)
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def epoch_order(self, epoch: int) -> np.ndarray:
+        """Every rank's indices of epoch ``epoch``, before the deal: int64 [epoch_length]."""
+        rng = np.random.default_rng([self.seed, int(epoch)])
+        whole = np.floor(self.factors)
+        copies = whole.astype(np.int64) + (rng.random(len(self.factors)) < self.factors - whole)  # [N]
+        pool = np.repeat(np.arange(len(self.factors), dtype=np.int64), copies)  # [sum(copies)] >= N
+        return pool[rng.permutation(len(pool))[: self.epoch_length]]
+
+    def __len__(self) -> int:
+        return math.ceil(self.epoch_length / self.num_replicas)
+
+    def __iter__(self) -> Iterator[int]:
+        order = np.resize(self.epoch_order(self.epoch), len(self) * self.num_replicas)  # padded with its start
+        yield from order[self.rank :: self.num_replicas].tolist()
+
+
+def log_repeat_factors(per_class: np.ndarray, per_image: np.ndarray, class_names: Sequence[str],
+                       repeat_thresh: float) -> str:
+    """The start-up line of repeat-factor sampling: the repeated classes and how much more often images are drawn."""
+    repeated = [f"{name} x{per_class[label]:.2f}" for label, name in enumerate(class_names, start=1)
+                if label < len(per_class) and per_class[label] > 1.0]
+    line = (f"repeat-factor sampling (data.repeat_thresh={repeat_thresh:g}): "
+            f"{', '.join(repeated) if repeated else 'no class is rarer than the threshold, sampling stays uniform'}; "
+            f"{int(np.sum(per_image > 1.0))} of {len(per_image)} images drawn more often "
+            f"(each image drawn r / sum(r) of the time, sum(r) / N = {per_image.mean():.3f})")
+    log.info("%s", line)
+    return line
+
+
 class AspectRatioBatchSampler(BatchSampler):
     """Batches of ``batch_size`` indices of one group, in the order ``sampler`` yields them.
 
@@ -37,7 +153,9 @@ class AspectRatioBatchSampler(BatchSampler):
     ``RandomSampler`` with a seeded generator gives a fixed sequence of epochs.
 
     Under a ``DistributedSampler`` (Lightning injects one through the ``sampler`` argument) every rank
-    must run the same number of steps, whatever its mix of groups: the epoch is then padded to
+    must run the same number of steps, whatever its mix of groups; under a :class:`RepeatFactorSampler`
+    each epoch draws another multiset of images, whose mix of groups varies; in both cases the epoch is
+    padded to
     ``ceil(len(sampler) / batch_size) + groups - 1`` batches (the most any mix needs) by repeating its
     first batches (``drop_last=True``: cut to ``len(sampler) // batch_size - (groups - 1)``).
     """
@@ -54,8 +172,8 @@ class AspectRatioBatchSampler(BatchSampler):
 
     @property
     def _fixed_length(self) -> bool:
-        """Same batch count on every rank (distributed sampling)."""
-        return isinstance(self.sampler, DistributedSampler)
+        """Same batch count on every rank (distributed sampling) and in every epoch (repeat factors)."""
+        return isinstance(self.sampler, (DistributedSampler, RepeatFactorSampler))
 
     def _grouped_batches(self) -> list[list[int]]:
         buckets: list[list[int]] = [[] for _ in range(self.num_groups)]

@@ -90,11 +90,16 @@ def build_datamodule(cfg: Mapping[str, Any], images_per_batch: int, train_factor
         pin_memory=bool(data_cfg.get("pin_memory", False)) and cfg["trainer"]["accelerator"] != "cpu",
         seed=int(cfg.get("seed", 0)),
         aspect_ratio_grouping=bool(data_cfg.get("aspect_ratio_grouping", False)),
+        sampler=str(data_cfg.get("sampler", "uniform")),
+        repeat_thresh=float(data_cfg.get("repeat_thresh", 0.5)),
     )
 
 
 def build_trainer(cfg: Mapping[str, Any], stage_dir: Path, stage_name: str, max_steps: int, logger,
-                  val_every_n_epochs: int | None, extra_callbacks: list | None = None) -> L.Trainer:
+                  val_every_n_epochs: int | None, extra_callbacks: list | None = None,
+                  use_distributed_sampler: bool = True) -> L.Trainer:
+    """The stage's Trainer. ``use_distributed_sampler=False`` when the data module deals out each rank's
+    share itself (repeat-factor sampling: frcnn.data.datamodule)."""
     trainer_cfg = cfg["trainer"]
     progress, enable_progress_bar = stage_progress(stage_name, trainer_cfg)  # a bar in a terminal, else lines
     checkpoint = ModelCheckpoint(
@@ -112,7 +117,7 @@ def build_trainer(cfg: Mapping[str, Any], stage_dir: Path, stage_name: str, max_
         deterministic=bool(trainer_cfg.get("deterministic", False)),
         gradient_clip_val=cfg["optim"].get("gradient_clip_norm"),
         default_root_dir=str(stage_dir), logger=logger, callbacks=[checkpoint, *progress, *(extra_callbacks or [])],
-        num_sanity_val_steps=0, enable_model_summary=False,
+        num_sanity_val_steps=0, enable_model_summary=False, use_distributed_sampler=use_distributed_sampler,
         plugins=[AtomicCheckpointIO()],  # last.ckpt: .tmp beside it, fsync, rename; the old one survives a failed write
     )
 
@@ -153,7 +158,8 @@ def fit_stage(cfg: Mapping[str, Any], run_dir: Path, stage_name: str, module: L.
     reliability = [StepSeed(int(cfg.get("seed", 0)), stage_name), on_sigterm, FaultPoint(stage_name)]
     logger = build_logger(cfg["logger"], run_dir, run_dir.name, stage_name, config=dict(cfg), resume_step=resume_step)
     trainer = build_trainer(cfg, stage_dir, stage_name, schedule["max_steps"], logger, val_every_n_epochs,
-                            [*reliability, *validation_callbacks(cfg, stage_dir, stage_name, module, val_every_n_epochs)])
+                            [*reliability, *validation_callbacks(cfg, stage_dir, stage_name, module, val_every_n_epochs)],
+                            use_distributed_sampler=not getattr(datamodule, "shards_itself", False))
     if last is not None:
         log.info("stage %s: resuming from %s (step %d)", stage_name, last, resume_step)
     start = time.perf_counter()
@@ -367,8 +373,8 @@ def finalize(cfg, run_dir: Path, model, class_names, datamodule, timings: dict[s
     start = time.perf_counter()
     device = _evaluation_device(cfg)
     pictures = PictureCollector(int(cfg["recipe"].get("val_pictures", 0) or 0), list(class_names))
-    metrics, pr_curves = evaluate_split(model.to(device), datamodule.val_dataloader(), class_names, device=device,
-                                       on_batch=pictures)  # one pass of the conv layers per val image
+    metrics, pr_curves = evaluate_split(model.to(device), datamodule.evaluation_dataloader(), class_names,
+                                        device=device, on_batch=pictures)  # one pass of the conv layers per val image
     model.cpu()
     timings["evaluation"] = time.perf_counter() - start
     metrics["recipe"] = cfg["recipe"]["name"]
