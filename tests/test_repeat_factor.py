@@ -3,6 +3,7 @@ against a hand computation, the sampling frequencies they give, epochs as a func
 resumed loader replays the same batches, aspect grouping on top, disjoint DDP shares, and the config keys.
 """
 
+import json
 import math
 from collections import Counter
 
@@ -166,3 +167,19 @@ def test_repeat_factor_keys_are_checked(compose_cfg, tmp_path):
             check_schema(compose_cfg([override], tmp_path))
         assert message in str(err.value)
 
+
+@pytest.mark.slow
+def test_ddp_run_with_repeat_factor_and_keep_best(tmp_path):
+    """Two processes through the CLI (gloo): repeat-factor sampling deals the ranks their shares with the
+    Trainer's own DistributedSampler off, validation runs on each rank's half of the val split, and the final
+    evaluation on rank 0 sees the whole split; keep_best picks a validated step."""
+    from tests.test_ddp_cpu import DDP, ONE_NODE, ONE_THREAD, run_cli
+
+    result = run_cli(*DDP, *ONE_NODE, "recipe=joint", "schedule.joint.max_steps=4", "schedule.joint.images_per_batch=2",
+                     "data.sampler=repeat_factor", "data.repeat_thresh=0.5", "recipe.val_every_n_epochs=1",
+                     "recipe.keep_best=map_50", f"hydra.run.dir={tmp_path}", env=ONE_THREAD)
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["num_images"] == 4  # the whole val split
+    assert metrics["model_selection"]["best_step"] in (2, 4) and (tmp_path / "joint" / "DONE").read_text().strip() == "4"
+    assert "repeat-factor sampling (data.repeat_thresh=0.5)" in result.stdout + result.stderr

@@ -185,6 +185,20 @@ class OrAuto(Rule):
 
 
 @dataclass
+class OrNull(Rule):
+    """null (the feature is off) or what ``rule`` allows."""
+
+    rule: Rule
+
+    def describe(self) -> str:
+        return f"{self.rule.describe()} or null"
+
+    def check(self, value: Any, key: str) -> None:
+        if value is not None:
+            self.rule.check(value, key)
+
+
+@dataclass
 class Free(Rule):
     """Anything (documentation-only keys such as a preset's paper numbers)."""
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from frcnn.config.rules import AnyOf, Bool, Choice, Free, ListOf, Node, Number, OrAuto, Rule, Text, Variant
+from frcnn.config.rules import AnyOf, Bool, Choice, Free, ListOf, Node, Number, OrAuto, OrNull, Rule, Text, Variant
 from frcnn.errors import ConfigError
 
 
@@ -85,6 +85,12 @@ def _samplers() -> list[str]:
     from frcnn.data.sampler import SAMPLERS
 
     return list(SAMPLERS)
+
+
+def _keep_best_metrics() -> list[str]:
+    from frcnn.lit.selection import KEEP_BEST_METRICS
+
+    return list(KEEP_BEST_METRICS)
 
 
 def _nonfinite_policies() -> list[str]:
@@ -308,21 +314,48 @@ _RECIPE_COMMON = {
     "val_every_n_epochs": Number(1, integer=True, nullable=True),
     "on_nonfinite_loss": Choice(_nonfinite_policies),  # NaN / inf loss: error (stop, naming step + term) | skip
     "val_pictures": Number(0, integer=True),
+    "keep_best": OrNull(Choice(_keep_best_metrics)),  # the stage that validates ends with its best checkpoint
+    "early_stop_patience": Number(1, integer=True, nullable=True),  # validations without improvement, then stop
 }
+_SELECTION_KEYS = frozenset({"keep_best", "early_stop_patience"})
+
+
+class RecipeNode(Node):
+    """A recipe's keys; ``keep_best`` / ``early_stop_patience`` select among validations during training, so
+    they need ``val_every_n_epochs`` and a stage that validates (the 4-step recipe's stage2_det, which
+    ``unshared`` does not run)."""
+
+    def check(self, value: Any, key: str) -> None:
+        super().check(value, key)
+        wanted = [f"{key}.{name}={value[name]}" for name in ("keep_best", "early_stop_patience")
+                  if value.get(name) is not None]
+        if not wanted:
+            return
+        keys, verb = " and ".join(wanted), "need" if len(wanted) > 1 else "needs"
+        if value.get("val_every_n_epochs") is None:
+            raise ConfigError(f"{keys} {verb} validations during training to choose from, but "
+                              f"{key}.val_every_n_epochs is null (none): set {key}.val_every_n_epochs=N (validate "
+                              "every N epochs) or leave it null")
+        if value.get("unshared"):
+            raise ConfigError(f"{keys} {verb} the stage that validates (stage2_det), which {key}.unshared=true "
+                              "does not run: leave it null with unshared")
+
+
 RECIPE = Variant(
     {
-        "joint": Node(
+        "joint": RecipeNode(
             {**_RECIPE_COMMON, "approximate": Bool()},  # false: non-approximate joint training (§3.2 iii)
-            optional=frozenset({"approximate"}),
+            optional=frozenset({"approximate"}) | _SELECTION_KEYS,
         ),
-        "alternating": Node(
+        "alternating": RecipeNode(
             {
                 **_RECIPE_COMMON,
                 "unshared": Bool(),
                 "reinit_det_outputs": Bool(),  # stage2_det: cls_score / bbox_pred from a fresh init (authors' code)
                 "proposals": Node({"pre_nms_top_n": TOP_N, "post_nms_top_n": COUNT, "nms_thresh": IOU}),
             },
-            optional=frozenset({"unshared", "reinit_det_outputs", "val_every_n_epochs", "val_pictures"}),
+            optional=frozenset({"unshared", "reinit_det_outputs", "val_every_n_epochs", "val_pictures"})
+            | _SELECTION_KEYS,
         ),
     },
     group="recipe",

@@ -3,6 +3,8 @@
 Run directory layout:
     <run_dir>/<stage>/checkpoints/last.ckpt   resumable state of the stage
     <run_dir>/<stage>/DONE                    marker: the stage finished
+    <run_dir>/<stage>/checkpoints/best.ckpt   recipe.keep_best: the stage's best validation checkpoint
+    <run_dir>/<stage>/best.json               ... the step and score the stage ended with (frcnn.lit.selection)
     <run_dir>/final/model.pt                  the unified detector
     <run_dir>/metrics.json                    final evaluation
     <run_dir>/.frcnn.lock                     held by the process training here (frcnn.utils.run_lock)
@@ -52,6 +54,13 @@ from frcnn.lit.checkpoint_io import AtomicCheckpointIO
 from frcnn.lit.guards import LossGuard
 from frcnn.lit.joint import JointModule
 from frcnn.lit.progress import stage_progress
+from frcnn.lit.selection import (
+    SELECTION_FILE,
+    finish_selection,
+    read_selection,
+    selection_callbacks,
+    selection_summary,
+)
 from frcnn.lit.stages import StageModule
 from frcnn.lit.val_images import PictureCollector, ValidationPictureLogger
 from frcnn.modeling.faster_rcnn import UnsharedFasterRCNN
@@ -64,6 +73,8 @@ from frcnn.utils.run_lock import RunDirLock
 log = logging.getLogger(__name__)
 # Lightning's PossibleUserWarning when a module is in eval mode at fit start: frcnn's frozen layers are, by design
 EVAL_MODE_WARNING = r"Found \d+ module\(s\) in eval mode at the start of training"
+# ... and ModelCheckpoint's (recipe.keep_best) when a resumed stage's checkpoint folder holds last.ckpt: expected
+NOT_EMPTY_WARNING = r"Checkpoint directory .* exists and is not empty"
 SIGTERM_EXIT_STATUS = 143  # 128 + SIGTERM: stopped, not finished (a scheduler must not read it as success)
 
 
@@ -142,6 +153,10 @@ def fit_stage(cfg: Mapping[str, Any], run_dir: Path, stage_name: str, module: L.
     <stage>/DONE. A finished stage is loaded from model.pt instead. A resumed stage continues with
     the batches, augmentation and sampling an uninterrupted run would have used (frcnn.data.resumable,
     StepSeed). SIGTERM: the checkpoint is written and the process exits with status 143.
+
+    A stage that validates with ``recipe.keep_best`` / ``recipe.early_stop_patience`` (frcnn.lit.selection)
+    ends with its best validation checkpoint's weights (model.pt holds them) and leaves <stage>/best.json;
+    ``module.selection`` is that record (None without selection).
     """
     stage_dir = run_dir / stage_name
     weights = stage_dir / "model.pt"
@@ -150,6 +165,7 @@ def fit_stage(cfg: Mapping[str, Any], run_dir: Path, stage_name: str, module: L.
     if (stage_dir / "DONE").exists() and weights.exists():
         log.info("stage %s already finished; loading %s", stage_name, weights)
         module.model.load_state_dict(read_torch_file(weights, "stage weights file"))
+        module.selection = read_selection(stage_dir)
         return module
     last, resume_step = resume_checkpoint(stage_dir)  # an unreadable checkpoint is moved aside, never used
     datamodule.resume_step = resume_step
@@ -157,8 +173,10 @@ def fit_stage(cfg: Mapping[str, Any], run_dir: Path, stage_name: str, module: L.
     on_sigterm = CheckpointOnSigterm(stage_dir / "checkpoints" / "last.ckpt")
     reliability = [StepSeed(int(cfg.get("seed", 0)), stage_name), on_sigterm, FaultPoint(stage_name)]
     logger = build_logger(cfg["logger"], run_dir, run_dir.name, stage_name, config=dict(cfg), resume_step=resume_step)
+    selection = selection_callbacks(cfg["recipe"], stage_dir / "checkpoints") if val_every_n_epochs else []
     trainer = build_trainer(cfg, stage_dir, stage_name, schedule["max_steps"], logger, val_every_n_epochs,
-                            [*reliability, *validation_callbacks(cfg, stage_dir, stage_name, module, val_every_n_epochs)],
+                            [*reliability, *selection,
+                             *validation_callbacks(cfg, stage_dir, stage_name, module, val_every_n_epochs)],
                             use_distributed_sampler=not getattr(datamodule, "shards_itself", False))
     if last is not None:
         log.info("stage %s: resuming from %s (step %d)", stage_name, last, resume_step)
@@ -168,17 +186,21 @@ def fit_stage(cfg: Mapping[str, Any], run_dir: Path, stage_name: str, module: L.
         # (frcnn's checkpoints hold only tensors and plain values; resume_checkpoint checked it the same way)
         with warnings.catch_warnings():  # frozen BatchNorms / conv are in eval mode on purpose (set_trainable)
             warnings.filterwarnings("ignore", message=EVAL_MODE_WARNING)
+            warnings.filterwarnings("ignore", message=NOT_EMPTY_WARNING)
             trainer.fit(module, datamodule=datamodule, ckpt_path=str(last) if last is not None else None,
                         weights_only=True)
     except SIGTERMException:
         finish_logger(logger)
         raise stopped_by_sigterm(stage_name, on_sigterm) from None
     timings[stage_name] = time.perf_counter() - start
+    module.selection = finish_selection(trainer, module, stage_name)  # keep_best: the best checkpoint's weights
     if module.loss_guard.skipped_steps:
         log.warning("stage %s: %d batches skipped for a non-finite loss (steps %s)", stage_name,
                     len(module.loss_guard.skipped_steps), module.loss_guard.skipped_steps[:10])
     if trainer.is_global_zero:
         atomic_torch_save(module.model.state_dict(), weights)
+        if module.selection is not None:
+            atomic_write_json(module.selection, stage_dir / SELECTION_FILE)
         atomic_write_text(f"{trainer.global_step}\n", stage_dir / "DONE")
     finish_logger(logger)
     release_training_state(module)
@@ -228,7 +250,7 @@ def run_joint(cfg: Mapping[str, Any], run_dir: Path) -> dict:
                          images_per_pass=int(joint["images_per_batch"]) if passes > 1 else None)
     timings: dict[str, float] = {}
     fit_stage(cfg, run_dir, "joint", module, datamodule, schedule, timings, cfg["recipe"].get("val_every_n_epochs"))
-    return finalize(cfg, run_dir, module.model, class_names, datamodule, timings)
+    return finalize(cfg, run_dir, module.model, class_names, datamodule, timings, module.selection)
 
 
 def proposal_stage(cfg: Mapping[str, Any], run_dir: Path, stage_name: str, model, dataset,
@@ -319,7 +341,7 @@ def run_alternating(cfg: Mapping[str, Any], run_dir: Path) -> dict:
     del rpn2
     det2 = fit_stage(cfg, run_dir, "stage2_det", det2, detector_data(proposals2, "stage2_det"),
                      stages["stage2_det"], timings, cfg["recipe"].get("val_every_n_epochs"))  # the whole detector
-    return finalize(cfg, run_dir, det2.model, class_names, base, timings)
+    return finalize(cfg, run_dir, det2.model, class_names, base, timings, det2.selection)
 
 
 def empirical_targets(cfg: Mapping[str, Any], stage: StageModule, train_set, proposals: ProposalFile) -> None:
@@ -363,8 +385,10 @@ def _evaluation_device(cfg: Mapping[str, Any]) -> torch.device:
     return torch.device("cuda" if on_gpu else "cpu")
 
 
-def finalize(cfg, run_dir: Path, model, class_names, datamodule, timings: dict[str, float]) -> dict:
+def finalize(cfg, run_dir: Path, model, class_names, datamodule, timings: dict[str, float],
+             selection: Mapping[str, Any] | None = None) -> dict:
     """Save the unified detector, evaluate it on the val split, write metrics.json, print a table.
+    ``selection``: the last stage's model selection (frcnn.lit.selection), recorded as ``model_selection``.
     Under DDP only global rank 0 does this; the other ranks wait and read its metrics.json."""
     if _global_rank() != 0:
         _barrier()
@@ -379,6 +403,8 @@ def finalize(cfg, run_dir: Path, model, class_names, datamodule, timings: dict[s
     timings["evaluation"] = time.perf_counter() - start
     metrics["recipe"] = cfg["recipe"]["name"]
     metrics["stage_seconds"] = timings
+    if selection is not None:
+        metrics["model_selection"] = selection_summary(selection)
     written = write_evaluation_report(metrics, pr_curves, run_dir, write_metrics=False)  # ap_table.md, PR + recall PNGs
     logger = build_logger(cfg["logger"], run_dir, run_dir.name, "final", config=dict(cfg))
     log_final_results(logger, metrics, {name: path for name, path in written.items() if name.endswith(".png")},
@@ -387,6 +413,8 @@ def finalize(cfg, run_dir: Path, model, class_names, datamodule, timings: dict[s
     atomic_write_json(metrics, run_dir / "metrics.json")  # last: with final/model.pt it marks the run finished
     print(format_table(metrics))
     print(format_recall_table(metrics["proposal_recall"]))
+    if metrics.get("model_selection", {}).get("note"):
+        print(metrics["model_selection"]["note"])
     print(f"metrics written to {run_dir / 'metrics.json'}")
     _barrier()
     return metrics
