@@ -13,7 +13,13 @@ import torch
 
 from frcnn.config.schema import check_schema
 from frcnn.data.datamodule import DetectionDataModule
-from frcnn.data.sampler import AspectRatioBatchSampler, RepeatFactorSampler, image_classes, repeat_factors
+from frcnn.data.sampler import (
+    AspectRatioBatchSampler,
+    RepeatFactorSampler,
+    image_classes,
+    log_repeat_factors,
+    repeat_factors,
+)
 from frcnn.errors import ConfigError
 
 
@@ -26,6 +32,8 @@ def test_repeat_factors_match_a_hand_computation():
     per_image, per_class = repeat_factors(classes, 0.5, num_classes=4)
     assert per_class.tolist() == pytest.approx([1.0, 1.0, math.sqrt(5), math.sqrt(1.25), 1.0])  # class 4: absent
     assert per_image.tolist() == pytest.approx([math.sqrt(5)] + [math.sqrt(1.25)] * 4 + [1.0] * 5)
+    line = log_repeat_factors(per_class, per_image, ["a", "b", "c", "d"], 0.5)  # mean factor 1.171
+    assert "b r=2.24 (1.91x), c r=1.12 (0.95x);" in line and "a picture of factor 1: 0.85x" in line
     with pytest.raises(ValueError, match="repeat_thresh"):
         repeat_factors(classes, 0.0)
 

@@ -132,13 +132,16 @@ class RepeatFactorSampler(Sampler[int]):
 
 def log_repeat_factors(per_class: np.ndarray, per_image: np.ndarray, class_names: Sequence[str],
                        repeat_thresh: float) -> str:
-    """The start-up line of repeat-factor sampling: the repeated classes and how much more often images are drawn."""
-    repeated = [f"{name} x{per_class[label]:.2f}" for label, name in enumerate(class_names, start=1)
-                if label < len(per_class) and per_class[label] > 1.0]
+    """The start-up line of repeat-factor sampling: each repeated class's factor and how often a picture of it is
+    drawn against uniform sampling (r / mean(r) over the pictures)."""
+    mean = float(per_image.mean())
+    repeated = [f"{name} r={per_class[label]:.2f} ({per_class[label] / mean:.2f}x)"
+                for label, name in enumerate(class_names, start=1) if label < len(per_class) and per_class[label] > 1.0]
     line = (f"repeat-factor sampling (data.repeat_thresh={repeat_thresh:g}): "
-            f"{', '.join(repeated) if repeated else 'no class is rarer than the threshold, sampling stays uniform'}; "
-            f"{int(np.sum(per_image > 1.0))} of {len(per_image)} images drawn more often "
-            f"(each image drawn r / sum(r) of the time, sum(r) / N = {per_image.mean():.3f})")
+            + (f"{', '.join(repeated)}; a picture is drawn r / mean(r) times as often as uniformly (x: a picture "
+               f"whose largest factor is that class's; mean r {mean:.3f}, a picture of factor 1: {1 / mean:.2f}x)"
+               if repeated
+               else "no class is in fewer than that share of the pictures: sampling stays uniform"))
     log.info("%s", line)
     return line
 
