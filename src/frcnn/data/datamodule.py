@@ -100,7 +100,7 @@ class DetectionDataModule(L.LightningDataModule):
         seed: int = 0,
         aspect_ratio_grouping: bool = False,
         sampler: str = "uniform",
-        repeat_thresh: float = 0.5,
+        repeat_thresh: float = 0.3,
     ):
         super().__init__()
         self.train_dataset_factory = train_dataset_factory

@@ -102,7 +102,7 @@ def build_datamodule(cfg: Mapping[str, Any], images_per_batch: int, train_factor
         seed=int(cfg.get("seed", 0)),
         aspect_ratio_grouping=bool(data_cfg.get("aspect_ratio_grouping", False)),
         sampler=str(data_cfg.get("sampler", "uniform")),
-        repeat_thresh=float(data_cfg.get("repeat_thresh", 0.5)),
+        repeat_thresh=float(data_cfg.get("repeat_thresh", 0.3)),
     )
 
 
