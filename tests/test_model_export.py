@@ -285,3 +285,47 @@ def test_paper_preset_vgg16_exports_and_runs(big_files_dir):
         assert report["eager"] == report["exported"] == report["matched"] > 0, report
         assert report["max_box_diff_px"] <= BOX_TOLERANCE_PX and report["max_score_diff"] <= SCORE_TOLERANCE, report
         path.unlink()
+
+
+def test_an_export_torch_cannot_trace_is_one_line_naming_the_format(model, tmp_path, capsys, monkeypatch):
+    from frcnn.inference import exportable
+
+    def refuses(module):
+        raise RuntimeError("Constraints violated (height, width)!\n  - Not all values of height ... (a page)")
+
+    monkeypatch.setattr(exportable, "exported_program", refuses)
+    save_detector(model, model_cfg(), list(CLASS_NAMES), tmp_path / "model.pt")
+    with pytest.raises(SystemExit) as stop:
+        export_main([str(tmp_path / "model.pt"), "--format", "pt2", "--out", str(tmp_path / "d.pt2")])
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and len(err.strip().splitlines()) == 1, err
+    assert "--format pt2: RuntimeError while exporting" in err and "Constraints violated (height, width)!" in err
+    assert not (tmp_path / "d.pt2").exists()
+
+
+@pytest.mark.slow
+def test_pt2_trace_takes_a_body_with_tf_same_padding():
+    """timm's TF-"same" convolutions (tf_efficientnet_lite*, the own-data preset's body) pad by ceil / max formulas
+    of the input size: four of them stride 2, and a torch.export Dim with a range refuses the trace ("Constraints
+    violated", the symbolic reasoning takes ~20 s); Dim.DYNAMIC keeps the size symbolic and the program right at
+    other sizes."""
+    from timm.layers import create_conv2d
+
+    from frcnn.inference.torch_export import exported_program
+
+    class Body(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.convs = torch.nn.Sequential(*[create_conv2d(3 if i == 0 else 4, 4, 3, stride=2, padding="same")
+                                               for i in range(4)])
+
+        def forward(self, image, image_scale):
+            return self.convs(image[None])[0] * image_scale
+
+    torch.manual_seed(0)
+    body = Body().eval()
+    program = exported_program(body).module()
+    for height, width in ((33, 45), (97, 200)):
+        image = torch.rand(3, height, width)
+        with torch.no_grad():
+            torch.testing.assert_close(program(image, torch.tensor(2.0)), body(image, torch.tensor(2.0)))

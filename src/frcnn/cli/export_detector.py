@@ -61,7 +61,13 @@ def export_file(checkpoint: str | Path, export_format: str, out: str | Path, sca
             print(f"truncated SVD: {line}")
     trained_scale, trained_max = checkpoint_input_scale(checkpoint) or PAPER_TEST_SCALE
     scale, max_size = int(scale or trained_scale), int(max_size or trained_max)
-    export_detector(model, class_names, scale, max_size, export_format, out)
+    try:
+        export_detector(model, class_names, scale, max_size, export_format, out)
+    except RuntimeError as exc:  # torch.export / the ONNX exporter: a page of trace; the first line says what
+        out.unlink(missing_ok=True)
+        first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise ExportError(f"--format {export_format}: {type(exc).__name__} while exporting {checkpoint}: {first_line} "
+                          "(run frcnn.inference.exportable.export_detector in Python for the whole message)") from exc
     summary = {"out": str(out), "scale": scale, "max_size": max_size}
     if verify:
         generator = torch.Generator().manual_seed(0)

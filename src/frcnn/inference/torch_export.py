@@ -2,10 +2,13 @@
 ExportedProgram, and the ONNX file of torch's dynamo exporter (``torch.onnx.export(..., dynamo=True)``).
 
 Both trace :class:`frcnn.inference.exportable.ExportableDetector` once (non-strict ``torch.export``) with
-the image's height and width dynamic; the sizes that depend on the data (proposals that survive the
-minimum size, NMS, the score threshold) stay symbolic, so the graph takes any image and returns any number
-of detections, none included. A ``.pt2`` file runs with ``torch.export.load(path).module()(image,
-image_scale)`` (torch and torchvision, no frcnn).
+the image's height and width ``Dim.DYNAMIC``: torch.export keeps them symbolic without refusing the export
+over conditions on them it cannot prove (a named ``Dim`` with a range is refused for a timm net, whose TF
+"same" padding puts ceil / max formulas of the size in the graph); the sizes that depend on the data
+(proposals that survive the minimum size, NMS, the score threshold) stay symbolic too, so the graph takes
+any image and returns any number of detections, none included (``tests/test_model_export.py``: parity on
+several sizes; measured on the README's Lite0 tree detector too). A ``.pt2`` file runs with
+``torch.export.load(path).module()(image, image_scale)`` (torch and torchvision, no frcnn).
 
 torchvision 0.29's shape function for ``torchvision::nms`` says it keeps at least 2 boxes (it calls the
 deprecated ``create_unbacked_symint``, whose minimum is 2), which the trace turns into a runtime assertion:
@@ -26,16 +29,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-# The height / width range the program accepts (torch.export guards on it). The trace assumes every feature map
-# of the body has more than one row and column (broadcasts it cannot prove otherwise): 32 px = two cells of a
-# stride-16 map (and of the stride-8 nets' stride-16 layers).
-MIN_SIDE_PX, MAX_SIDE_PX = 32, 8192
-
-
 def trace_inputs(example_hw: tuple[int, int] = (128, 160)) -> tuple[tuple, dict]:
-    """(example (image [3, H, W], image_scale []), dynamic_shapes: H and W in MIN_SIDE_PX .. MAX_SIDE_PX)."""
-    height = torch.export.Dim("height", min=MIN_SIDE_PX, max=MAX_SIDE_PX)
-    width = torch.export.Dim("width", min=MIN_SIDE_PX, max=MAX_SIDE_PX)
+    """(example (image [3, H, W], image_scale []), dynamic_shapes: H and W dynamic)."""
+    height = width = torch.export.Dim.DYNAMIC
     example = (torch.rand(3, *example_hw, generator=torch.Generator().manual_seed(0)), torch.tensor(1.0))
     return example, {"image": {1: height, 2: width}, "image_scale": None}
 
