@@ -23,8 +23,8 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 
 from frcnn.cli.train import preflight
 from frcnn.config.checks import check_override_keys, validate_config
-from frcnn.config.rules import AnyOf, Bool, Choice, Free, ListOf, Node, Number, OrAuto, Rule, Text, Variant
-from frcnn.config.schema import TRAIN_CONFIG
+from frcnn.config.rules import AnyOf, Bool, Choice, Free, ListOf, Node, Number, OrAuto, OrNull, Rule, Text, Variant
+from frcnn.config.schema import TRAIN_CONFIG, AugmentTransforms
 from frcnn.errors import ConfigError
 from tests.cli_runner import run_script
 from tests.conftest import REPO_ROOT, compose_config
@@ -86,6 +86,11 @@ def bad_values(rule: Rule) -> list[tuple[str, str]]:
             [] if rule.nullable else [("wrong_type", "null")])
     if isinstance(rule, OrAuto):  # 'auto' is the one extra value: everything the inner rule refuses stays refused
         return [(kind, text) for kind, text in bad_values(rule.rule) if text != "auto"] + [("wrong_type", "autox")]
+    if isinstance(rule, AugmentTransforms):  # albumentations transforms by _target_ (frcnn.data.augment)
+        return [("wrong_type", "5"), ("wrong_type", "[5]"), ("wrong_type", "[{p: 0.5}]"),
+                ("wrong_type", "[{_target_: os.system}]"), ("range", "[{_target_: albumentations.VerticalFlip, p: 2}]")]
+    if isinstance(rule, OrNull):  # null switches the feature off: everything else the inner rule refuses stays refused
+        return [(kind, text) for kind, text in bad_values(rule.rule) if text != "null"]
     if isinstance(rule, AnyOf):
         return [("wrong_type", "abc"), ("wrong_type", "{a:1}"), ("range", "-2"), ("wrong_type", "2.5")]
     if isinstance(rule, Node):
