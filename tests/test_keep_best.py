@@ -117,6 +117,20 @@ def test_a_run_stopped_mid_stage_keeps_the_best_so_far(best_then_worse, compose_
     assert not same(state(last), state(run_dir / "final" / "model.pt"))
 
 
+@pytest.mark.parametrize("last_score, kept", [(0.6, 10), (0.3, 4)])
+def test_a_stage_ending_between_validations_validates_its_last_step(last_score, kept, compose_cfg, tmp_path,
+                                                                   monkeypatch):
+    """10 steps, 4 an epoch: validations at steps 4 and 8 during training, and the last step (10) once after it.
+    It is kept when it scores better than step 4's 0.5 (the stage's own weights), else step 4's checkpoint."""
+    validated = scripted_scores(monkeypatch, {4: 0.5, 8: 0.2, 10: last_score})
+    metrics = recipes.run_recipe(compose_cfg(joint(10, "recipe.keep_best=map_50"), tmp_path), tmp_path)
+    assert validated == [4, 8, 10]
+    selection = metrics["model_selection"]
+    assert selection["best_step"] == kept and selection["best_score"] == pytest.approx(max(last_score, 0.5))
+    best_checkpoint = state(tmp_path / "joint" / "checkpoints" / "best.ckpt")  # step 4's, the best during training
+    assert same(state(tmp_path / "final" / "model.pt"), best_checkpoint) == (kept == 4)
+
+
 def test_early_stopping_ends_the_stage_and_counts_across_a_resume(best_then_worse, compose_cfg, tmp_path,
                                                                   monkeypatch):
     """Patience 2: 0.5 at step 4, then 0.2 and 0.3 (no improvement twice): the stage ends at step 12 of 16,

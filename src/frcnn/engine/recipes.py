@@ -193,7 +193,7 @@ def fit_stage(cfg: Mapping[str, Any], run_dir: Path, stage_name: str, module: L.
         finish_logger(logger)
         raise stopped_by_sigterm(stage_name, on_sigterm) from None
     timings[stage_name] = time.perf_counter() - start
-    module.selection = finish_selection(trainer, module, stage_name)  # keep_best: the best checkpoint's weights
+    module.selection = finish_selection(trainer, module, stage_name, datamodule)  # keep_best: the best's weights
     if module.loss_guard.skipped_steps:
         log.warning("stage %s: %d batches skipped for a non-finite loss (steps %s)", stage_name,
                     len(module.loss_guard.skipped_steps), module.loss_guard.skipped_steps[:10])

@@ -4,7 +4,9 @@ best validation checkpoint of a stage (ModelCheckpoint) and the stage ends with 
 
 Both callbacks keep their state (best score so far, validations without improvement) in the stage's
 ``last.ckpt``, rewritten after every validation (:class:`LastCheckpointAfterValidation`), so a stage stopped
-and resumed selects as the uninterrupted one would. What the stage ended
+and resumed selects as the uninterrupted one would. A stage whose last step falls between validations (its
+length not a multiple of ``recipe.val_every_n_epochs`` epochs) validates that step once more after training
+(Lightning's ``Trainer.validate``), so the weights it ends with are always a candidate. What the stage ended
 with is written to ``<stage>/best.json`` for metrics.json, also when a rerun finds the stage finished.
 
 A selection uses the split it is scored on: the chosen checkpoint's validation score is an optimistic
@@ -22,6 +24,7 @@ from typing import Any
 
 import lightning as L
 from lightning.pytorch.callbacks import Checkpoint, EarlyStopping, ModelCheckpoint
+from lightning.pytorch.trainer.states import TrainerFn
 
 from frcnn.checkpoint.safe_load import read_torch_file
 from frcnn.lit.validation import ValidationMAP
@@ -53,10 +56,19 @@ class LastCheckpointAfterValidation(Checkpoint):
 
     def __init__(self, last_ckpt: Path):
         self.last_ckpt = Path(last_ckpt)
+        self.validated_step: int | None = None  # the global step of the last validation during fit
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if not trainer.sanity_checking:
-            trainer.save_checkpoint(str(self.last_ckpt))  # atomically: frcnn.lit.checkpoint_io
+        if trainer.sanity_checking or trainer.state.fn != TrainerFn.FITTING:
+            return
+        self.validated_step = int(trainer.global_step)
+        trainer.save_checkpoint(str(self.last_ckpt))  # atomically: frcnn.lit.checkpoint_io
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"validated_step": self.validated_step}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.validated_step = state_dict.get("validated_step")
 
 
 def selection_callbacks(recipe_cfg: Mapping[str, Any], checkpoint_dir: Path) -> list[L.Callback]:
@@ -83,9 +95,11 @@ def _selection_callback(trainer: L.Trainer, kind: type) -> Any:
     return next((c for c in trainer.callbacks if isinstance(c, kind) and c.monitor is not None), None)
 
 
-def finish_selection(trainer: L.Trainer, module: L.LightningModule, stage_name: str) -> dict | None:
-    """After a stage's fit: load the best checkpoint's weights into ``module`` (keep_best) and return the record
-    of the selection (also what early stopping did); None when the stage selected nothing."""
+def finish_selection(trainer: L.Trainer, module: L.LightningModule, stage_name: str,
+                     datamodule: L.LightningDataModule) -> dict | None:
+    """After a stage's fit: with keep_best, validate the last step if training ended between validations, then
+    load the best checkpoint's weights into ``module`` unless the last step scored strictly better; return the
+    record of the selection (also what early stopping did); None when the stage selected nothing."""
     best, early = _selection_callback(trainer, ModelCheckpoint), _selection_callback(trainer, EarlyStopping)
     if best is None and early is None:
         return None
@@ -96,11 +110,18 @@ def finish_selection(trainer: L.Trainer, module: L.LightningModule, stage_name: 
         record["early_stop_patience"] = int(early.patience)
     if best is None:
         return record
-    if not best.best_model_path or not Path(best.best_model_path).is_file():
-        log.warning("stage %s: recipe.keep_best found no validation (recipe.val_every_n_epochs longer than the "
-                    "stage?): it ends with its last weights", stage_name)
-        record.update(best_step=None, best_score=None)
-        return record
+    tracker = next(c for c in trainer.callbacks if isinstance(c, LastCheckpointAfterValidation))
+    has_best = bool(best.best_model_path) and Path(best.best_model_path).is_file()
+    if tracker.validated_step != trainer.global_step:  # training ended between two validations
+        last_score = float(trainer.validate(module, datamodule=datamodule, verbose=False)[0][monitor])
+        log.info("stage %s: the last step (%d), not validated during training, scores %s %.4f", stage_name,
+                 trainer.global_step, monitor, last_score)
+        if not has_best or last_score > float(best.best_model_score):
+            record.update(best_step=int(trainer.global_step), best_score=last_score)
+            return record  # the weights the stage ended with
+    if not has_best:
+        raise RuntimeError(f"stage {stage_name}: its best validation checkpoint {best.best_model_path!r} is gone "
+                           "(deleted, or the run dir moved since it was written): rerun the stage in a new run dir")
     payload = read_torch_file(best.best_model_path, "best validation checkpoint")
     module.load_state_dict(payload["state_dict"])
     record.update(best_step=int(payload["global_step"]), best_score=float(best.best_model_score))
