@@ -180,3 +180,13 @@ def test_paper_presets_keep_fixed_schedules(preset, compose_cfg, tmp_path):
     """The paper selects no checkpoint and stops no stage early."""
     recipe = compose_cfg([f"experiment={preset}"], tmp_path)["recipe"]
     assert recipe["keep_best"] is None and recipe["early_stop_patience"] is None
+
+
+def test_the_own_data_preset_keeps_the_best_validation(compose_cfg, tmp_path):
+    """experiment=cpu_own_data keeps the best of its validations every 5 epochs (docs/CPU_PRESET.md), with either
+    recipe; early stopping stays off."""
+    for recipe in ("joint", "alternating"):
+        cfg = compose_cfg(["experiment=cpu_own_data", f"recipe={recipe}"], tmp_path)
+        check_schema(cfg)
+        assert cfg["recipe"]["keep_best"] == "map_50" and cfg["recipe"]["val_every_n_epochs"] == 5
+        assert cfg["recipe"]["early_stop_patience"] is None
