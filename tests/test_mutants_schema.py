@@ -1,0 +1,1 @@
+"""frcnn.config.schema where the suite left mutants alive (scripts/mutation_test.sh)."""
