@@ -4,6 +4,7 @@ boundaries, every way a writer can be given the wrong images, and every check of
 reason it names."""
 
 import json
+import os
 import pickle
 import struct
 
@@ -11,6 +12,7 @@ import numpy as np
 import pytest
 
 from frcnn.checkpoint.safe_load import UnreadableFileError
+from frcnn.utils.atomic_io import WriteFailed
 from frcnn.engine import proposal_store
 from frcnn.engine.proposal_store import (
     HEADER_BYTES,
@@ -94,11 +96,48 @@ def test_copies_and_offset_checks_go_in_chunks(tmp_path, monkeypatch):
         ProposalFile(damaged)
 
 
+def test_the_writer_takes_any_float_dtype_and_one_box_without_its_batch_dimension(tmp_path):
+    """float64 boxes / scores are stored as the file's float32; an image of one proposal may come as a [4]
+    box and a 0-d score."""
+    images = [(np.array([[1.5, 2, 3, 4]]), np.array([0.5])), (np.array([5.0, 6, 7, 8]), np.float64(0.25))]
+    proposals = ProposalFile(write_proposal_file(tmp_path / "p", iter(images), 2, 7))
+    for index, (boxes, scores) in enumerate(images):
+        read_boxes, read_scores = proposals.read(index)
+        assert read_boxes.tolist() == np.reshape(boxes, (1, 4)).tolist()
+        assert read_scores.tolist() == np.reshape(scores, 1).tolist()
+
+
+def test_scores_stream_to_a_side_file_beside_the_proposals(tmp_path):
+    """While images are written the scores wait in <name>.scores.tmp (appended after the boxes at the end)."""
+    side = tmp_path / "p.safetensors.scores.tmp"
+    seen = []
+
+    def images():
+        yield BOXES[0], SCORES[0]
+        seen.append(side.is_file())
+        yield BOXES[2], SCORES[2]
+
+    write_proposal_file(tmp_path / "p.safetensors", images(), 2, 7)
+    assert seen == [True] and not side.exists()
+
+
+def test_a_write_that_cannot_start_reports_the_file_not_its_side_file(tmp_path):
+    """The temporary file cannot be created (a folder holds its name): the write error names the proposal file;
+    the scores' side file, never created, is no second error."""
+    (tmp_path / "p.tmp").mkdir()
+    with pytest.raises(WriteFailed) as failed:
+        three_images(tmp_path / "p")
+    assert failed.value.filename == str(tmp_path / "p") and not (tmp_path / "p").exists()
+
+
+def test_one_shard_merges_to_its_own_bytes(tmp_path):
+    shard = three_images(tmp_path / "s0", first_image=0)
+    assert merge_proposal_files([shard], tmp_path / "merged").read_bytes() == shard.read_bytes()
+
+
 def test_a_copy_from_a_shorter_file_stops(tmp_path):
     source = tmp_path / "short"
     source.write_bytes(b"abc")
-    import os
-
     fd = os.open(source, os.O_RDONLY)
     try:
         with open(tmp_path / "out", "wb") as out, pytest.raises(OSError, match=r"^unexpected end of file while "
@@ -122,6 +161,11 @@ def test_a_writer_given_other_images_than_announced_leaves_no_file(tmp_path, ima
 
 def test_the_header_must_fit_its_fixed_size():
     assert len(proposal_store._header(3, 0, 7, 3)) == 8 + HEADER_BYTES
+    spare = HEADER_BYTES - len(proposal_store._header(3, 0, 7, 3).rstrip(b" ")) + 8  # bytes left after "0"
+    full = proposal_store._header(3, int("9" * (1 + spare)), 7, 3)  # a first image that fills all 512 bytes
+    assert len(full) == 8 + HEADER_BYTES and full.endswith(b"}")
+    with pytest.raises(ValueError, match=rf"^proposal file header of {HEADER_BYTES + 1} bytes exceeds"):
+        proposal_store._header(3, int("9" * (2 + spare)), 7, 3)
     with pytest.raises(ValueError, match=rf"^proposal file header of 5\d\d bytes exceeds {HEADER_BYTES}$"):
         proposal_store._header(3, 10 ** 300, 7, 3)  # a 301-digit first image
 
@@ -147,7 +191,7 @@ def test_shards_are_whole_consecutive_batches(num_images, world, batch, expected
 
 
 def test_shard_range_takes_one_image_per_batch_by_default():
-    assert shard_range(5, 1, 2) == range(2, 5)
+    assert shard_range(5, 1, 3) == range(1, 3)  # batches of 2 would give range(2, 4)
 
 
 def _rewrite(path, change):
@@ -221,6 +265,12 @@ def test_fields_may_come_in_any_order_in_the_header(tmp_path):
     (lambda data: struct.pack("<Q", 10 ** 6) + data[8:], "header length 1000000 does not fit a file of 612 bytes"),
     (lambda data: struct.pack("<Q", 2 << 20) + data[8:] + bytes(3 << 20), "header length 2097152 does not fit"),
     (lambda data: data[:8] + b"\xff" + data[9:], "header is not JSON"),
+    (lambda data: b"\xff" * 8 + data[8:], "header length 18446744073709551615 does not fit a file of 612 bytes"),
+    (lambda data: struct.pack("<Q", 608) + data[8:], "header length 608 does not fit a file of 612 bytes"),
+    (lambda data: data[: 8 + HEADER_BYTES], "520 bytes, the header describes 612 (truncated or extended)"),
+    (lambda data: data[:8] + json.dumps({**json.loads(data[8 : 8 + HEADER_BYTES]), "scores": {
+        "dtype": "F32", "shape": [3], "data_offsets": [48, 40]}}).encode().ljust(HEADER_BYTES) + data[8 + HEADER_BYTES :],
+     "field 'scores': bytes [48, 40) do not follow the previous field (at 48)"),
     (lambda data: data[:8] + b"[]" + b" " * (HEADER_BYTES - 2) + data[8 + HEADER_BYTES :],
      "__metadata__.format is not 'frcnn-proposals-v2'"),
     (lambda data: data + b"\0", "613 bytes, the header describes 612 (truncated or extended)"),
@@ -283,8 +333,14 @@ def test_a_pickled_file_opens_its_own_descriptor(tmp_path):
     assert copy.read(2)[1].tolist() == [0.75, 0.25] and copy.fd() != fd
     proposals._fd_pid = -5  # as seen from another process: opens its own, leaves the other alone
     assert proposals.fd() != fd
-    import os
-
     os.fstat(fd)  # still open
     os.close(fd)
     assert PROPOSAL_FORMAT == "frcnn-proposals-v2"
+
+
+def test_close_closes_the_descriptor(tmp_path):
+    proposals = ProposalFile(three_images(tmp_path / "p", first_image=0))
+    fd = proposals.fd()
+    proposals.close()
+    with pytest.raises(OSError):
+        os.fstat(fd)
