@@ -1,1 +1,97 @@
-"""frcnn.modeling.rpn where the suite left mutants alive (scripts/mutation_test.sh)."""
+"""frcnn.modeling.rpn where the suite left mutants alive (scripts/mutation_test.sh): the loss of a batch of two
+pictures on a non-square feature map against the two pictures' own losses (eq. 1's N_cls and N_reg over the
+batch), the cross-boundary rule (§3.3) switched on and off, rpn_loss's defaults and normalisers below 1, and
+proposals that are constants unless the box graph is asked for (§3.2 ii / iii)."""
+
+import math
+
+import pytest
+import torch
+
+from frcnn.modeling.rpn import ProposalSettings, RegionProposalNetwork, rpn_loss
+
+# One 32 x 48 picture, stride 16: a 2 x 3 feature map, anchors of sides 16 and 8 (k = 2): 12 anchors.
+HW, FEATURE_HW = (32, 48), (2, 3)
+GTS = [torch.tensor([[2.0, 0.0, 18.0, 16.0]]), torch.tensor([[16.0, 16.0, 32.0, 32.0], [30.0, 0.0, 46.0, 15.0]])]
+
+
+def make_rpn(**overrides) -> RegionProposalNetwork:
+    settings = dict(in_channels=1, anchor_scales_px=[16, 8], anchor_ratios=[1.0], stride=16, fg_iou_thresh=0.7,
+                    bg_iou_thresh=0.3, batch_size_per_image=64, positive_fraction=0.5, reg_lambda=10.0,
+                    reg_normalizer="anchor_locations", smooth_l1_beta=1.0, ignore_cross_boundary=True)
+    return RegionProposalNetwork(**{**settings, **overrides})
+
+
+@pytest.mark.parametrize("reg_normalizer", ["anchor_locations", "minibatch"])
+def test_a_batch_loss_is_the_pictures_sums_over_the_batch_normalisers(reg_normalizer):
+    """batch_size_per_image 64 > 12 anchors: every labelled anchor is sampled, no randomness. Each picture's
+    loss alone is its sum / its own N; the batch's is both sums / the batch's N: N_cls = all sampled anchors,
+    N_reg = 2 x 3 locations x 2 pictures (or the sampled anchors for 'minibatch')."""
+    rpn = make_rpn(reg_normalizer=reg_normalizer)
+    anchors = rpn.anchor_generator(FEATURE_HW)  # [12, 4]
+    g = torch.Generator().manual_seed(0)
+    logits, deltas = torch.randn(2, 12, generator=g), torch.randn(2, 12, 4, generator=g) * 0.3
+    counts, sums_cls, sums_reg = [], [], []
+    for i in range(2):  # each picture's sums: rpn_loss over all its labelled anchors, normalised by 1
+        labels, targets = rpn.assign_targets(anchors, GTS[i : i + 1], [HW])
+        labels, targets = labels[0], targets[0]
+        pos, neg = torch.nonzero(labels == 1).flatten(), torch.nonzero(labels == 0).flatten()
+        counts.append(len(pos) + len(neg))
+        loss_cls, loss_reg = rpn_loss(logits[i], deltas[i], labels, targets, pos, neg, reg_normalizer_count=1.0)
+        sums_cls.append(loss_cls * counts[i])
+        sums_reg.append(loss_reg)
+    assert counts[0] != counts[1] or sums_cls[0] != sums_cls[1]  # the two pictures differ
+    batch = rpn.loss(logits, deltas, anchors, GTS, [HW, HW], FEATURE_HW)
+    n_reg = 2 * 3 * 2 if reg_normalizer == "anchor_locations" else sum(counts)
+    assert batch["rpn_cls"].item() == pytest.approx(float(sum(sums_cls)) / sum(counts), rel=1e-5)
+    assert batch["rpn_reg"].item() == pytest.approx(float(sum(sums_reg)) / n_reg, rel=1e-5)
+    assert batch["rpn"].item() == pytest.approx(batch["rpn_cls"].item() + 10.0 * batch["rpn_reg"].item(), rel=1e-6)
+
+
+def test_sampled_indices_of_the_second_picture_point_into_its_own_anchors():
+    rpn = make_rpn()
+    labels = torch.full((2, 12), -1)
+    labels[0, 3], labels[0, 5], labels[1, 4], labels[1, 7] = 1, 0, 1, 0
+    positives, negatives = rpn.sample(labels)
+    assert sorted(positives.tolist()) == [3, 12 + 4] and sorted(negatives.tolist()) == [5, 12 + 7]
+
+
+def test_cross_boundary_anchors_are_ignored_only_when_asked():
+    """Anchors of side 32 at stride 16 centred 8 px from the border cross it. With ignore_cross_boundary they
+    are neither positive nor negative (§3.3), and the gt's best anchor is the best inside one; without, they
+    are labelled like any other."""
+    anchors = torch.tensor([[-8.0, -8.0, 24.0, 24.0], [0.0, 0.0, 16.0, 16.0], [24.0, 8.0, 56.0, 40.0]])
+    gt = [torch.tensor([[-8.0, -8.0, 24.0, 24.0]])]  # a gt on the crossing anchor: IoU 1, 0.25, 0
+    labels, _ = make_rpn(ignore_cross_boundary=True).assign_targets(anchors, gt, [HW])
+    assert labels.tolist() == [[-1, 1, -1]]
+    labels, _ = make_rpn(ignore_cross_boundary=False).assign_targets(anchors, gt, [HW])
+    assert labels.tolist() == [[1, 0, 0]]
+
+
+def test_rpn_loss_default_beta_and_normalisers_below_one():
+    """One sampled positive anchor (z = 0: log 2) with a delta error of 0.5: smooth L1 with the default beta 1
+    is 0.5 x 0.5^2 = 0.125. N_cls = 1 sample; N_reg is at least 1 (0.5 counts as 1)."""
+    logits, labels = torch.tensor([0.0]), torch.tensor([1])
+    deltas, targets = torch.tensor([[0.5, 0.0, 0.0, 0.0]]), torch.zeros(1, 4)
+    loss_cls, loss_reg = rpn_loss(logits, deltas, labels, targets, torch.tensor([0]), torch.tensor([], dtype=torch.long),
+                                  reg_normalizer_count=1.0)
+    assert loss_cls.item() == pytest.approx(math.log(2.0)) and loss_reg.item() == pytest.approx(0.125)
+    _, loss_reg = rpn_loss(logits, deltas, labels, targets, torch.tensor([0]), torch.tensor([], dtype=torch.long),
+                           reg_normalizer_count=0.5)
+    assert loss_reg.item() == pytest.approx(0.125)
+
+
+def test_proposals_are_constants_unless_the_box_graph_is_kept():
+    rpn = make_rpn().train()
+    features = torch.randn(1, 1, *FEATURE_HW, requires_grad=True)
+    proposals, scores, _ = rpn(features, [HW])
+    assert not proposals[0].requires_grad and not scores[0].requires_grad  # approximate joint training (§3.2 ii)
+    proposals, scores, _ = rpn(features, [HW], keep_box_graph=True)
+    assert proposals[0].requires_grad and not scores[0].requires_grad  # non-approximate (§3.2 iii): boxes only
+    anchors = rpn.anchor_generator(FEATURE_HW)
+    deltas = torch.zeros(1, 12, 4, requires_grad=True)
+    settings = ProposalSettings(pre_nms_top_n=-1, post_nms_top_n=5, min_size_px=0.0)
+    proposals, _ = rpn.propose(anchors, torch.zeros(1, 12), deltas, [HW], settings)
+    assert len(proposals[0]) > 0 and not proposals[0].requires_grad  # propose's default: constants
+    proposals, _ = rpn.propose(anchors, torch.zeros(1, 12), deltas, [HW], settings, keep_box_graph=True)
+    assert proposals[0].requires_grad
