@@ -316,6 +316,7 @@ _RECIPE_COMMON = {
     "val_pictures": Number(0, integer=True),
     "keep_best": OrNull(Choice(_keep_best_metrics)),  # the stage that validates ends with its best checkpoint
     "early_stop_patience": Number(1, integer=True, nullable=True),  # validations without improvement, then stop
+    "ema_decay": Number(0.0, 1.0, low_open=True, high_open=True, nullable=True),  # weight EMA (frcnn.lit.averaging)
 }
 _SELECTION_KEYS = frozenset({"keep_best", "early_stop_patience"})
 
@@ -345,7 +346,7 @@ RECIPE = Variant(
     {
         "joint": RecipeNode(
             {**_RECIPE_COMMON, "approximate": Bool()},  # false: non-approximate joint training (§3.2 iii)
-            optional=frozenset({"approximate"}) | _SELECTION_KEYS,
+            optional=frozenset({"approximate", "ema_decay"}) | _SELECTION_KEYS,
         ),
         "alternating": RecipeNode(
             {
@@ -354,7 +355,7 @@ RECIPE = Variant(
                 "reinit_det_outputs": Bool(),  # stage2_det: cls_score / bbox_pred from a fresh init (authors' code)
                 "proposals": Node({"pre_nms_top_n": TOP_N, "post_nms_top_n": COUNT, "nms_thresh": IOU}),
             },
-            optional=frozenset({"unshared", "reinit_det_outputs", "val_every_n_epochs", "val_pictures"})
+            optional=frozenset({"unshared", "reinit_det_outputs", "val_every_n_epochs", "val_pictures", "ema_decay"})
             | _SELECTION_KEYS,
         ),
     },

@@ -49,6 +49,7 @@ from frcnn.evaluation.proposal_recall import format_recall_table
 from frcnn.evaluation.report import write_evaluation_report
 from frcnn.evaluation.voc_ap import format_table
 from frcnn.inference.detector_file import save_detector
+from frcnn.lit.averaging import weight_averaging_callbacks
 from frcnn.lit.callbacks import CheckpointOnSigterm, FaultPoint, StepSeed, seed_stage
 from frcnn.lit.checkpoint_io import AtomicCheckpointIO
 from frcnn.lit.guards import LossGuard
@@ -174,8 +175,9 @@ def fit_stage(cfg: Mapping[str, Any], run_dir: Path, stage_name: str, module: L.
     reliability = [StepSeed(int(cfg.get("seed", 0)), stage_name), on_sigterm, FaultPoint(stage_name)]
     logger = build_logger(cfg["logger"], run_dir, run_dir.name, stage_name, config=dict(cfg), resume_step=resume_step)
     selection = selection_callbacks(cfg["recipe"], stage_dir / "checkpoints") if val_every_n_epochs else []
+    averaging = weight_averaging_callbacks(cfg["recipe"])
     trainer = build_trainer(cfg, stage_dir, stage_name, schedule["max_steps"], logger, val_every_n_epochs,
-                            [*reliability, *selection,
+                            [*reliability, *averaging, *selection,
                              *validation_callbacks(cfg, stage_dir, stage_name, module, val_every_n_epochs)],
                             use_distributed_sampler=not getattr(datamodule, "shards_itself", False))
     if last is not None:
