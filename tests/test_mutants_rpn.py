@@ -95,3 +95,38 @@ def test_proposals_are_constants_unless_the_box_graph_is_kept():
     assert len(proposals[0]) > 0 and not proposals[0].requires_grad  # propose's default: constants
     proposals, _ = rpn.propose(anchors, torch.zeros(1, 12), deltas, [HW], settings, keep_box_graph=True)
     assert proposals[0].requires_grad
+
+
+def test_random_ranking_draws_on_the_logits_device():
+    """Table 2's "w/o cls" ranking draws its random scores on the device of the logits (a model on a GPU
+    ranks on the GPU), not on torch's default device: with the default device made "meta", proposals of
+    CPU inputs are still computed on the CPU."""
+    rpn = make_rpn()
+    anchors = rpn.anchor_generator(FEATURE_HW)
+    settings = ProposalSettings(pre_nms_top_n=-1, post_nms_top_n=5, min_size_px=0.0, ranking="random")
+    logits, deltas = torch.randn(1, 12), torch.zeros(1, 12, 4)
+    with torch.device("meta"):
+        boxes, scores, picked = rpn.select_anchors(anchors, logits, deltas, [HW], settings)
+    assert scores.device.type == "cpu" and picked[0].device.type == "cpu" and len(picked[0]) == 5
+    assert ((scores >= 0.5) & (scores < 0.7311)).all()  # sigmoid of uniform [0, 1) draws
+
+
+def test_image_scales_of_the_wrong_length_are_refused_with_the_counts():
+    """One resize factor per picture: 1 factor for a batch of 2 is refused, the message naming both counts."""
+    rpn = make_rpn()
+    anchors = rpn.anchor_generator(FEATURE_HW)
+    settings = ProposalSettings(pre_nms_top_n=-1, post_nms_top_n=5)
+    with pytest.raises(ValueError, match="image_scales holds 1 factors for a batch of 2 images"):
+        rpn.select_anchors(anchors, torch.zeros(2, 12), torch.zeros(2, 12, 4), [HW, HW], settings, image_scales=[1.0])
+
+
+def test_select_anchors_gives_constant_boxes_by_default():
+    """select_anchors, like propose, keeps no graph from the deltas unless asked (approximate joint training)."""
+    rpn = make_rpn()
+    anchors = rpn.anchor_generator(FEATURE_HW)
+    deltas = torch.zeros(1, 12, 4, requires_grad=True)
+    settings = ProposalSettings(pre_nms_top_n=-1, post_nms_top_n=5, min_size_px=0.0)
+    boxes, _, _ = rpn.select_anchors(anchors, torch.zeros(1, 12), deltas, [HW], settings)
+    assert not boxes.requires_grad
+    boxes, _, _ = rpn.select_anchors(anchors, torch.zeros(1, 12), deltas, [HW], settings, keep_box_graph=True)
+    assert boxes.requires_grad
