@@ -130,3 +130,36 @@ def test_select_anchors_gives_constant_boxes_by_default():
     assert not boxes.requires_grad
     boxes, _, _ = rpn.select_anchors(anchors, torch.zeros(1, 12), deltas, [HW], settings, keep_box_graph=True)
     assert boxes.requires_grad
+
+
+def test_proposal_settings_refuse_no_proposals_and_name_the_value():
+    """At least one proposal after NMS (1 is allowed, 0 is not); an unknown ranking is refused naming the choices."""
+    assert ProposalSettings(pre_nms_top_n=6000, post_nms_top_n=1).post_nms_top_n == 1
+    with pytest.raises(ValueError, match="post_nms_top_n must be > 0, got 0"):
+        ProposalSettings(pre_nms_top_n=6000, post_nms_top_n=0)
+    with pytest.raises(ValueError, match=r"proposal ranking='score'; allowed: \('cls', 'random'\)"):
+        ProposalSettings(pre_nms_top_n=6000, post_nms_top_n=300, ranking="score")
+
+
+@pytest.mark.parametrize("pre_nms_top_n, expected", [(0, 12), (-1, 12), (1, 1), (3, 3), (50, 12)])
+def test_the_pre_nms_cut(pre_nms_top_n, expected):
+    """pre_nms_top_n <= 0 means no cut before NMS (all 12 anchors' boxes go on); N > 0 keeps the N best
+    (at most all 12). Without NMS the post-NMS N (20) keeps them all, best first."""
+    rpn = make_rpn()
+    anchors = rpn.anchor_generator(FEATURE_HW)
+    logits = torch.arange(12.0)[None]  # anchor 11 scores best
+    settings = ProposalSettings(pre_nms_top_n=pre_nms_top_n, post_nms_top_n=20, min_size_px=0.0, use_nms=False)
+    _, _, picked = rpn.select_anchors(anchors, logits, torch.zeros(1, 12, 4), [HW], settings)
+    assert picked[0].tolist() == list(range(11, 11 - expected, -1))
+
+
+def test_proposals_without_nms_are_indexed_on_the_scores_device():
+    """The no-NMS ablation (Table 2) takes the top N by rank with an index made on the candidates' device,
+    not torch's default device: with the default made "meta", CPU inputs still give CPU proposals."""
+    rpn = make_rpn()
+    anchors = rpn.anchor_generator(FEATURE_HW)
+    logits, deltas = torch.arange(12.0)[None], torch.zeros(1, 12, 4)
+    settings = ProposalSettings(pre_nms_top_n=-1, post_nms_top_n=4, min_size_px=0.0, use_nms=False)
+    with torch.device("meta"):
+        _, _, picked = rpn.select_anchors(anchors, logits, deltas, [HW], settings)
+    assert picked[0].device.type == "cpu" and picked[0].tolist() == [11, 10, 9, 8]
