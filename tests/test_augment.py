@@ -114,3 +114,31 @@ def test_each_transform_draws_on_its_own():
         x1, y1 = float(boxes[0, 0]) / width, float(boxes[0, 1]) / height
         seen.add((height, x1 > 0.5, y1 > 0.5))  # scale drawn, flipped horizontally, flipped vertically
     assert len(seen) == 8
+
+
+@pytest.mark.parametrize("augment, shifts", [("paper", False), ("photo", True)])
+def test_photo_shifts_the_white_balance(augment, shifts):
+    """augment=photo moves each colour channel on its own (another camera, light or site: the trees' held-out
+    photo is bluer than the training one, docs/CPU_PRESET.md); brightness and contrast jitter alone keep a grey
+    picture grey. Checked on the uint8 picture the albumentations list returns."""
+    from omegaconf import OmegaConf
+
+    from tests.conftest import REPO_ROOT
+
+    spec = OmegaConf.to_container(OmegaConf.load(REPO_ROOT / "conf" / "augment" / f"{augment}.yaml"))
+    transforms = build_augmentations(spec["transforms"])
+    grey = np.full((32, 32, 3), 128, dtype=np.uint8)
+    spreads = []
+    for seed in range(20):
+        image = grey
+        for transform in transforms:
+            transform.set_random_seed(seed)
+            image = transform(image=image, bboxes=np.zeros((0, 4)), labels=np.zeros(0))["image"]
+        channel_means = image.reshape(-1, 3).mean(0)
+        spreads.append(float(channel_means.max() - channel_means.min()))
+    assert (max(spreads) > 10) == shifts, spreads
+
+
+def test_the_own_data_preset_augments_as_photographs(compose_cfg, tmp_path):
+    """experiment=cpu_own_data trains with augment=photo (trees, 3 seeds: docs/CPU_PRESET.md)."""
+    assert compose_cfg(["experiment=cpu_own_data"], tmp_path)["data"]["augment"]["name"] == "photo"
