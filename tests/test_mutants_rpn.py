@@ -163,3 +163,59 @@ def test_proposals_without_nms_are_indexed_on_the_scores_device():
     with torch.device("meta"):
         _, _, picked = rpn.select_anchors(anchors, logits, deltas, [HW], settings)
     assert picked[0].device.type == "cpu" and picked[0].tolist() == [11, 10, 9, 8]
+
+
+def test_the_defaults_are_the_paper_s():
+    """§3.1 / §3.1.2 / §3.1.3 / §3.3 as the defaults: anchors 128, 256, 512 px at ratios 1:2, 1:1, 2:1 on a
+    stride of 16, a 3 x 3 window as wide as its input, IoU 0.7 / 0.3, 256 anchors per image at most half
+    positive, λ = 10 over the anchor locations, smooth L1 with beta 1, cross-boundary anchors ignored in
+    training, proposals 12000 -> 2000 (training) and 6000 -> 300 (test), NMS 0.7."""
+    rpn = RegionProposalNetwork(in_channels=3)
+    generator = rpn.anchor_generator
+    assert generator.scales_px == (128.0, 256.0, 512.0) and generator.ratios == (0.5, 1.0, 2.0)
+    assert generator.stride == 16
+    assert rpn.head.conv.out_channels == 3 and rpn.head.cls_logits.out_channels == 9
+    assert (rpn.fg_iou_thresh, rpn.bg_iou_thresh) == (0.7, 0.3)
+    assert (rpn.batch_size_per_image, rpn.positive_fraction) == (256, 0.5)
+    assert (rpn.reg_lambda, rpn.reg_normalizer, rpn.smooth_l1_beta) == (10.0, "anchor_locations", 1.0)
+    assert rpn.ignore_cross_boundary is True
+    assert (rpn.train_proposals.pre_nms_top_n, rpn.train_proposals.post_nms_top_n) == (12000, 2000)
+    assert (rpn.test_proposals.pre_nms_top_n, rpn.test_proposals.post_nms_top_n) == (6000, 300)
+    assert rpn.test_proposals.nms_thresh == 0.7 and rpn.test_proposals.min_size_px == 16.0
+
+
+def test_given_proposal_settings_are_used():
+    train, test = ProposalSettings(100, 10), ProposalSettings(50, 5)
+    rpn = make_rpn(train_proposals=train, test_proposals=test)
+    assert rpn.train_proposals is train and rpn.test_proposals is test
+
+
+def test_the_head_layers_and_their_initialisation():
+    """A 3 x 3 window (padding 1: one position per feature location) of mid_channels, k logits and 4k deltas
+    per location from 1 x 1 layers, all weights N(0, 0.01) and biases 0 (§3.1.3); anchors on the given stride."""
+    torch.manual_seed(0)
+    rpn = RegionProposalNetwork(in_channels=64, mid_channels=32, anchor_scales_px=[16, 32], anchor_ratios=[1.0], stride=8)
+    assert rpn.anchor_generator.stride == 8
+    head = rpn.head
+    assert head.conv.in_channels == 64 and head.conv.out_channels == 32
+    assert head.conv.kernel_size == (3, 3) and head.conv.padding == (1, 1)
+    assert head.cls_logits.kernel_size == (1, 1) and head.cls_logits.out_channels == 2
+    assert head.bbox_deltas.kernel_size == (1, 1) and head.bbox_deltas.out_channels == 8
+    for layer in (head.conv, head.cls_logits, head.bbox_deltas):
+        assert 0.008 < layer.weight.std().item() < 0.012 and (layer.bias == 0).all()
+    logits, deltas = head(torch.randn(2, 64, 5, 7))
+    assert logits.shape == (2, 5 * 7 * 2) and deltas.shape == (2, 5 * 7 * 2, 4)
+
+
+def test_rpn_settings_are_checked_at_their_edges():
+    """λ >= 0 (0 and 0.5 allowed), 0 <= bg IoU <= fg IoU <= 1 (the equalities allowed), a named normaliser;
+    each refusal names the setting and value."""
+    for allowed in (dict(reg_lambda=0.0), dict(reg_lambda=0.5), dict(bg_iou_thresh=0.0),
+                    dict(bg_iou_thresh=0.5, fg_iou_thresh=0.5), dict(fg_iou_thresh=1.0), dict(reg_normalizer="minibatch")):
+        make_rpn(**allowed)
+    with pytest.raises(ValueError, match="rpn.lambda must be >= 0, got -1.0"):
+        make_rpn(reg_lambda=-1.0)
+    with pytest.raises(ValueError, match=r"need 0 <= rpn.bg_iou \(0.3\) <= rpn.fg_iou \(1.5\) <= 1"):
+        make_rpn(fg_iou_thresh=1.5)
+    with pytest.raises(ValueError, match=r"rpn.reg_normalizer='batch'; allowed: \('anchor_locations', 'minibatch'\)"):
+        make_rpn(reg_normalizer="batch")
