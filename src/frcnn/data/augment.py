@@ -1,8 +1,8 @@
 """The ``augment`` config group: albumentations transforms named in YAML, applied to training pictures only.
 
 ``augment=paper`` (the default) adds nothing to the paper's rule (§3.3: one scale, horizontal flips,
-``data.hflip_prob``); ``augment=photo`` and ``augment=aerial`` add colour jitter and scale jitter, or vertical
-flips and 90-degree turns (conf/augment/). Each entry of ``data.augment.transforms`` is one albumentations
+``data.hflip_prob``); ``augment=photo`` adds colour jitter, a white-balance shift and scale jitter, ``augment=aerial``
+vertical flips, 90-degree turns and colour jitter (conf/augment/). Each entry of ``data.augment.transforms`` is one albumentations
 transform that Hydra instantiates from its ``_target_`` (``albumentations.<Class>``) and keyword arguments; they
 run after the paper's rescale and before its horizontal flip, and the boxes (and a detector stage's precomputed
 proposals) follow them through albumentations' bounding-box handling. A wrong class name, a target outside
