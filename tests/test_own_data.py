@@ -8,6 +8,7 @@ import xml.etree.ElementTree as ET
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from frcnn.config.checks import validate_config
@@ -202,3 +203,21 @@ def test_tile_voc_cuts_an_annotated_image_into_a_voc_tree_the_loader_reads(tmp_p
     root = ET.parse(tmp_path / "out" / "Annotations" / "big_r0_c0.xml").getroot()
     assert root.findtext("filename") == "big_r0_c0.jpg"
 
+
+
+def test_own_data_preset_labels_anchors_that_cross_the_border(compose_cfg, tmp_path):
+    """Tiles cut objects at their borders (the README's trees: 150 of 681 training boxes touch one), and only
+    an anchor that crosses the border fits such a box. The paper ignores those anchors in training (§3.3, whole
+    VOC pictures), as the default run does: this crown at the tile's corner stays unlabelled; the own-data
+    preset makes the anchor the crown's best match, a positive (docs/CPU_PRESET.md: trees, 3 seeds)."""
+    from frcnn.engine.recipes import model_config
+    from frcnn.modeling.build import build_model
+
+    anchors = torch.tensor([[-8.0, -8.0, 24.0, 24.0], [40.0, 40.0, 72.0, 72.0]])  # the first crosses the corner
+    crown = [torch.tensor([[0.0, 0.0, 20.0, 22.0]])]  # IoU 0.43 with the first anchor, 0 with the second
+    for preset, expected in ((["experiment=cpu_own_data"], [[1, 0]]), ([], [[-1, 0]])):
+        cfg = compose_cfg([*preset, "backbone.weights=null", "rpn.anchor_scales=[32]", "rpn.min_size=4"],
+                          tmp_path / str(len(preset)))
+        model = build_model(model_config(cfg), num_classes=1)
+        labels, _ = model.rpn.assign_targets(anchors, crown, [(80, 80)])
+        assert labels.tolist() == expected, preset
