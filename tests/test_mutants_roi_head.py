@@ -274,3 +274,35 @@ def test_postprocess_warns_about_nothing():
         dets = make_head().postprocess(one_hot_logits([1]), torch.zeros(1, 16), [torch.tensor([[0.0, 0, 9, 9]])],
                                        [(20, 20)])
     assert dets[0]["labels"].tolist() == [1]
+
+
+def squares_along_x(height: int = 8, width: int = 10) -> torch.Tensor:
+    """A [1, 1, H, W] feature map whose cell (y, x) holds x^2: bilinear samples between cells interpolate the
+    squares linearly, and every row is the same."""
+    return (torch.arange(width, dtype=torch.float32) ** 2).expand(height, width).reshape(1, 1, height, width).clone()
+
+
+@pytest.mark.parametrize("pool_type, warp_boxes, bins", [
+    # RoIAlign, aligned, 2 x 2 samples per bin: the RoI x 8..24 px at scale 1/4 spans cells 2..6, shifted half a
+    # cell (1.5..5.5); bins of 2 cells sample x = 2, 3 and 4, 5: means (4 + 9) / 2, (16 + 25) / 2
+    ("align", False, [6.5, 20.5]),
+    # RoI max pooling (Fast R-CNN §2.1, torchvision's quantisation): cells round(2)..round(6), 5 wide, bins of 2.5:
+    # columns 2..4 and 4..6, maxima 16 and 36
+    ("max", False, [16.0, 36.0]),
+    # RoI warping (§3.2 iii) samples as RoIAlign: the average with pool_type=align, the maximum with max
+    ("align", True, [6.5, 20.5]),
+    ("max", True, [9.0, 25.0]),
+])
+def test_pooled_values_by_hand(pool_type, warp_boxes, bins):
+    head = make_head(roi_output_size=2, spatial_scale=0.25, pool_type=pool_type, warp_boxes=warp_boxes)
+    pooled = head.pool(squares_along_x(), [torch.tensor([[8.0, 4.0, 24.0, 20.0]])])
+    assert pooled.shape == (1, 1, 2, 2)
+    assert pooled[0, 0].tolist() == [pytest.approx(bins), pytest.approx(bins)]
+
+
+def test_roi_align_takes_two_samples_per_bin_whatever_the_bin_size():
+    """Bins of 3 cells (RoI x 8..32 px at scale 1/4, shifted: 1.5..7.5): 2 samples each at x = 2.25, 3.75 and
+    5.25, 6.75, interpolated squares 5.25, 14.25 and 27.75, 45.75; torchvision's adaptive default would take 3."""
+    head = make_head(roi_output_size=2, spatial_scale=0.25, pool_type="align")
+    pooled = head.pool(squares_along_x(), [torch.tensor([[8.0, 4.0, 32.0, 20.0]])])
+    assert pooled[0, 0].tolist() == [pytest.approx([9.75, 36.75])] * 2
