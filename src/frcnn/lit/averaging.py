@@ -17,9 +17,8 @@ from typing import Any
 
 import lightning as L
 from lightning.pytorch.callbacks import WeightAveraging
+from lightning.pytorch.trainer.states import TrainerFn
 from torch.optim.swa_utils import get_ema_multi_avg_fn
-
-_MODULE_PREFIX = "module."  # AveragedModel's names for the averaged module's tensors
 
 
 class WeightEMA(WeightAveraging):
@@ -29,15 +28,14 @@ class WeightEMA(WeightAveraging):
         if not 0.0 < decay < 1.0:
             raise ValueError(f"EMA decay must lie in (0, 1), got {decay}")
         super().__init__(use_buffers=True, multi_avg_fn=get_ema_multi_avg_fn(decay))
-        self.decay = decay
         self._average_in_place = False  # the module holds the average (from a validation until the next batch)
-        self._training_ended = False
 
     def should_update(self, step_idx: int | None = None, epoch_idx: int | None = None) -> bool:
         return step_idx is not None  # every optimizer step, never again at an epoch's end
 
     def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if self._average_model is not None and not self._average_in_place and not self._training_ended:
+        # a validation after fit (keep_best's of the last step) finds the average in the module for good
+        if self._average_model is not None and not self._average_in_place and trainer.state.fn == TrainerFn.FITTING:
             self._swap_models(pl_module)
             self._average_in_place = True
 
@@ -56,22 +54,15 @@ class WeightEMA(WeightAveraging):
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._restore_trained(pl_module)
         super().on_train_end(trainer, pl_module)  # the module takes the average for good
-        self._training_ended = True
 
     def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule,
                            checkpoint: dict[str, Any]) -> None:
         """``state_dict``: the average; ``current_model_state``: the trained weights (Lightning's layout)."""
-        if self._average_model is None or not self._average_in_place:
-            super().on_save_checkpoint(trainer, pl_module, checkpoint)
-            return
-        # the module holds the average (checkpoint["state_dict"] already), the AveragedModel the trained weights
-        average_model_state = self._average_model.state_dict()
-        checkpoint["current_model_state"] = {name[len(_MODULE_PREFIX):]: value
-                                             for name, value in average_model_state.items()
-                                             if name.startswith(_MODULE_PREFIX)}
-        checkpoint["averaging_state"] = {name: value for name, value in average_model_state.items()
-                                         if not name.startswith(_MODULE_PREFIX)}
-
+        super().on_save_checkpoint(trainer, pl_module, checkpoint)
+        if self._average_in_place:  # the module holds the average, the AveragedModel the trained weights: the
+            # parent filed each under the other's key
+            checkpoint["state_dict"], checkpoint["current_model_state"] = (checkpoint["current_model_state"],
+                                                                           checkpoint["state_dict"])
 
 def weight_averaging_callbacks(recipe_cfg: dict[str, Any]) -> list[L.Callback]:
     """``[WeightEMA(recipe.ema_decay)]``, or none when the key is null or absent."""
