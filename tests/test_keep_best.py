@@ -43,6 +43,14 @@ def crash_before(monkeypatch, step):
     monkeypatch.setattr(callbacks, "fault_point", fault_point)
 
 
+def stop_before(monkeypatch, cfg, run_dir, step):
+    """Runs the recipe until it is stopped before ``step`` (last.ckpt as it was then); the next run is not."""
+    crash_before(monkeypatch, step)
+    with pytest.raises(Stopped):
+        recipes.run_recipe(cfg, run_dir)
+    monkeypatch.setattr(callbacks, "fault_point", lambda stage, step: None)
+
+
 def scripted_scores(monkeypatch, scores):
     """Validation logs ``scores[global step]`` as val/map_50 (and val/map_voc07); returns the steps validated."""
     validated = []
@@ -103,10 +111,7 @@ def test_a_run_stopped_mid_stage_keeps_the_best_so_far(best_then_worse, compose_
     assert best_then_worse == [4, 8, 12]
     run_dir = tmp_path / "stopped"
     cfg = compose_cfg(joint(12, *extra), run_dir)
-    crash_before(monkeypatch, 6)
-    with pytest.raises(Stopped):
-        recipes.run_recipe(cfg, run_dir)
-    monkeypatch.setattr(callbacks, "fault_point", lambda stage, step: None)
+    stop_before(monkeypatch, cfg, run_dir, 6)
     best_then_worse.clear()
     metrics = recipes.run_recipe(cfg, run_dir)
     assert best_then_worse == [8, 12]  # step 4's validation is not run again
@@ -143,10 +148,7 @@ def test_early_stopping_ends_the_stage_and_counts_across_a_resume(best_then_wors
     assert metrics["model_selection"]["stopped_early"] and metrics["model_selection"]["best_step"] == 4
     run_dir = tmp_path / "stopped"
     cfg = compose_cfg(joint(16, *extra), run_dir)
-    crash_before(monkeypatch, 10)
-    with pytest.raises(Stopped):
-        recipes.run_recipe(cfg, run_dir)
-    monkeypatch.setattr(callbacks, "fault_point", lambda stage, step: None)
+    stop_before(monkeypatch, cfg, run_dir, 10)
     best_then_worse.clear()
     assert recipes.run_recipe(cfg, run_dir)["model_selection"] == metrics["model_selection"]
     assert best_then_worse == [12] and (run_dir / "joint" / "DONE").read_text().strip() == "12"

@@ -18,10 +18,7 @@ from frcnn.evaluation.voc_ap import (
     pairwise_iou,
     voc_class_ap,
 )
-
-
-def _boxes(*rows):
-    return np.array(rows, dtype=np.float64).reshape(-1, 4)
+from tests.test_voc_ap import _boxes
 
 
 def _hand_case() -> tuple[list[dict], list[dict]]:

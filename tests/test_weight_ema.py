@@ -10,9 +10,9 @@ import torch
 from frcnn.config.schema import check_schema
 from frcnn.engine import recipes
 from frcnn.errors import ConfigError
-from frcnn.lit import callbacks, validation
+from frcnn.lit import validation
 from frcnn.lit.averaging import WeightEMA
-from tests.test_keep_best import Stopped, crash_before, joint, same, state
+from tests.test_keep_best import joint, same, state, stop_before
 
 DECAY = 0.5  # a short average, so that 4-8 steps move it far from the last step's weights
 
@@ -106,10 +106,7 @@ def test_a_stage_stopped_mid_epoch_resumes_to_the_same_average(recorder, compose
     recipes.run_recipe(compose_cfg(joint(10, *extra), reference), reference)
     run_dir = tmp_path / "stopped"
     cfg = compose_cfg(joint(10, *extra), run_dir)
-    crash_before(monkeypatch, 7)
-    with pytest.raises(Stopped):
-        recipes.run_recipe(cfg, run_dir)
-    monkeypatch.setattr(callbacks, "fault_point", lambda stage, step: None)
+    stop_before(monkeypatch, cfg, run_dir, 7)
     recipes.run_recipe(cfg, run_dir)
     assert same(state(run_dir / "final" / "model.pt"), state(reference / "final" / "model.pt"))
     last = "joint/checkpoints/last.ckpt"
