@@ -13,7 +13,7 @@ TINY = ["--steps", "3", "--num-train", "8", "--num-val", "4"]
 
 @pytest.mark.slow
 def test_table2_quick_trains_two_models_per_seed_and_resumes(tmp_path, capsys):
-    rc = reproduce_main(["proposals", "--quick", "--seeds", "0", "1", *TINY, "--out", str(tmp_path)])
+    rc = reproduce_main(["proposals", "--quick", "--seeds", "0", "1", *TINY, "--jobs", "1", "--out", str(tmp_path)])
     assert rc == 0
     out = capsys.readouterr().out
     assert out.count("  training ") == 4  # per seed: the default (joint) model and the unshared one
@@ -35,7 +35,7 @@ def test_table2_quick_trains_two_models_per_seed_and_resumes(tmp_path, capsys):
     assert (tmp_path / "proposals_changes.png").stat().st_size > 0
     first_csv = (tmp_path / "proposals.csv").read_text()
 
-    rc = reproduce_main(["proposals", "--quick", "--seeds", "0", "1", *TINY, "--out", str(tmp_path)])
+    rc = reproduce_main(["proposals", "--quick", "--seeds", "0", "1", *TINY, "--jobs", "1", "--out", str(tmp_path)])
     assert rc == 0 and "  training " not in capsys.readouterr().out  # a rerun reads every run back
     assert (tmp_path / "proposals.csv").read_text() == first_csv
 
@@ -52,3 +52,27 @@ def test_fig4_and_shared_default_model_across_tables(tmp_path, capsys):
     report = (tmp_path / "REPORT.md").read_text()
     assert "## Fig. 4: recall vs IoU" in report and "| 300 |" in report and (tmp_path / "fig4_recall.png").exists()
     assert report.index("## Table 3") < report.index("## Table 2")
+
+
+@pytest.mark.slow
+def test_jobs_2_trains_what_the_tables_read_back(tmp_path, capsys):
+    """--jobs 2 runs Table 2's trainings and test-time evaluations in two worker processes, where the
+    tables' pass looks for them: that pass, and a rerun one job at a time, train and evaluate nothing."""
+    rc = reproduce_main(["proposals", "--quick", "--seeds", "0", *TINY, "--jobs", "2", "--out", str(tmp_path)])
+    out = capsys.readouterr().out
+    assert rc == 0
+    assert "running 11 trainings and evaluations, 2 at a time" in out  # the default and unshared models, 9 test rows
+    assert "run 11 of 11" in out and "  training " not in out  # the workers trained; the pass read back
+    runs = sorted(p.name.rsplit("-", 1)[0] for p in (tmp_path / "runs").iterdir())
+    assert runs == ["proposals_shared_300_proposals", "proposals_unshared_300_proposals"]
+    default_run = next((tmp_path / "runs").glob("proposals_shared*")) / "seed0"
+    assert len(list((default_run / "test_time").iterdir())) == 9
+    with open(tmp_path / "proposals.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 11 and all(r["status"] == "ok" and r["seed0"] for r in rows)
+    first_csv = (tmp_path / "proposals.csv").read_text()
+
+    rc = reproduce_main(["proposals", "--quick", "--seeds", "0", *TINY, "--jobs", "1", "--out", str(tmp_path)])
+    out = capsys.readouterr().out
+    assert rc == 0 and "  training " not in out and "running " not in out
+    assert (tmp_path / "proposals.csv").read_text() == first_csv

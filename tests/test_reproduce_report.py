@@ -229,3 +229,42 @@ def test_a_training_written_with_int_or_float_numbers_is_one_run(tmp_path):
     assert earlier.parent.name.split("-")[1] != default_dir.parent.name.split("-")[1]
     earlier.mkdir(parents=True)
     assert old_store.run_dir(["rpn.lambda=10"], 0, "lambda_10")[0] == earlier
+
+
+def test_parallel_plan_is_the_tables_trainings_once_longest_first(tmp_path):
+    """--jobs plans what the tables' pass will ask for: Table 9's λ=10, Table 3's joint row and Table 2's
+    default are one training (with Table 2's nine test-time evaluations), Table 2's and Table 3's unshared
+    rows another; the 4-step alternating runs come first; a cached evaluation is not planned again."""
+    from frcnn.cli.reproduce import base_overrides, rows_to_run
+    from frcnn.reproduce.parallel import plan
+    from frcnn.reproduce.runs import RunStore
+    from frcnn.reproduce.tables import QUICK_DATA, merge_overrides, paper_table
+
+    data = QUICK_DATA["voclike"]
+    tables = [paper_table(key, True, quick_data=data) for key in ("lambda", "training", "proposals")]
+    bases = {t.key: base_overrides(t.key, True, 400, None, 250, [], data) for t in tables}
+    store = RunStore(tmp_path)
+
+    def planned():
+        return plan(store, tables, bases, [0], lambda table: rows_to_run(table, True, False))
+
+    jobs = planned()
+    assert [job.name for job in jobs] == [
+        "training_unshared (4-step, steps 1-2) (seed 0)", "training_shared, 4-step alternating (seed 0)",
+        "lambda_λ=0.1 (seed 0)", "lambda_λ=1 (seed 0)", "lambda_λ=10 (seed 0)", "lambda_λ=100 (seed 0)"]
+    assert [job.images for job in jobs] == [4000, 4000, 1600, 1600, 1600, 1600]  # (150 + 500 + 100 + 250) x 4; 400 x 4
+    default = jobs[4]
+    default.run_dir.mkdir(parents=True)  # as its worker leaves it: the pass by seed finds it for each row of this model
+    for table in tables:
+        setting = table.setting({"training": "shared, approximate joint"}.get(table.key, table.default))
+        assert store.run_dir(merge_overrides(bases[table.key], setting.training), 0,
+                             f"{table.key}_{setting.label}")[0] == default.run_dir
+    assert [label for _, _, label in default.evaluations] == [
+        "100 proposals", "300 proposals", "1000 proposals", "2000 proposals", "no NMS (top 6000)",
+        "no cls (random rank), 100", "no cls (random rank), 300", "no cls (random rank), 1000", "no reg (anchors), 300"]
+    assert all(not job.evaluations for job in jobs if job is not default)
+
+    cached = default.run_dir / "test_time" / "100_proposals.json"
+    cached.parent.mkdir()
+    cached.write_text("{}")
+    assert len(planned()[4].evaluations) == 8

@@ -18,6 +18,10 @@ the joint recipe for ``--steps`` mini-batches (the alternating schedule scaled b
 voclike 400, evaluated on 250 test pictures; shapes 200), 3 seeds. Rows marked ``quick: false``
 (λ=3: a training per seed with no paper number to compare with) are skipped (``--all-rows`` keeps them). The report then compares changes against each table's
 default row and orderings (Kendall τ), not absolute numbers.
+
+``--jobs N`` (default in --quick: one per CPU core, at most 4) runs the trainings and test-time
+evaluations N at a time, each with cores / N threads, before the pass by seed reads them back
+(:mod:`frcnn.reproduce.parallel`).
 """
 
 from __future__ import annotations
@@ -164,9 +168,10 @@ def report_header(command: str, quick: bool, steps: int, seeds: Sequence[int], s
 def reproduce_tables(table_keys: Sequence[str], out_dir: Path, quick: bool, steps: int, seeds: Sequence[int],
                      num_train: int | None = None, num_val: int | None = None, extra: Sequence[str] = (),
                      all_rows: bool = False, fig4: bool = False, command: str = "",
-                     data: QuickData = QUICK_DATA[DEFAULT_QUICK_DATA]) -> dict:
+                     data: QuickData = QUICK_DATA[DEFAULT_QUICK_DATA], jobs: int = 1) -> dict:
     """Run ``table_keys`` for every seed (seed by seed, the report rewritten after each) -> outcomes
-    ``{table: {label: {seed: Outcome}}}``."""
+    ``{table: {label: {seed: Outcome}}}``. ``jobs`` > 1: every training and test-time evaluation
+    first, that many at a time (:mod:`frcnn.reproduce.parallel`); the pass by seed then reads them back."""
     from frcnn.reproduce.provenance import data_version
     from frcnn.reproduce.runs import RunStore
 
@@ -178,12 +183,14 @@ def reproduce_tables(table_keys: Sequence[str], out_dir: Path, quick: bool, step
     fig4_outcomes: list = []
     fig4_table = next((t for t in tables if t.key == "proposals"), tables[0])  # its default model's recall
     start = time.perf_counter()
+    bases = {table.key: base_overrides(table.key, quick, steps, num_train, num_val, extra, data) for table in tables}
+    if jobs > 1:
+        run_in_parallel(store, out_dir, tables, bases, seeds, lambda table: rows_to_run(table, quick, all_rows), jobs)
     countdown = Countdown(len(seeds) * sum(len(rows_to_run(t, quick, all_rows)) for t in tables), "row",
                           "the tables" if len(tables) > 1 else "the table")
     for seed in seeds:
         for table in tables:
-            base = base_overrides(table.key, quick, steps, num_train, num_val, extra, data)
-            run_table(store, table, base, seed, quick, all_rows, outcomes.setdefault(table.key, {}), countdown)
+            run_table(store, table, bases[table.key], seed, quick, all_rows, outcomes.setdefault(table.key, {}), countdown)
         if fig4:
             fig4_outcomes.append(outcomes[fig4_table.key][fig4_table.default][seed])
         header = report_header(command, quick, steps, seeds, time.perf_counter() - start, compute_seconds(outcomes),
@@ -192,6 +199,26 @@ def reproduce_tables(table_keys: Sequence[str], out_dir: Path, quick: bool, step
         print(f"after seed {seed}: {report} ({(time.perf_counter() - start) / 60:.1f} min)", flush=True)
     print((out_dir / "REPORT.md").read_text(), flush=True)
     return outcomes
+
+
+def run_in_parallel(store, out_dir: Path, tables: Sequence[PaperTable], bases: dict, seeds: Sequence[int],
+                    rows, jobs: int) -> None:
+    """The tables' trainings and evaluations, ``jobs`` at a time; generated data written once first."""
+    from frcnn.data.build import voclike_data_cfg
+    from frcnn.reproduce.parallel import plan, run_ahead
+
+    planned = plan(store, tables, bases, seeds, rows)
+    for data_cfg in {json.dumps(job.cfg["data"], sort_keys=True): job.cfg["data"] for job in planned}.values():
+        if data_cfg.get("name") == "voclike":  # not written by two workers at once
+            voclike_data_cfg(data_cfg)
+    run_ahead(out_dir, planned, jobs)
+
+
+def default_jobs(quick: bool) -> int:
+    """--quick: one training per CPU core, at most 4 (each holds ~2 GB); the paper's settings: 1 (one GPU)."""
+    from frcnn.reproduce.parallel import available_cpus
+
+    return min(4, available_cpus()) if quick else 1
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -213,12 +240,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--num-val", type=int, default=None, help="--quick: evaluation images (default: voclike 250, shapes: the data's)")
     parser.add_argument("--all-rows", action="store_true",
                         help="--quick: also run the rows marked quick: false (λ=3, which has no paper number)")
+    parser.add_argument("--jobs", type=int, default=None,
+                        help="trainings at a time, each with cores / jobs threads (default: --quick one per core, "
+                             "at most 4; else 1)")
     parser.add_argument("--only", nargs="+", default=(), help="schemes: indices or names to run (default: all)")
     parser.add_argument("--out", type=Path, default=None,
                         help="output dir (default outputs/reproduce/<table>[_quick]); rerun it to resume")
     args = parser.parse_args(argv)
     out = args.out or REPO_ROOT / "outputs" / "reproduce" / (args.table + ("_quick" if args.quick else ""))
-    for name, value in (("--steps", args.steps), ("--num-train", args.num_train), ("--num-val", args.num_val)):
+    for name, value in (("--steps", args.steps), ("--num-train", args.num_train), ("--num-val", args.num_val),
+                        ("--jobs", args.jobs)):
         if value is not None and value < 1:
             parser.error(f"{name} must be >= 1, got {value}")
     if args.table == "schemes":
@@ -237,7 +268,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     num_val = args.num_val if args.num_val is not None else data.num_val
     outcomes = reproduce_tables(tables, out, args.quick, args.steps or data.steps, seeds, args.num_train,
                                 num_val, args.overrides, args.all_rows, fig4=args.table == "all",
-                                command=command, data=data)
+                                command=command, data=data,
+                                jobs=args.jobs if args.jobs is not None else default_jobs(args.quick))
     failed = [(t, label) for t, by_label in outcomes.items() for label, by_seed in by_label.items()
               for o in by_seed.values() if o.status != "ok"]
     if failed:

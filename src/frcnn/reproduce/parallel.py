@@ -1,0 +1,142 @@
+"""The tables' trainings and test-time evaluations side by side: ``reproduce.py --jobs N``.
+
+The rows of the tables are independent trainings. On a CPU, N one-thread trainings at a time finish
+sooner than the same trainings one after another with N threads each: a small detector's layers do
+not keep N threads busy (docs/REPRODUCING_CPU.md measures it). :func:`run_ahead` plans every
+training and test-time evaluation the tables will ask the :class:`~frcnn.reproduce.runs.RunStore`
+for, runs the missing ones in N worker processes, and leaves each where the store reads it back
+(``metrics.json``, ``test_time/<row>.json``). The tables' own pass then only reads and reports, and
+a killed invocation resumes as before: finished runs are read back, an interrupted one resumes from
+its last checkpoint.
+
+Longest first (the 4-step alternating runs before the joint ones): with N workers the last job to
+start is then a short one, and no worker waits long for the others at the end.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as futures
+import multiprocessing
+import os
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from frcnn.reproduce.runs import Outcome, RunStore, train_in
+from frcnn.reproduce.tables import PaperTable, merge_overrides, slug
+from frcnn.utils.progress import Countdown
+
+
+@dataclass
+class TrainJob:
+    """One distinct training (run directory) and the test-time evaluations of its model."""
+
+    run_dir: Path
+    cfg: dict
+    name: str
+    evaluations: list[tuple[dict, int, str]] = field(default_factory=list)  # (rpn.test changes, seed, row label)
+
+    @property
+    def images(self) -> int:
+        """Pictures the training sees (its cost, for longest-first): steps x pictures per step of its stages."""
+        schedule = self.cfg["schedule"]
+        stages = schedule["alternating"].values() if self.cfg["recipe"]["name"] == "alternating" else [schedule["joint"]]
+        return sum(int(stage["max_steps"]) * int(stage.get("images_per_batch", 1)) for stage in stages)
+
+
+def plan(store: RunStore, tables: Sequence[PaperTable], bases: Mapping[str, Sequence[str]], seeds: Sequence[int],
+         rows: Callable[[PaperTable], Sequence]) -> list[TrainJob]:
+    """Every training the tables' pass (:func:`frcnn.cli.reproduce.run_table`) will ask ``store``
+    for, named and configured as that pass does, once per run directory, longest first; each with
+    the test-time evaluations of its model that are not cached yet (each once). ``bases``: each table's base
+    overrides; ``rows``: a table's settings this invocation runs."""
+    jobs: dict[tuple[str, int], TrainJob] = {}  # by (config digest, seed): rows naming one training share it
+    for seed in seeds:
+        for table in tables:
+            default = table.setting(table.default)
+            for setting in rows(table):
+                trains = default if setting.test is not None else setting
+                run_dir, cfg = store.run_dir(merge_overrides(bases[table.key], trains.training), seed,
+                                             f"{table.key}_{trains.label}")
+                # the directory of the first row to name it, where the tables' pass looks (RunStore.run_dir)
+                digest = run_dir.parent.name.rsplit("-", 1)[-1]
+                job = jobs.setdefault((digest, seed), TrainJob(run_dir, cfg, f"{table.key}_{trains.label} (seed {seed})"))
+                cached = run_dir / "test_time" / f"{slug(setting.label)}.json"
+                if setting.test and not cached.exists() and (dict(setting.test), seed, setting.label) not in job.evaluations:
+                    job.evaluations.append((dict(setting.test), seed, setting.label))
+    return sorted(jobs.values(), key=lambda job: -job.images)
+
+
+def start_worker(threads: int) -> None:
+    """A worker process: ``threads`` torch threads, the console of reproduce.py."""
+    import logging
+
+    import torch
+
+    from frcnn.cli.console import configure_console
+
+    torch.set_num_threads(threads)
+    logging.basicConfig(level=logging.INFO, format="[%(asctime)s][%(name)s][%(levelname)s] - %(message)s")
+    configure_console()
+
+
+def train_job(run_dir: Path, cfg: dict, name: str) -> str:
+    """Worker: train (or resume, or read back) one run -> its status."""
+    return train_in(run_dir, cfg, name).status
+
+
+def evaluate_job(out_dir: Path, run_dir: Path, data_cfg: dict, test: dict, seed: int, label: str) -> str:
+    """Worker: one test-time evaluation of a finished run, cached where the store reads it -> its status."""
+    trained = Outcome({}, "ok", run_dir, data_cfg=data_cfg)
+    return RunStore(out_dir).evaluate_test_time(trained, test, seed, label).status
+
+
+def available_cpus() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def run_ahead(out_dir: Path, jobs: Sequence[TrainJob], workers: int, log: Callable[[str], None] = print) -> int:
+    """Run the trainings of ``jobs`` not finished yet, and then their evaluations, in ``workers``
+    processes of ``available_cpus() // workers`` threads each -> the number that failed (the
+    tables' pass reports each failure on its row)."""
+    pending = [job for job in jobs if not (job.run_dir / "metrics.json").exists() or job.evaluations]
+    total = sum((not (job.run_dir / "metrics.json").exists()) + len(job.evaluations) for job in pending)
+    if not total:
+        return 0
+    threads = max(1, available_cpus() // workers)
+    log(f"running {total} trainings and evaluations, {workers} at a time with {threads} thread(s) each")
+    countdown = Countdown(total, "run", "the runs")
+    failures = 0
+    context = multiprocessing.get_context("spawn")  # a fresh interpreter: no torch thread pool of ours inherited
+    with futures.ProcessPoolExecutor(workers, mp_context=context, initializer=start_worker,
+                                     initargs=(threads,)) as pool:
+        running: dict[futures.Future, tuple[str, TrainJob | None]] = {}
+
+        def submit_evaluations(job: TrainJob) -> None:
+            data_cfg = job.cfg["data"]
+            for test, seed, label in job.evaluations:
+                future = pool.submit(evaluate_job, out_dir, job.run_dir, data_cfg, test, seed, label)
+                running[future] = (f"{job.name}: {label}", None)
+
+        for job in pending:
+            if (job.run_dir / "metrics.json").exists():
+                submit_evaluations(job)
+            else:
+                running[pool.submit(train_job, job.run_dir, job.cfg, job.name)] = (job.name, job)
+        while running:
+            done, _ = futures.wait(running, return_when=futures.FIRST_COMPLETED)
+            for future in done:
+                name, job = running.pop(future)
+                try:
+                    status = future.result()
+                except Exception as exc:  # noqa: BLE001 - a worker that died: that row's failure, not the others'
+                    status = f"failed: {type(exc).__name__}: {exc}"
+                failures += status != "ok"
+                log(f"{name}: {status} ({countdown.tick()})")
+                if job is not None:
+                    if status == "ok":
+                        submit_evaluations(job)
+                    else:
+                        countdown.total -= len(job.evaluations)  # not run: the tables' pass says why
+    return failures
