@@ -195,7 +195,7 @@ def test_the_report_names_the_generator_commit():
     assert data_version(QUICK_DATA["shapes"]) == "shapes"
 
 
-@pytest.mark.parametrize("data, steps, num_val", [("voclike", 400, 250), ("shapes", 200, None)])
+@pytest.mark.parametrize("data, steps, num_val", [("voclike", 200, 250), ("shapes", 200, None)])
 def test_quick_defaults_are_the_datas_and_flags_override_them(monkeypatch, tmp_path, data, steps, num_val):
     """`reproduce.py all --quick` trains each built-in data for its own number of mini-batches and
     evaluates on its own number of pictures (docs/REPRODUCING_CPU.md); --steps / --num-val win."""

@@ -15,7 +15,7 @@ interrupted one. The report (:mod:`frcnn.reproduce.report`) is rewritten after e
 ``--quick``: built-in data (``--data voclike``, the default: experiment=cpu_voclike, 240-px pictures,
 anchor scales x0.4; ``--data shapes``: experiment=cpu_shapes, 256-px images, anchor scales x0.25),
 the joint recipe for ``--steps`` mini-batches (the alternating schedule scaled by the same factor;
-voclike 400, evaluated on 250 test pictures; shapes 200), 3 seeds. Rows marked ``quick: false``
+voclike 200, evaluated on 250 test pictures; shapes 200), 3 seeds. Rows marked ``quick: false``
 (λ=3: a training per seed with no paper number to compare with) are skipped (``--all-rows`` keeps them). The report then compares changes against each table's
 default row and orderings (Kendall τ), not absolute numbers.
 
@@ -233,7 +233,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--data", choices=sorted(QUICK_DATA), default=DEFAULT_QUICK_DATA,
                         help=f"--quick: the built-in data to train on (default {DEFAULT_QUICK_DATA})")
     parser.add_argument("--steps", type=int, default=None,
-                        help="mini-batches per joint training in --quick mode (default: voclike 400, shapes 200; schemes: 100)")
+                        help="mini-batches per joint training in --quick mode (default: voclike 200, shapes 200; schemes: 100)")
     parser.add_argument("--seeds", type=int, nargs="+", default=None,
                         help="training seeds (default: 0 1 2 with --quick, else 0; schemes: 0)")
     parser.add_argument("--num-train", type=int, default=None, help="--quick: training images (default: the data's)")
