@@ -268,3 +268,25 @@ def test_parallel_plan_is_the_tables_trainings_once_longest_first(tmp_path):
     cached.parent.mkdir()
     cached.write_text("{}")
     assert len(planned()[4].evaluations) == 8
+
+
+def die_in_worker(run_dir, cfg, name):
+    """A training whose worker process dies (as one killed for memory): run_ahead's ``train`` in a test."""
+    import os
+
+    os._exit(3)
+
+
+def test_a_worker_that_dies_leaves_its_runs_to_the_tables_pass(tmp_path):
+    """A dead worker breaks the process pool: run_ahead counts what did not run, logs each, and returns
+    (the tables' pass then runs them in its own process) instead of raising BrokenProcessPool."""
+    from frcnn.reproduce.parallel import TrainJob, run_ahead
+
+    cfg = {"data": {}, "schedule": {"joint": {"max_steps": 1}}, "recipe": {"name": "joint"}}
+    jobs = [TrainJob(tmp_path / f"run{i}", cfg, f"run {i}", [({"post_nms_top_n": 100}, 0, "100 proposals")])
+            for i in range(2)]
+    lines = []
+    assert run_ahead(tmp_path, jobs, 2, log=lines.append, train=die_in_worker) == 2
+    assert lines[0].startswith("running 4 trainings and evaluations, 2 at a time with ")
+    assert len(lines) == 3 and all("failed: BrokenProcessPool" in line for line in lines[1:]), lines
+    assert not any((tmp_path / f"run{i}").exists() for i in range(2))

@@ -211,7 +211,10 @@ def run_in_parallel(store, out_dir: Path, tables: Sequence[PaperTable], bases: d
     for data_cfg in {json.dumps(job.cfg["data"], sort_keys=True): job.cfg["data"] for job in planned}.values():
         if data_cfg.get("name") == "voclike":  # not written by two workers at once
             voclike_data_cfg(data_cfg)
-    run_ahead(out_dir, planned, jobs)
+    failures = run_ahead(out_dir, planned, jobs)
+    if failures:
+        print(f"{failures} run(s) did not finish in the workers: the tables' pass runs them again one at a time "
+              "and reports what still fails", flush=True)
 
 
 def default_jobs(quick: bool) -> int:

@@ -96,10 +96,13 @@ def available_cpus() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
-def run_ahead(out_dir: Path, jobs: Sequence[TrainJob], workers: int, log: Callable[[str], None] = print) -> int:
-    """Run the trainings of ``jobs`` not finished yet, and then their evaluations, in ``workers``
-    processes of ``available_cpus() // workers`` threads each -> the number that failed (the
-    tables' pass reports each failure on its row)."""
+def run_ahead(out_dir: Path, jobs: Sequence[TrainJob], workers: int, log: Callable[[str], None] = print,
+              train: Callable[[Path, dict, str], str] = train_job) -> int:
+    """Run the trainings of ``jobs`` not finished yet (``train``, in the worker), and then their
+    evaluations, in ``workers`` processes of ``available_cpus() // workers`` threads each -> the number
+    that failed or did not run. A worker that dies (killed for memory, say) breaks the pool: what did
+    not finish is left to the tables' pass, which runs it in its own process and reports each failure
+    on its row."""
     pending = [job for job in jobs if not (job.run_dir / "metrics.json").exists() or job.evaluations]
     total = sum((not (job.run_dir / "metrics.json").exists()) + len(job.evaluations) for job in pending)
     if not total:
@@ -116,14 +119,17 @@ def run_ahead(out_dir: Path, jobs: Sequence[TrainJob], workers: int, log: Callab
         def submit_evaluations(job: TrainJob) -> None:
             data_cfg = job.cfg["data"]
             for test, seed, label in job.evaluations:
-                future = pool.submit(evaluate_job, out_dir, job.run_dir, data_cfg, test, seed, label)
+                try:
+                    future = pool.submit(evaluate_job, out_dir, job.run_dir, data_cfg, test, seed, label)
+                except futures.process.BrokenProcessPool:
+                    return  # the failures already counted say so; the tables' pass evaluates it
                 running[future] = (f"{job.name}: {label}", None)
 
         for job in pending:
             if (job.run_dir / "metrics.json").exists():
                 submit_evaluations(job)
             else:
-                running[pool.submit(train_job, job.run_dir, job.cfg, job.name)] = (job.name, job)
+                running[pool.submit(train, job.run_dir, job.cfg, job.name)] = (job.name, job)
         while running:
             done, _ = futures.wait(running, return_when=futures.FIRST_COMPLETED)
             for future in done:
@@ -131,7 +137,7 @@ def run_ahead(out_dir: Path, jobs: Sequence[TrainJob], workers: int, log: Callab
                 try:
                     status = future.result()
                 except Exception as exc:  # noqa: BLE001 - a worker that died: that row's failure, not the others'
-                    status = f"failed: {type(exc).__name__}: {exc}"
+                    status = f"failed: {type(exc).__name__}: {exc}".splitlines()[0]
                 failures += status != "ok"
                 log(f"{name}: {status} ({countdown.tick()})")
                 if job is not None:
