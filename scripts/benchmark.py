@@ -7,6 +7,7 @@
     python scripts/benchmark.py --mode warp --size small   # non-approximate vs approximate joint step
     python scripts/benchmark.py --mode svd --size paper    # truncated SVD of fc6 / fc7 (Fast R-CNN §3.1)
     python scripts/benchmark.py --mode scale               # COCO-size data: time and memory vs images (not in all)
+    python scripts/benchmark.py --mode jobs                # reproduce.py --jobs 2 against --jobs 1 (not in all)
     python scripts/benchmark.py --device cuda --size paper --mode infer --bf16   # on a GPU (scripts/gpu_check.sh)
 
 Modes (default: all of them):
@@ -66,6 +67,7 @@ from bench.common import SETTINGS, SIZES
 from bench.data import bench_data
 from bench.export import bench_export
 from bench.infer import bench_infer
+from bench.jobs import bench_jobs
 from bench.nms import bench_nms
 from bench.scale import BACKENDS, DATA_PARTS, EVAL_IMAGES, SCALE_IMAGES, bench_scale
 from bench.svd import SVD_RANKS, bench_svd
@@ -80,9 +82,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--head", choices=("c4", "fc"), default=None,
                         help="--size lite0: the per-RoI head (backbone.head; default c4)")
     parser.add_argument("--mode", choices=("infer", "train", "breakdown", "data", "nms", "warp", "svd", "export", "scale",
-                                           "all"), default="all")
+                                           "jobs", "all"), default="all")
     parser.add_argument("--repeats", type=int, default=None, help="timed runs per model (default: per size)")
     parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads (default 2)")
+    parser.add_argument("--jobs", type=int, default=2, help="--mode jobs: reproduce.py --jobs N against --jobs 1")
+    parser.add_argument("--jobs-steps", type=int, default=40, help="--mode jobs: mini-batches per training")
     parser.add_argument("--data-batches", type=int, default=32)
     parser.add_argument("--head-width", type=int, default=None,
                         help="fc width of the per-RoI head (default: VGG-16's 4096 / small's 256; torchvision's "
@@ -130,6 +134,9 @@ def main(argv: list[str] | None = None) -> int:
           f"{f' | head width {args.head_width}' if args.head_width else ''}"
           f"{' | frcnn BASELINE (before issue 6)' if SETTINGS.baseline else ''}", flush=True)
     sizes = ("small", "paper", "lite0") if args.size == "all" else (args.size,)
+    if args.mode == "jobs":
+        bench_jobs(args.jobs, args.repeats or 1, args.jobs_steps, num_val=50)
+        return 0
     if args.mode == "scale":
         bench_scale(args.scale_images, args.eval_images, Path(args.scale_dir), args.scale_parts)
         return 0
