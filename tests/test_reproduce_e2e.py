@@ -16,7 +16,7 @@ def test_table2_quick_trains_two_models_per_seed_and_resumes(tmp_path, capsys):
     rc = reproduce_main(["proposals", "--quick", "--seeds", "0", "1", *TINY, "--jobs", "1", "--out", str(tmp_path)])
     assert rc == 0
     out = capsys.readouterr().out
-    assert out.count("  training ") == 4  # per seed: the default (shared 4-step) model and the unshared one
+    assert out.count("  training ") == 4  # per seed: the default (joint) model and the unshared one
     runs = sorted(p.name.rsplit("-", 1)[0] for p in (tmp_path / "runs").iterdir())
     assert runs == ["proposals_shared_300_proposals", "proposals_unshared_300_proposals"]
     default_run = next((tmp_path / "runs").glob("proposals_shared*"))
@@ -45,10 +45,9 @@ def test_fig4_and_shared_default_model_across_tables(tmp_path, capsys):
     outcomes = reproduce_tables(["training", "proposals"], tmp_path, quick=True, steps=3, seeds=[0], num_train=8,
                                 num_val=4, fig4=True)
     out = capsys.readouterr().out
-    # Table 3's shared 4-step row and Table 2's default are one model; its unshared rows too; and Table 3's
-    # joint row: 3 trainings in all
+    # Table 3's joint row and Table 2's default are one model; its unshared rows too: 3 trainings in all
     assert out.count("  training ") == 3
-    assert outcomes["training"]["shared, 4-step alternating"][0].run_dir == \
+    assert outcomes["training"]["shared, approximate joint"][0].run_dir == \
         outcomes["proposals"]["shared, 300 proposals"][0].run_dir
     report = (tmp_path / "REPORT.md").read_text()
     assert "## Fig. 4: recall vs IoU" in report and "| 300 |" in report and (tmp_path / "fig4_recall.png").exists()

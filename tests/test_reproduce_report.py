@@ -232,10 +232,9 @@ def test_a_training_written_with_int_or_float_numbers_is_one_run(tmp_path):
 
 
 def test_parallel_plan_is_the_tables_trainings_once_longest_first(tmp_path):
-    """--jobs plans what the tables' pass will ask for: Table 9's λ=10 and Table 3's joint row are one
-    training; Table 2 trains 4-step (its quick_recipe), so its default is Table 3's shared 4-step model
-    (with Table 2's nine test-time evaluations) and its unshared row Table 3's; the 4-step runs come
-    first; a cached evaluation is not planned again."""
+    """--jobs plans what the tables' pass will ask for: Table 9's λ=10, Table 3's joint row and Table 2's
+    default are one training (with Table 2's nine test-time evaluations), Table 2's and Table 3's unshared
+    rows another; the 4-step alternating runs come first; a cached evaluation is not planned again."""
     from frcnn.cli.reproduce import base_overrides, rows_to_run
     from frcnn.reproduce.parallel import plan
     from frcnn.reproduce.runs import RunStore
@@ -243,7 +242,7 @@ def test_parallel_plan_is_the_tables_trainings_once_longest_first(tmp_path):
 
     data = QUICK_DATA["voclike"]
     tables = [paper_table(key, True, quick_data=data) for key in ("lambda", "training", "proposals")]
-    bases = {t.key: base_overrides(t.key, True, 400, None, 250, [], data, t.quick_recipe) for t in tables}
+    bases = {t.key: base_overrides(t.key, True, 400, None, 250, [], data) for t in tables}
     store = RunStore(tmp_path)
 
     def planned():
@@ -254,26 +253,21 @@ def test_parallel_plan_is_the_tables_trainings_once_longest_first(tmp_path):
         "training_unshared (4-step, steps 1-2) (seed 0)", "training_shared, 4-step alternating (seed 0)",
         "lambda_λ=0.1 (seed 0)", "lambda_λ=1 (seed 0)", "lambda_λ=10 (seed 0)", "lambda_λ=100 (seed 0)"]
     assert [job.images for job in jobs] == [4000, 4000, 1600, 1600, 1600, 1600]  # (150 + 500 + 100 + 250) x 4; 400 x 4
-    unshared, shared, joint = jobs[0], jobs[1], jobs[4]
-    for job in jobs:  # as its worker leaves it: the pass by seed finds it for each row of that model
-        job.run_dir.mkdir(parents=True)
-    rows_of = [(joint, [("lambda", "λ=10"), ("training", "shared, approximate joint")]),
-               (shared, [("training", "shared, 4-step alternating"), ("proposals", "shared, 300 proposals")]),
-               (unshared, [("training", "unshared (4-step, steps 1-2)"), ("proposals", "unshared, 300 proposals")])]
-    by_key = {t.key: t for t in tables}
-    for job, rows in rows_of:
-        for key, label in rows:
-            training = by_key[key].setting(label).training
-            assert store.run_dir(merge_overrides(bases[key], training), 0, f"{key}_{label}")[0] == job.run_dir
-    assert [label for _, _, label in shared.evaluations] == [
+    default = jobs[4]
+    default.run_dir.mkdir(parents=True)  # as its worker leaves it: the pass by seed finds it for each row of this model
+    for table in tables:
+        setting = table.setting({"training": "shared, approximate joint"}.get(table.key, table.default))
+        assert store.run_dir(merge_overrides(bases[table.key], setting.training), 0,
+                             f"{table.key}_{setting.label}")[0] == default.run_dir
+    assert [label for _, _, label in default.evaluations] == [
         "100 proposals", "300 proposals", "1000 proposals", "2000 proposals", "no NMS (top 6000)",
         "no cls (random rank), 100", "no cls (random rank), 300", "no cls (random rank), 1000", "no reg (anchors), 300"]
-    assert all(not job.evaluations for job in jobs if job is not shared)
+    assert all(not job.evaluations for job in jobs if job is not default)
 
-    cached = shared.run_dir / "test_time" / "100_proposals.json"
+    cached = default.run_dir / "test_time" / "100_proposals.json"
     cached.parent.mkdir()
     cached.write_text("{}")
-    assert len(planned()[1].evaluations) == 8
+    assert len(planned()[4].evaluations) == 8
 
 
 def die_in_worker(run_dir, cfg, name):

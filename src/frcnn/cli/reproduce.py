@@ -50,19 +50,16 @@ QUICK_SEEDS = (0, 1, 2)
 PAPER_EXPERIMENT = {table: f"experiment=paper/ablation_{table}" for table in TABLES}
 
 
-def quick_base(steps: int, num_train: int | None, num_val: int | None, data: QuickData,
-               recipe: str = "joint") -> list[str]:
-    """Built-in ``data``, ``recipe`` (joint: ``steps`` mini-batches; every alternating stage scaled alike)."""
+def quick_base(steps: int, num_train: int | None, num_val: int | None, data: QuickData) -> list[str]:
+    """Built-in ``data``, joint recipe of ``steps`` mini-batches, every alternating stage scaled alike."""
     from frcnn.reproduce.schemes import quick_overrides
 
-    return merge_overrides(quick_overrides(steps, num_train, num_val, data), [f"recipe={recipe}"])
+    return merge_overrides(quick_overrides(steps, num_train, num_val, data), ["recipe=joint"])
 
 
 def base_overrides(table: str, quick: bool, steps: int, num_train: int | None, num_val: int | None,
-                   extra: Sequence[str], data: QuickData, recipe: str = "joint") -> list[str]:
-    """A table's overrides under every row's: in --quick mode the built-in data trained with the table's
-    ``recipe`` (its paper_table.quick_recipe), else the table's paper preset."""
-    base = quick_base(steps, num_train, num_val, data, recipe) if quick else [PAPER_EXPERIMENT[table]]
+                   extra: Sequence[str], data: QuickData) -> list[str]:
+    base = quick_base(steps, num_train, num_val, data) if quick else [PAPER_EXPERIMENT[table]]
     return merge_overrides(base, extra)
 
 
@@ -186,8 +183,7 @@ def reproduce_tables(table_keys: Sequence[str], out_dir: Path, quick: bool, step
     fig4_outcomes: list = []
     fig4_table = next((t for t in tables if t.key == "proposals"), tables[0])  # its default model's recall
     start = time.perf_counter()
-    bases = {table.key: base_overrides(table.key, quick, steps, num_train, num_val, extra, data, table.quick_recipe)
-             for table in tables}
+    bases = {table.key: base_overrides(table.key, quick, steps, num_train, num_val, extra, data) for table in tables}
     if jobs > 1:
         run_in_parallel(store, out_dir, tables, bases, seeds, lambda table: rows_to_run(table, quick, all_rows), jobs)
     countdown = Countdown(len(seeds) * sum(len(rows_to_run(t, quick, all_rows)) for t in tables), "row",

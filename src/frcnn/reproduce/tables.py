@@ -85,7 +85,6 @@ class PaperTable:
     default: str
     settings: tuple[Setting, ...]
     checks: tuple[Check, ...] = field(default_factory=tuple)
-    quick_recipe: str = "joint"  # the recipe its --quick models train with (paper_table.quick_recipe)
 
     def setting(self, label: str) -> Setting:
         for setting in self.settings:
@@ -157,11 +156,7 @@ def paper_table(table: str, quick: bool, config_dir: Path = CONFIG_DIR,
         raise ValueError(f"{path}: paper_table.default={default!r} is not a setting label; rows: {sorted(labels)}")
     checks = tuple(Check(str(c["claim"]), _side(c["better"], path, labels), _side(c["worse"], path, labels),
                          bool(c.get("strict", True))) for c in node.get("checks", []))
-    quick_recipe = str(node.get("quick_recipe", "joint"))
-    if quick_recipe not in ("joint", "alternating"):
-        raise ValueError(f"{path}: paper_table.quick_recipe={quick_recipe!r}; allowed: joint, alternating")
-    return PaperTable(table, str(node["name"]), str(node["title"]), str(node["metric"]), default, settings, checks,
-                      quick_recipe)
+    return PaperTable(table, str(node["name"]), str(node["title"]), str(node["metric"]), default, settings, checks)
 
 
 def slug(label: str) -> str:
