@@ -290,3 +290,21 @@ def test_a_worker_that_dies_leaves_its_runs_to_the_tables_pass(tmp_path):
     assert lines[0].startswith("running 4 trainings and evaluations, 2 at a time with ")
     assert len(lines) == 3 and all("failed: BrokenProcessPool" in line for line in lines[1:]), lines
     assert not any((tmp_path / f"run{i}").exists() for i in range(2))
+
+
+def test_the_small_net_override_of_the_quick_tables_is_a_valid_config(tmp_path):
+    """docs/REPRODUCING_CPU.md's command for the small net's quick tables (experiment=cpu_voclike trains Lite0):
+    the overrides compose to the small net with its VOC-like weights, no timm head key, a valid config."""
+    from frcnn.cli.reproduce import base_overrides
+    from frcnn.config.checks import validate_config
+    from frcnn.reproduce.runs import RunStore
+    from frcnn.reproduce.tables import QUICK_DATA
+
+    extra = ["backbone=small", "backbone.weights=builtin_voclike", "~backbone.head", "optim.lr=0.001"]
+    _, cfg = RunStore(tmp_path).run_dir(base_overrides("lambda", True, 400, None, 250, extra, QUICK_DATA["voclike"]),
+                                        0, "default")
+    assert cfg["backbone"] == {"name": "small", "weights": "builtin_voclike"} and cfg["optim"]["lr"] == 0.001
+    validate_config(cfg)
+    _, default = RunStore(tmp_path).run_dir(base_overrides("lambda", True, 400, None, 250, [], QUICK_DATA["voclike"]),
+                                            0, "default")
+    assert default["backbone"]["name"] == "efficientnet_lite0" and default["backbone"]["weights"] == "imagenet"
