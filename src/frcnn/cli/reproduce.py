@@ -201,6 +201,18 @@ def reproduce_tables(table_keys: Sequence[str], out_dir: Path, quick: bool, step
     return outcomes
 
 
+def start_worker(threads: int) -> None:
+    """A --jobs worker process: ``threads`` torch threads, the console of reproduce.py."""
+    import logging
+
+    from frcnn.cli.console import configure_console
+    from frcnn.reproduce.parallel import set_threads
+
+    set_threads(threads)
+    logging.basicConfig(level=logging.INFO, format="[%(asctime)s][%(name)s][%(levelname)s] - %(message)s")
+    configure_console()
+
+
 def run_in_parallel(store, out_dir: Path, tables: Sequence[PaperTable], bases: dict, seeds: Sequence[int],
                     rows, jobs: int) -> None:
     """The tables' trainings and evaluations, ``jobs`` at a time; generated data written once first."""
@@ -211,7 +223,7 @@ def run_in_parallel(store, out_dir: Path, tables: Sequence[PaperTable], bases: d
     for data_cfg in {json.dumps(job.cfg["data"], sort_keys=True): job.cfg["data"] for job in planned}.values():
         if data_cfg.get("name") == "voclike":  # not written by two workers at once
             voclike_data_cfg(data_cfg)
-    failures = run_ahead(out_dir, planned, jobs)
+    failures = run_ahead(out_dir, planned, jobs, start_worker=start_worker)
     if failures:
         print(f"{failures} run(s) did not finish in the workers: the tables' pass runs them again one at a time "
               "and reports what still fails", flush=True)

@@ -68,17 +68,11 @@ def plan(store: RunStore, tables: Sequence[PaperTable], bases: Mapping[str, Sequ
     return sorted(jobs.values(), key=lambda job: -job.images)
 
 
-def start_worker(threads: int) -> None:
-    """A worker process: ``threads`` torch threads, the console of reproduce.py."""
-    import logging
-
+def set_threads(threads: int) -> None:
+    """A worker process's start: ``threads`` torch threads."""
     import torch
 
-    from frcnn.cli.console import configure_console
-
     torch.set_num_threads(threads)
-    logging.basicConfig(level=logging.INFO, format="[%(asctime)s][%(name)s][%(levelname)s] - %(message)s")
-    configure_console()
 
 
 def train_job(run_dir: Path, cfg: dict, name: str) -> str:
@@ -97,9 +91,11 @@ def available_cpus() -> int:
 
 
 def run_ahead(out_dir: Path, jobs: Sequence[TrainJob], workers: int, log: Callable[[str], None] = print,
-              train: Callable[[Path, dict, str], str] = train_job) -> int:
+              train: Callable[[Path, dict, str], str] = train_job,
+              start_worker: Callable[[int], None] = set_threads) -> int:
     """Run the trainings of ``jobs`` not finished yet (``train``, in the worker), and then their
-    evaluations, in ``workers`` processes of ``available_cpus() // workers`` threads each -> the number
+    evaluations, in ``workers`` processes of ``available_cpus() // workers`` threads each (each process
+    begins with ``start_worker(threads)``, a module-level function: it is called by name) -> the number
     that failed or did not run. A worker that dies (killed for memory, say) breaks the pool: what did
     not finish is left to the tables' pass, which runs it in its own process and reports each failure
     on its row."""
