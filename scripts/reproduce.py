@@ -5,14 +5,10 @@ Tables: conf/experiment/paper/ablation_{lambda,anchors,proposals,training}.yaml;
 frcnn.cli.reproduce (report: frcnn.reproduce.report); schemes (§3.2): frcnn.reproduce.schemes.
 """
 
-import logging
 import sys
 
-from frcnn.cli.console import configure_console
-from frcnn.cli.reproduce import main
+from frcnn.cli.reproduce import configure_output, main
 
 if __name__ == "__main__":
-    # one line per log record, frcnn's console rules (no Lightning tips, no foreign deprecations)
-    logging.basicConfig(level=logging.INFO, format="[%(asctime)s][%(name)s][%(levelname)s] - %(message)s")
-    configure_console()
+    configure_output()
     sys.exit(main())

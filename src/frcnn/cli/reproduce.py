@@ -201,16 +201,23 @@ def reproduce_tables(table_keys: Sequence[str], out_dir: Path, quick: bool, step
     return outcomes
 
 
-def start_worker(threads: int) -> None:
-    """A --jobs worker process: ``threads`` torch threads, the console of reproduce.py."""
+def configure_output() -> None:
+    """reproduce.py's console: one line per log record, frcnn's console rules (no Lightning tips, no
+    foreign deprecations); the script's process and each --jobs worker."""
     import logging
 
     from frcnn.cli.console import configure_console
+
+    logging.basicConfig(level=logging.INFO, format="[%(asctime)s][%(name)s][%(levelname)s] - %(message)s")
+    configure_console()
+
+
+def start_worker(threads: int) -> None:
+    """A --jobs worker process: ``threads`` torch threads, the console of reproduce.py."""
     from frcnn.reproduce.parallel import set_threads
 
     set_threads(threads)
-    logging.basicConfig(level=logging.INFO, format="[%(asctime)s][%(name)s][%(levelname)s] - %(message)s")
-    configure_console()
+    configure_output()
 
 
 def run_in_parallel(store, out_dir: Path, tables: Sequence[PaperTable], bases: dict, seeds: Sequence[int],
