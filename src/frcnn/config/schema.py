@@ -17,7 +17,7 @@ the schema never falls out of date with a registry.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from frcnn.config.rules import AnyOf, Bool, Choice, Free, ListOf, Node, Number, OrAuto, OrNull, Rule, Text, Variant
@@ -106,12 +106,9 @@ def _wandb_modes() -> list[str]:
 
 
 def _strategies() -> list[str]:
-    try:
-        from lightning.pytorch.strategies import StrategyRegistry
+    from lightning.pytorch.strategies import StrategyRegistry  # Lightning is a dependency: no fallback list
 
-        return ["auto", *sorted(StrategyRegistry.available_strategies())]
-    except ImportError:  # pragma: no cover
-        return ["auto", "ddp", "ddp_spawn", "fsdp", "deepspeed"]
+    return ["auto", *sorted(StrategyRegistry.available_strategies())]
 
 
 ACCELERATORS = ("cpu", "gpu", "cuda", "mps", "tpu", "auto")
@@ -138,7 +135,8 @@ class AugmentTransforms(Rule):
     def check(self, value: Any, key: str) -> None:
         from frcnn.data.augment import build_augmentations
 
-        ListOf(Free()).check(value, key)
+        if isinstance(value, (str, bytes, Mapping)) or not isinstance(value, Sequence):
+            raise ConfigError(f"{key}: expected {self.describe()}, got {value!r}")
         build_augmentations(value, key)
 
 
