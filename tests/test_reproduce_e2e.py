@@ -49,6 +49,12 @@ def test_fig4_and_shared_default_model_across_tables(tmp_path, capsys):
     assert out.count("  training ") == 3
     assert outcomes["training"]["shared, approximate joint"][0].run_dir == \
         outcomes["proposals"]["shared, 300 proposals"][0].run_dir
+    # the unshared run is the 4-step run's stage 1: the second of the two to train copies it from the first
+    four_step = outcomes["training"]["shared, 4-step alternating"][0].run_dir
+    unshared = outcomes["training"]["unshared (4-step, steps 1-2)"][0].run_dir
+    assert out.count(f"  stage 1 (steps 1-2) copied from {unshared}") == 1  # Table 3 lists unshared first
+    for stage in ("stage1_rpn", "stage1_det"):
+        assert (unshared / stage / "model.pt").read_bytes() == (four_step / stage / "model.pt").read_bytes()
     report = (tmp_path / "REPORT.md").read_text()
     assert "## Fig. 4: recall vs IoU" in report and "| 300 |" in report and (tmp_path / "fig4_recall.png").exists()
     assert report.index("## Table 3") < report.index("## Table 2")

@@ -253,6 +253,7 @@ def test_parallel_plan_is_the_tables_trainings_once_longest_first(tmp_path):
         "training_unshared (4-step, steps 1-2) (seed 0)", "training_shared, 4-step alternating (seed 0)",
         "lambda_λ=0.1 (seed 0)", "lambda_λ=1 (seed 0)", "lambda_λ=10 (seed 0)", "lambda_λ=100 (seed 0)"]
     assert [job.images for job in jobs] == [4000, 4000, 1600, 1600, 1600, 1600]  # (150 + 500 + 100 + 250) x 4; 400 x 4
+    assert jobs[0].after == jobs[1].run_dir and all(job.after is None for job in jobs[1:])  # unshared after 4-step
     default = jobs[4]
     default.run_dir.mkdir(parents=True)  # as its worker leaves it: the pass by seed finds it for each row of this model
     for table in tables:
@@ -290,6 +291,66 @@ def test_a_worker_that_dies_leaves_its_runs_to_the_tables_pass(tmp_path):
     assert lines[0].startswith("running 4 trainings and evaluations, 2 at a time with ")
     assert len(lines) == 3 and all("failed: BrokenProcessPool" in line for line in lines[1:]), lines
     assert not any((tmp_path / f"run{i}").exists() for i in range(2))
+
+
+def train_after_twin(run_dir, cfg, name):
+    """run_ahead's ``train`` in a test: the 4-step run takes a second; its unshared twin fails unless it finished."""
+    import json
+    import time
+    from pathlib import Path
+
+    if cfg["recipe"]["unshared"]:
+        return "ok" if (Path(cfg["twin"]) / "metrics.json").exists() else "failed: started before its twin"
+    time.sleep(1.0)
+    run_dir.mkdir(parents=True)
+    (run_dir / "metrics.json").write_text(json.dumps({}))
+    return "ok"
+
+
+def test_an_unshared_run_starts_after_its_4_step_twin(tmp_path):
+    """With two workers free, run_ahead still holds the unshared run until the 4-step run whose stage 1 it
+    copies has finished."""
+    from frcnn.reproduce.parallel import TrainJob, run_ahead
+
+    def job(name, unshared, after=None):
+        cfg = {"data": {}, "schedule": {"alternating": {"stage1_rpn": {"max_steps": 1}}},
+               "recipe": {"name": "alternating", "unshared": unshared}, "twin": str(tmp_path / "shared")}
+        return TrainJob(tmp_path / name, cfg, name, after=after)
+
+    jobs = [job("shared", False), job("unshared", True, after=tmp_path / "shared")]
+    lines = []
+    assert run_ahead(tmp_path, jobs, 2, log=lines.append, train=train_after_twin) == 0, lines
+    assert [line.split(":")[0] for line in lines[1:]] == ["shared", "unshared"]
+
+
+def test_an_alternating_run_copies_its_twins_finished_stage_1(tmp_path, compose_cfg):
+    """The unshared run and the 4-step run of one config train the same stage 1: the second to start copies
+    the first's finished stage-1 files (not its Lightning checkpoints), and only a finished stage 1."""
+    from frcnn.reproduce.runs import config_digest, reuse_first_stages, twin_config
+
+    runs = tmp_path / "runs"
+    shared_cfg = compose_cfg(["recipe=alternating"], "x")
+    unshared_cfg = compose_cfg(["recipe=alternating", "recipe.unshared=true"], "x")
+    assert twin_config(shared_cfg)["recipe"] == unshared_cfg["recipe"]
+    assert twin_config(compose_cfg(["recipe=joint"], "x")) is None
+    shared = runs / f"shared-{config_digest(shared_cfg)}" / "seed1"
+    unshared = runs / f"unshared-{config_digest(unshared_cfg)}" / "seed1"
+    files = {"stage1_rpn/DONE": "75", "stage1_rpn/model.pt": "rpn", "stage1_rpn/checkpoints/last.ckpt": "ckpt",
+             "stage1_proposals/proposals.safetensors": "boxes", "stage1_det/model.pt": "det"}
+    for name, text in files.items():
+        (shared / name).parent.mkdir(parents=True, exist_ok=True)
+        (shared / name).write_text(text)
+    assert reuse_first_stages(unshared, unshared_cfg) is None  # stage1_det not DONE
+    assert not unshared.exists()
+    (shared / "stage1_det" / "DONE").write_text("250")
+    (runs / f"shared-{config_digest(shared_cfg)}" / "seed2" / "stage1_rpn").mkdir(parents=True)  # another seed
+    assert reuse_first_stages(runs / "other" / "seed2", unshared_cfg) is None
+    assert reuse_first_stages(unshared, unshared_cfg) == shared
+    copied = {str(p.relative_to(unshared)): p.read_text() for p in unshared.rglob("*") if p.is_file()}
+    assert copied == {**{k: v for k, v in files.items() if "checkpoints" not in k}, "stage1_det/DONE": "250"}
+    begun = runs / f"shared-{config_digest(shared_cfg)}" / "seed3"
+    (begun / "stage1_rpn").mkdir(parents=True)  # a run that began its own stage 1 keeps it
+    assert reuse_first_stages(begun, shared_cfg) is None
 
 
 def test_the_small_net_override_of_the_quick_tables_is_a_valid_config(tmp_path):

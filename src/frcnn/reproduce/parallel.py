@@ -11,7 +11,8 @@ a killed invocation resumes as before: finished runs are read back, an interrupt
 its last checkpoint.
 
 Longest first (the 4-step alternating runs before the joint ones): with N workers the last job to
-start is then a short one, and no worker waits long for the others at the end.
+start is then a short one, and no worker waits long for the others at the end. An unshared run starts
+after the 4-step run of its config, whose stage 1 it copies (:func:`frcnn.reproduce.runs.reuse_first_stages`).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from frcnn.reproduce.runs import Outcome, RunStore, config_digest, train_in
+from frcnn.reproduce.runs import Outcome, RunStore, config_digest, train_in, twin_config
 from frcnn.reproduce.tables import PaperTable, merge_overrides, slug
 from frcnn.utils.progress import Countdown
 
@@ -37,6 +38,7 @@ class TrainJob:
     cfg: dict
     name: str
     evaluations: list[tuple[dict, int, str]] = field(default_factory=list)  # (rpn.test changes, seed, row label)
+    after: Path | None = None  # the run dir of the 4-step run whose stage 1 this unshared run copies
 
     @property
     def images(self) -> int:
@@ -65,6 +67,10 @@ def plan(store: RunStore, tables: Sequence[PaperTable], bases: Mapping[str, Sequ
                                       TrainJob(run_dir, cfg, f"{table.key}_{trains.label} (seed {seed})"))
                 if setting.test and not (run_dir / "test_time" / f"{slug(setting.label)}.json").exists():
                     job.evaluations.append((dict(setting.test), seed, setting.label))
+    for (_, seed), job in jobs.items():
+        twin = twin_config(job.cfg)
+        if twin is not None and job.cfg["recipe"].get("unshared") and (config_digest(twin), seed) in jobs:
+            job.after = jobs[config_digest(twin), seed].run_dir
     return sorted(jobs.values(), key=lambda job: -job.images)
 
 
@@ -121,11 +127,20 @@ def run_ahead(out_dir: Path, jobs: Sequence[TrainJob], workers: int, log: Callab
                     return  # the failures already counted say so; the tables' pass evaluates it
                 running[future] = (f"{job.name}: {label}", None)
 
-        for job in jobs:
-            if job.run_dir in untrained:
+        def submit_training(job: TrainJob) -> None:
+            try:
                 running[pool.submit(train, job.run_dir, job.cfg, job.name)] = (job.name, job)
-            else:
+            except futures.process.BrokenProcessPool:
+                pass  # the failures already counted say so; the tables' pass trains it
+
+        waiting: dict[Path, list[TrainJob]] = {}  # a 4-step run dir -> the unshared runs that copy its stage 1
+        for job in jobs:
+            if job.run_dir not in untrained:
                 submit_evaluations(job)
+            elif job.after in untrained:
+                waiting.setdefault(job.after, []).append(job)
+            else:
+                submit_training(job)
         while running:
             done, _ = futures.wait(running, return_when=futures.FIRST_COMPLETED)
             for future in done:
@@ -137,6 +152,8 @@ def run_ahead(out_dir: Path, jobs: Sequence[TrainJob], workers: int, log: Callab
                 failures += status != "ok"
                 log(f"{name}: {status} ({countdown.tick()})")
                 if job is not None:
+                    for follower in waiting.pop(job.run_dir, []):
+                        submit_training(follower)  # after a failed twin too: it then trains its own stage 1
                     if status == "ok":
                         submit_evaluations(job)
                     else:

@@ -5,13 +5,18 @@ model, e.g. Table 9's λ=10 and Table 8's "3 scales, 3 ratios" (both the default
 directory ``<out>/runs/<name>-<config hash>/seed<k>/``. A finished training (its metrics.json)
 is read back; an interrupted one resumes from its last checkpoint (:func:`frcnn.engine.recipes.run_recipe`).
 A test-time evaluation of a trained model (Table 2) is cached beside it in ``test_time/<name>.json``.
+The unshared run (``recipe.unshared=true``) is steps 1-2 of the 4-step run of the same config: whichever of
+the two trains second copies the other's finished stage 1 (:func:`reuse_first_stages`) instead of
+training it again.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import hashlib
 import json
+import shutil
 import sys
 import time
 from collections.abc import Mapping, Sequence
@@ -21,6 +26,9 @@ from typing import Any
 from frcnn.reproduce.tables import CONFIG_DIR, slug
 from frcnn.utils.atomic_io import atomic_write_json
 
+# The 4-step recipe's steps 1-2 (stage 1: RPN, its proposals, Fast R-CNN) are the unshared run whole: the
+# same config but recipe.unshared trains them alike, bit for bit (each stage is seeded from (seed, stage)).
+FIRST_STAGES = {"stage1_rpn": "DONE", "stage1_proposals": "proposals.safetensors", "stage1_det": "DONE"}
 RANDOM_RANKING_SEED = 1000  # + the training seed: Table 2's random ranking is the same on a rerun
 
 
@@ -138,9 +146,36 @@ def failed(exc: BaseException, run_dir: Path, start: float) -> Outcome:
     return Outcome(None, status, run_dir, time.perf_counter() - start)
 
 
+def twin_config(cfg: Mapping[str, Any]) -> dict | None:
+    """The alternating run whose stage 1 is this one's: ``cfg`` with ``recipe.unshared`` flipped (None for
+    another recipe)."""
+    if cfg["recipe"]["name"] != "alternating":
+        return None
+    twin = copy.deepcopy(dict(cfg))
+    twin["recipe"]["unshared"] = not cfg["recipe"].get("unshared", False)
+    return twin
+
+
+def reuse_first_stages(run_dir: Path, cfg: Mapping[str, Any]) -> Path | None:
+    """Copy the finished stage 1 of ``cfg``'s twin run (:func:`twin_config`, same seed, under the same
+    ``runs/``) into ``run_dir``, which then starts at stage 2 or, unshared, at its final model -> the twin's
+    run dir, or None when there is nothing to copy (no twin, its stage 1 unfinished, or ``run_dir`` has begun
+    its own stage 1)."""
+    twin = twin_config(cfg)
+    if twin is None or any((run_dir / stage).exists() for stage in FIRST_STAGES):
+        return None
+    for source in sorted(run_dir.parent.parent.glob(f"*-{config_digest(twin)}/{run_dir.name}")):
+        if all((source / stage / marker).is_file() for stage, marker in FIRST_STAGES.items()):
+            for stage in FIRST_STAGES:  # the stage's files; its checkpoints/ are Lightning's, not needed
+                shutil.copytree(source / stage, run_dir / stage, ignore=shutil.ignore_patterns("checkpoints"))
+            return source
+    return None
+
+
 def train_in(run_dir: Path, cfg: dict, name: str) -> Outcome:
-    """Train ``cfg`` in ``run_dir`` (resuming an interrupted run), or read its metrics.json back
-    when it finished before; a failure is the outcome's status."""
+    """Train ``cfg`` in ``run_dir`` (resuming an interrupted run; stage 1 copied from its twin when that
+    finished it, :func:`reuse_first_stages`), or read its metrics.json back when it finished before; a failure
+    is the outcome's status."""
     start = time.perf_counter()
     metrics_path = run_dir / "metrics.json"
     if metrics_path.exists():
@@ -152,6 +187,9 @@ def train_in(run_dir: Path, cfg: dict, name: str) -> Outcome:
     print(f"  training {name} -> {run_dir}", flush=True)
     try:
         validate_config(cfg)
+        twin = reuse_first_stages(run_dir, cfg)
+        if twin is not None:
+            print(f"  stage 1 (steps 1-2) copied from {twin}", flush=True)
         metrics = run_recipe(cfg, run_dir)
     except Exception as exc:  # noqa: BLE001
         return failed(exc, run_dir, start)
