@@ -59,6 +59,7 @@ def test_the_backbone_sets_stride_roi_size_and_pixel_statistics(small_cfg):
     assert model.rpn.head.conv.in_channels == backbone.out_channels
     assert torch.equal(model.pixel_mean.flatten(), torch.as_tensor(backbone.pixel_mean).flatten().to(model.pixel_mean))
     assert torch.equal(model.pixel_std.flatten(), torch.as_tensor(backbone.pixel_std).flatten().to(model.pixel_std))
+    assert model.roi_head.add_gt_to_proposals is True  # Fast R-CNN's default (conf/roi_head)
     assert model.roi_head.predictor.cls_score.out_features == NUM_CLASSES + 1
     assert model.roi_head.predictor.cls_score.in_features == backbone.representation_size
 
@@ -69,6 +70,29 @@ def test_timm_output_stride_8_reaches_anchors_and_pooling(small_cfg):
     model = build_model(cfg, NUM_CLASSES)
     assert model.backbone_info.stride == model.size_divisible == model.rpn.anchor_generator.stride == 8
     assert model.roi_head.spatial_scale == pytest.approx(1.0 / 8)
+    assert model.roi_head.conv_head  # c4: Lite0's last blocks per RoI
+    # TensorFlow-ported weights: inputs scaled to [-1, 1], not torchvision's ImageNet statistics
+    assert model.pixel_mean.flatten().tolist() == model.pixel_std.flatten().tolist() == [0.5, 0.5, 0.5]
+
+
+def test_the_backbone_keys_reach_build_backbone(small_cfg):
+    from frcnn.modeling.backbone import build_backbone
+
+    cfg = copy.deepcopy(small_cfg)
+    cfg["backbone"]["weights"] = "builtin"
+    shipped = build_backbone("small", weights="builtin").body.state_dict()
+    built = build_model(cfg, NUM_CLASSES).backbone.state_dict()
+    assert shipped.keys() == built.keys() and all(torch.equal(shipped[k], built[k]) for k in shipped)
+    cfg["backbone"] = {"name": "efficientnet_lite0", "weights": None, "head": "c4"}
+    model = build_model(cfg, NUM_CLASSES)
+    assert model.roi_head.roi_output_size == model.backbone_info.roi_output_size == 14  # c4 at stride 16
+    cfg["backbone"]["head"] = "fc"
+    model = build_model(cfg, NUM_CLASSES)
+    assert not model.roi_head.conv_head and model.backbone_info.representation_size == 1024  # two fc of 1024
+    cfg["backbone"] = {"name": "timm", "weights": None, "model": "resnet18"}
+    body = build_model(cfg, NUM_CLASSES).backbone
+    assert sum(p.numel() for p in body.parameters()) == sum(
+        p.numel() for p in build_backbone("timm", model="resnet18").body.parameters())
 
 
 def test_vgg16_keeps_conv1_and_conv2_frozen(small_cfg):
