@@ -167,7 +167,10 @@ def reuse_first_stages(run_dir: Path, cfg: Mapping[str, Any]) -> Path | None:
     for source in sorted(run_dir.parent.parent.glob(f"*-{config_digest(twin)}/{run_dir.name}")):
         if all((source / stage / marker).is_file() for stage, marker in FIRST_STAGES.items()):
             for stage in FIRST_STAGES:  # the stage's files; its checkpoints/ are Lightning's, not needed
-                shutil.copytree(source / stage, run_dir / stage, ignore=shutil.ignore_patterns("checkpoints"))
+                partial = run_dir / f"{stage}.copying"  # renamed when whole: a failed copy leaves no stage dir
+                shutil.rmtree(partial, ignore_errors=True)
+                shutil.copytree(source / stage, partial, ignore=shutil.ignore_patterns("checkpoints"))
+                partial.rename(run_dir / stage)
             return source
     return None
 
