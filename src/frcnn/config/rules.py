@@ -126,6 +126,11 @@ class Choice(Rule):
                               f"{', '.join(map(str, allowed))}{suggestion}{hint}")
 
 
+def is_list(value: Any) -> bool:
+    """A config list: a sequence that is not a string, bytes or a mapping."""
+    return isinstance(value, Sequence) and not isinstance(value, (str, bytes, Mapping))
+
+
 @dataclass
 class ListOf(Rule):
     item: Rule
@@ -141,7 +146,7 @@ class ListOf(Rule):
     def check(self, value: Any, key: str) -> None:
         if value is None and self.nullable:
             return
-        if isinstance(value, (str, bytes, Mapping)) or not isinstance(value, Sequence):
+        if not is_list(value):
             raise ConfigError(f"{key}: expected {self.describe()}, got {_show(value)} ({_type_name(value)})")
         if self.length is not None and len(value) != self.length:
             raise ConfigError(f"{key} must hold exactly {self.length} values, got {list(value)!r}")

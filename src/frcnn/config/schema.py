@@ -17,10 +17,11 @@ the schema never falls out of date with a registry.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
-from frcnn.config.rules import AnyOf, Bool, Choice, Free, ListOf, Node, Number, OrAuto, OrNull, Rule, Text, Variant
+from frcnn.config.rules import (AnyOf, Bool, Choice, Free, ListOf, Node, Number, OrAuto, OrNull, Rule, Text, Variant,
+                                is_list)
 from frcnn.errors import ConfigError
 
 
@@ -135,7 +136,7 @@ class AugmentTransforms(Rule):
     def check(self, value: Any, key: str) -> None:
         from frcnn.data.augment import build_augmentations
 
-        if isinstance(value, (str, bytes, Mapping)) or not isinstance(value, Sequence):
+        if not is_list(value):
             raise ConfigError(f"{key}: expected {self.describe()}, got {value!r}")
         build_augmentations(value, key)
 

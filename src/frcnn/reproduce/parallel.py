@@ -67,10 +67,11 @@ def plan(store: RunStore, tables: Sequence[PaperTable], bases: Mapping[str, Sequ
                                       TrainJob(run_dir, cfg, f"{table.key}_{trains.label} (seed {seed})"))
                 if setting.test and not (run_dir / "test_time" / f"{slug(setting.label)}.json").exists():
                     job.evaluations.append((dict(setting.test), seed, setting.label))
-    for (_, seed), job in jobs.items():
-        twin = twin_config(job.cfg)
-        if twin is not None and job.cfg["recipe"].get("unshared") and (config_digest(twin), seed) in jobs:
-            job.after = jobs[config_digest(twin), seed].run_dir
+    for (_, seed), job in jobs.items():  # an unshared run waits for the 4-step run it copies stage 1 from
+        twin = twin_config(job.cfg) if job.cfg["recipe"].get("unshared") else None
+        four_step = jobs.get((config_digest(twin), seed)) if twin is not None else None
+        if four_step is not None:
+            job.after = four_step.run_dir
     return sorted(jobs.values(), key=lambda job: -job.images)
 
 
