@@ -121,7 +121,8 @@ def draw_case(rng: random.Random, leaves: list[tuple[str, Rule]]) -> tuple[str, 
     return kind, f"{key}={text}", key
 
 
-def _set(cfg: dict, dotted: str, value: Any) -> None:
+def set_dotted(cfg: dict, dotted: str, value: Any) -> None:
+    """``cfg[a][b][c] = value`` for ``dotted`` "a.b.c" (the config tests' one setter)."""
     *parents, last = dotted.split(".")
     for part in parents:
         cfg = cfg[part]
@@ -136,7 +137,7 @@ def judge_in_process(base: dict, text: str) -> str | None:
         if not override.is_add():
             check_override_keys(base, [key])
         cfg = copy.deepcopy(base)
-        _set(cfg, key, override.value())
+        set_dotted(cfg, key, override.value())
         validate_config(cfg)
     except ConfigError as exc:
         return str(exc)

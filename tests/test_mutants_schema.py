@@ -14,6 +14,7 @@ import pytest
 from frcnn.config.schema import check_schema
 from frcnn.errors import ConfigError
 from tests.conftest import compose_config
+from tests.test_fuzz_config import set_dotted
 
 TIMM_LIST = "timm, efficientnet_lite0, efficientnet_lite1, efficientnet_lite2"  # modeling/backbone/build.py
 
@@ -24,17 +25,10 @@ def default_cfg(tmp_path_factory):
 
 
 def with_changes(cfg: dict, changes: dict) -> dict:
-    """``cfg`` with ``{"group.key": value}`` set (``...`` deletes the key)."""
+    """A copy of ``cfg`` with ``{"group.key": value}`` set."""
     cfg = copy.deepcopy(cfg)
     for dotted, value in changes.items():
-        *parents, leaf = dotted.split(".")
-        node = cfg
-        for name in parents:
-            node = node[name]
-        if value is ...:
-            del node[leaf]
-        else:
-            node[leaf] = value
+        set_dotted(cfg, dotted, value)
     return cfg
 
 

@@ -24,7 +24,7 @@ from frcnn.config.rules import ListOf, Number, OrAuto
 from frcnn.config.schema import TRAIN_CONFIG, check_schema
 from frcnn.errors import ConfigError
 from tests.conftest import compose_config
-from tests.test_fuzz_config import bad_values, schema_leaves
+from tests.test_fuzz_config import bad_values, schema_leaves, set_dotted
 
 
 @dataclass(frozen=True)
@@ -136,13 +136,6 @@ PAPER: dict[str, tuple[Range, list, list]] = {
 COVERED_GROUPS = ("rpn.", "roi_head.", "recipe.proposals.")
 
 
-def _set(cfg: dict, dotted: str, value: Any) -> None:
-    *parents, last = dotted.split(".")
-    for part in parents:
-        cfg = cfg[part]
-    cfg[last] = value
-
-
 @pytest.fixture(scope="module")
 def base_cfg(tmp_path_factory):
     cfg = compose_config(["backbone.weights=null"], tmp_path_factory.mktemp("run"))
@@ -184,7 +177,7 @@ def _message_names(message: str, key: str) -> bool:
 @pytest.mark.parametrize("key, value", [(key, value) for key, (_, bad, _) in PAPER.items() for value in bad])
 def test_values_outside_the_papers_range_are_refused_naming_the_key(base_cfg, key, value):
     cfg = copy.deepcopy(base_cfg)
-    _set(cfg, key, value)
+    set_dotted(cfg, key, value)
     with pytest.raises(ConfigError) as info:
         validate_config(cfg)
     assert _message_names(str(info.value), key), str(info.value)
@@ -195,7 +188,7 @@ def test_the_papers_edge_values_pass_the_schema(base_cfg, key, value):
     """Legal by the paper, so the schema must take them (rules between keys, e.g. fg_iou >= bg_iou, are
     validate_config's and not asked here)."""
     cfg = copy.deepcopy(base_cfg)
-    _set(cfg, key, value)
+    set_dotted(cfg, key, value)
     check_schema(cfg)
 
 
