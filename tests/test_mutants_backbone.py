@@ -19,6 +19,7 @@ from torchvision.ops.misc import FrozenBatchNorm2d
 from frcnn.checkpoint.pretrained import WeightsUnavailableError
 from frcnn.modeling.backbone import (WEIGHTS_FROM_DETECTOR, WithinChannelLRN, build_backbone, check_weights_available,
                                      freeze_prefix, set_trainable)
+from frcnn.modeling.backbone.base import conv_layer, fc6_fc7_head
 from frcnn.modeling.backbone.resnet import map_resnet50_key
 from frcnn.modeling.backbone.timm_net import (create_timm_net, load_timm_layout, load_timm_pretrained, read_weights_file,
                                               split_at_stride_16)
@@ -487,3 +488,58 @@ def test_a_lite0_file_in_timms_layout_loads_and_bad_files_are_named(tmp_path):
     torch.save(own, tmp_path / "own.pth")
     with pytest.raises(RuntimeError, match=f"weights {tmp_path / 'own.pth'} do not match"):
         build_backbone("efficientnet_lite0", weights=str(tmp_path / "own.pth"))
+
+
+# --- layer builders: the initialisations the paper's nets start from (random init) ----------------
+
+
+def test_conv_layers_are_he_initialised_by_fan_out_and_fc6_fc7_drawn_from_n_0_0_01():
+    torch.manual_seed(10)
+    conv = conv_layer(16, 64, 3, padding=1)
+    assert conv.weight.std().item() == pytest.approx(math.sqrt(2 / (64 * 9)), rel=0.05)  # torchvision's VGG / ResNet
+    assert torch.equal(conv.bias, torch.zeros(64))
+    head = fc6_fc7_head(256, 512, dropout=0.5)
+    for fc in (head.fc6, head.fc7):
+        assert fc.weight.std().item() == pytest.approx(0.01, rel=0.05) and abs(fc.weight.mean().item()) < 1e-3
+    assert [m.p for m in head.modules() if isinstance(m, nn.Dropout)] == [0.5, 0.5]
+    head.eval()
+    rois = torch.randn(3, 1, 16, 16, generator=torch.Generator().manual_seed(3))
+    torch.testing.assert_close(head(rois), torch.relu(head.fc7(torch.relu(head.fc6(rois.flatten(1))))))
+
+
+# --- build_backbone: what it says ---------------------------------------------------------------------
+
+
+def test_build_backbone_says_what_it_loaded_and_warns_of_random_init(tmp_path, caplog):
+    zf = build_backbone("zf", weights=WEIGHTS_FROM_DETECTOR)
+    caffe = {k.split(".", 1)[1]: v for k, v in zf.state_dict().items()}  # py-faster-rcnn's names: conv1.weight, ...
+    torch.save(caffe, tmp_path / "zf_caffe.pth")
+    small = build_backbone("small", weights=WEIGHTS_FROM_DETECTOR)
+    torch.save(small.state_dict(), tmp_path / "small.pth")
+    with caplog.at_level(logging.INFO, logger="frcnn.modeling.backbone"):
+        build_backbone("zf", weights=tmp_path / "zf_caffe.pth")
+        build_backbone("small", weights=tmp_path / "small.pth")
+        build_backbone("small")
+    assert caplog.messages == [
+        f"backbone 'zf': loaded weights from {tmp_path / 'zf_caffe.pth'} (Caffe layout: conv1 folded from BGR 0..255 "
+        "input to ours)",
+        f"backbone 'small': loaded weights from {tmp_path / 'small.pth'}",
+        "backbone 'small' starts from RANDOM INIT (weights=None): the paper initialises the shared conv layers from "
+        "ImageNet pre-training; pass weights='imagenet' or a local state-dict path.",
+    ]
+
+
+def test_build_backbone_names_the_file_and_the_backbone_in_its_errors(tmp_path):
+    small = build_backbone("small", weights=WEIGHTS_FROM_DETECTOR)
+    torch.save({**small.state_dict(), "body.extra.weight": torch.zeros(1)}, tmp_path / "extra.pth")
+    with pytest.raises(RuntimeError, match=f"^backbone 'small': weights {tmp_path / 'extra.pth'} do not match "
+                                           r"\(0 missing, 1 unexpected, 0 shape mismatches\)"):
+        build_backbone("small", weights=tmp_path / "extra.pth")
+    with pytest.raises(ValueError, match="^backbone 'vgg16': weights='builtin' exists only for"):
+        build_backbone("vgg16", weights="builtin")
+    with pytest.raises(ValueError) as err:
+        build_backbone("efficientnet_lite0", weights="builtin")
+    assert str(err.value) == "backbone 'efficientnet_lite0': weights='builtin' exists only for ['small']"
+    with pytest.raises(ValueError) as err:
+        build_backbone("timm", weights=None)
+    assert str(err.value) == "backbone=timm needs backbone.model=<timm model name>, e.g. backbone.model=resnet50"
