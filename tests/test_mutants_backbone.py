@@ -25,6 +25,7 @@ from frcnn.modeling.backbone.timm_net import (create_timm_net, load_timm_layout,
                                               split_at_stride_16)
 from frcnn.modeling.backbone.vgg import map_vgg16_key
 from frcnn.modeling.backbone.weights import fold_caffe_first_conv, load_backbone_weights
+from frcnn.modeling.backbone.zf import map_zf_key
 
 timm = pytest.importorskip("timm")
 
@@ -58,6 +59,22 @@ def test_zf_normalises_with_the_authors_lrn_settings():
     norms = [m for m in zf.body.modules() if isinstance(m, WithinChannelLRN)]
     assert [(m.size, m.alpha, m.beta) for m in norms] == [(3, 5e-5, 0.75)] * 2
     assert list(dict(zf.body.named_children())).index("norm1") == 2  # conv1, relu1, norm1, pool1
+
+
+def test_zf_body_is_the_authors_conv1_to_conv5():
+    """py-faster-rcnn's ZF: conv1 7x7/2 96, LRN, pool 3x3/2, conv2 5x5/2 256, LRN, pool 3x3/2, conv3 / conv4 / conv5
+    3x3 384 / 384 / 256, each conv followed by a ReLU."""
+    body = build_backbone("zf", weights=WEIGHTS_FROM_DETECTOR).body
+    layers = [(name, type(m).__name__) for name, m in body.named_children()]
+    assert layers == [("conv1", "Conv2d"), ("relu1", "ReLU"), ("norm1", "WithinChannelLRN"), ("pool1", "MaxPool2d"),
+                      ("conv2", "Conv2d"), ("relu2", "ReLU"), ("norm2", "WithinChannelLRN"), ("pool2", "MaxPool2d"),
+                      ("conv3", "Conv2d"), ("relu3", "ReLU"), ("conv4", "Conv2d"), ("relu4", "ReLU"),
+                      ("conv5", "Conv2d"), ("relu5", "ReLU")]
+    convs = [(m.out_channels, m.kernel_size, m.stride) for m in body.children() if isinstance(m, nn.Conv2d)]
+    assert convs == [(96, (7, 7), (2, 2)), (256, (5, 5), (2, 2)), (384, (3, 3), (1, 1)), (384, (3, 3), (1, 1)),
+                     (256, (3, 3), (1, 1))]
+    assert [(m.kernel_size, m.stride) for m in body.children() if isinstance(m, nn.MaxPool2d)] == [(3, 2), (3, 2)]
+    assert map_zf_key("conv9.weight") == "conv9.weight" and map_zf_key("fc8.bias") is None  # unknown: reported
 
 
 # --- ResNet-50 C4 ---------------------------------------------------------------------------
