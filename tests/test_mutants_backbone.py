@@ -77,6 +77,17 @@ def test_zf_body_is_the_authors_conv1_to_conv5():
     assert map_zf_key("conv9.weight") == "conv9.weight" and map_zf_key("fc8.bias") is None  # unknown: reported
 
 
+def test_zf_pools_6x6_rois_into_fc6_fc7_of_4096_and_tunes_every_layer():
+    """py-faster-rcnn's ZF: RoI pooling 6 x 6 on conv5's 256 channels, fc6 / fc7 of 4096; §3.1.3: "We tune all layers
+    of the ZF net"."""
+    zf = build_backbone("zf", weights=WEIGHTS_FROM_DETECTOR)
+    assert (zf.out_channels, zf.roi_output_size, zf.representation_size, zf.name) == (256, 6, 4096, "zf")
+    assert zf.head.eval()(torch.zeros(2, 256, 6, 6)).shape == (2, 4096)
+    assert zf.frozen_prefix == ()
+    freeze_prefix(zf)
+    assert all(p.requires_grad for p in zf.body.parameters())
+
+
 # --- ResNet-50 C4 ---------------------------------------------------------------------------
 
 
