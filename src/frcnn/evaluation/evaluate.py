@@ -80,7 +80,8 @@ def evaluate_split(
     each class's ``threshold_curve`` (:func:`frcnn.evaluation.mistakes.threshold_curve`) added.
     The shared conv layers run once per image (``model.detect_and_rank``); ``on_batch(images,
     targets, detections)`` sees every batch (e.g. to draw the first few). The result does not
-    depend on the loader's batch size (:func:`frcnn.modeling.faster_rcnn.padded_size_groups`).
+    depend on the loader's batch size (:func:`frcnn.modeling.faster_rcnn.padded_size_groups`) up to the
+    float rounding of convolutions batched with images of the same padded size (docs/REPRODUCING.md).
     Progress (images done, ETA) as ``progress_name`` (:func:`frcnn.utils.progress.start_progress`).
     """
     was_training = model.training
