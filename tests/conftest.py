@@ -42,6 +42,22 @@ def _no_tmp_dirs_left_by_mutmut(tmp_path_factory):
         shutil.rmtree(tmp_path_factory.getbasetemp(), ignore_errors=True)
 
 
+@pytest.fixture
+def offline_torch_hub(monkeypatch, tmp_path):
+    """An empty torch hub cache and no network: every download fails as without a connection.
+    -> the cache's checkpoints folder (where torchvision looks for its ImageNet files)."""
+    import urllib.error
+
+    import torch
+
+    def offline(url, dst, *args, **kwargs):
+        raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
+    monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
+    return tmp_path / "torch_home" / "hub" / "checkpoints"
+
+
 @pytest.fixture(scope="module")
 def two_torch_threads():
     """At most 2 torch threads for a module of big-net tests (``pytestmark = pytest.mark.usefixtures(...)``)."""

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import math
-import urllib.error
 
 import pytest
 import torch
@@ -244,26 +243,15 @@ def test_imagenet_without_torchvision_weights_is_a_value_error(name):
         build_backbone(name, weights="imagenet")
 
 
-@pytest.fixture
-def offline_hub(monkeypatch, tmp_path):
-    """An empty torch hub cache and no network: every download fails as without a connection."""
-    def offline(url, dst, *args, **kwargs):
-        raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
-
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
-    monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
-    return tmp_path / "torch_home" / "hub" / "checkpoints"
-
-
-def test_imagenet_download_failure_explains_the_fix(offline_hub):
+def test_imagenet_download_failure_explains_the_fix(offline_torch_hub):
     with pytest.raises(RuntimeError) as err:
         build_backbone("vgg16", weights="imagenet")
     msg = str(err.value)
     assert "vgg16" in msg and "VGG16_Weights.IMAGENET1K_V1" in msg
-    assert str(offline_hub / "vgg16-397923af.pth") in msg and "local path" in msg
+    assert str(offline_torch_hub / "vgg16-397923af.pth") in msg and "local path" in msg
 
 
-def test_imagenet_without_network_is_a_start_up_config_error(offline_hub):
+def test_imagenet_without_network_is_a_start_up_config_error(offline_torch_hub):
     """What train.py checks before any data or training: one message with the file torchvision wanted
     (its URL and the cache path it looked in) and how to pass a local state dict."""
     from frcnn.config.checks import check_backbone_weights
@@ -273,7 +261,7 @@ def test_imagenet_without_network_is_a_start_up_config_error(offline_hub):
         check_backbone_weights({"backbone": {"name": "vgg16", "weights": "imagenet"}})
     msg = str(err.value)
     assert "https://download.pytorch.org/models/vgg16-397923af.pth" in msg
-    assert str(offline_hub / "vgg16-397923af.pth") in msg
+    assert str(offline_torch_hub / "vgg16-397923af.pth") in msg
     assert "backbone.weights=/path/to/vgg16-397923af.pth" in msg and "URLError" in msg
     with pytest.raises(ConfigError, match="backbone.weights=/nope/zf.pth: no such file"):
         check_backbone_weights({"backbone": {"name": "zf", "weights": "/nope/zf.pth"}})
@@ -281,9 +269,9 @@ def test_imagenet_without_network_is_a_start_up_config_error(offline_hub):
         check_backbone_weights({"backbone": {"name": "zf", "weights": "imagenet"}})
 
 
-def test_imagenet_from_the_hub_cache_needs_no_network(offline_hub, tv_vgg16):
-    offline_hub.mkdir(parents=True)
-    (offline_hub / "vgg16-397923af.pth").symlink_to(tv_vgg16[0])  # as if downloaded earlier
+def test_imagenet_from_the_hub_cache_needs_no_network(offline_torch_hub, tv_vgg16):
+    offline_torch_hub.mkdir(parents=True)
+    (offline_torch_hub / "vgg16-397923af.pth").symlink_to(tv_vgg16[0])  # as if downloaded earlier
     loaded = build_backbone("vgg16", weights="imagenet")
     assert torch.equal(loaded.body.conv2_1.weight, tv_vgg16[1]["features.5.weight"])
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import math
-import urllib.error
 
 import pytest
 import torch
@@ -136,16 +135,6 @@ def test_resnet50_c4_batchnorm_is_frozen_and_its_stem_fixed():
 
 
 # --- the start-up check of backbone.weights (check_weights_available) ---------------------------
-
-
-@pytest.fixture
-def offline_torch_hub(monkeypatch, tmp_path):
-    """An empty torch hub cache and no network."""
-    def offline(url, dst, *args, **kwargs):
-        raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
-
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
-    monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
 
 
 def test_no_weights_and_a_detectors_weights_need_no_file():
