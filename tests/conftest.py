@@ -58,6 +58,16 @@ def offline_torch_hub(monkeypatch, tmp_path):
     return tmp_path / "torch_home" / "hub" / "checkpoints"
 
 
+@pytest.fixture
+def offline_hf_hub(monkeypatch, tmp_path):
+    """An empty Hugging Face hub cache (where timm's ImageNet weights are looked for), offline -> its folder."""
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    return tmp_path / "hub"
+
+
 @pytest.fixture(scope="module")
 def two_torch_threads():
     """At most 2 torch threads for a module of big-net tests (``pytestmark = pytest.mark.usefixtures(...)``)."""

@@ -20,8 +20,8 @@ from frcnn.modeling.backbone import (WEIGHTS_FROM_DETECTOR, WithinChannelLRN, bu
                                      freeze_prefix, set_trainable)
 from frcnn.modeling.backbone.base import conv_layer, fc6_fc7_head
 from frcnn.modeling.backbone.resnet import map_resnet50_key
-from frcnn.modeling.backbone.timm_net import (create_timm_net, load_timm_layout, load_timm_pretrained, read_weights_file,
-                                              split_at_stride_16)
+from frcnn.modeling.backbone.timm_net import (create_timm_net, load_timm_layout, load_timm_pretrained,
+                                              read_weights_file, split_at_stride_16)
 from frcnn.modeling.backbone.vgg import map_vgg16_key
 from frcnn.modeling.backbone.weights import fold_caffe_first_conv, load_backbone_weights
 from frcnn.modeling.backbone.zf import map_zf_key
@@ -179,7 +179,8 @@ def test_imagenet_weights_offline_name_the_backbone(offline_torch_hub):
     with pytest.raises(WeightsUnavailableError, match="backbone 'resnet50_c4' needs torchvision's ResNet50_Weights"):
         check_weights_available("resnet50_c4", "imagenet")
     with pytest.raises(ValueError, match="^backbone 'zf': no torchvision ImageNet weights exist; pass a local state "
-                                         r"dict instead, backbone.weights=/path/to/file.pth \(local path; our Backbone"):
+                                         r"dict instead, backbone.weights=/path/to/file.pth \(local path; "
+                                         "our Backbone"):
         check_weights_available("zf", "imagenet")
 
 
@@ -203,14 +204,11 @@ def test_a_mismatch_report_lists_the_first_five_keys_of_each_kind_and_counts_the
 # --- timm's own loader on a file from the hub cache ---------------------------------------------
 
 
-def test_timm_pretrained_loading_reads_the_given_file_not_the_hub(monkeypatch, tmp_path):
+def test_timm_pretrained_loading_reads_the_given_file_not_the_hub(offline_hf_hub, tmp_path):
     """load_timm_pretrained gets the file frcnn.checkpoint.timm_hub found (start-up check): timm must read that file,
     not look in the hub itself (here an empty cache, offline); its 1000-way classifier is dropped."""
-    from huggingface_hub import constants
     from safetensors.torch import save_file
 
-    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "empty_hub"))
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
     torch.manual_seed(6)
     source = timm.create_model("resnet18")  # with its classifier, as timm's ImageNet files are
     save_file(source.state_dict(), str(tmp_path / "elsewhere.safetensors"))
@@ -226,8 +224,9 @@ def test_torchvision_imagenet_weights_that_cannot_be_had_name_the_backbone(offli
     with pytest.raises(ValueError) as err:
         build_backbone("zf", weights="imagenet")
     assert str(err.value) == ("backbone 'zf': no torchvision ImageNet weights exist; pass a local state dict instead, "
-                              "backbone.weights=/path/to/file.pth (local path; our Backbone.state_dict() (body.*/head.*) "
-                              "or Caffe / py-faster-rcnn ZF (conv1..conv5.*, fc6/fc7.*)), or weights=null for random init")
+                              "backbone.weights=/path/to/file.pth (local path; our Backbone.state_dict() "
+                              "(body.*/head.*) or Caffe / py-faster-rcnn ZF (conv1..conv5.*, fc6/fc7.*)), or "
+                              "weights=null for random init")
     cached = tmp_path / "torch_home" / "hub" / "checkpoints" / "vgg16-397923af.pth"
     cached.parent.mkdir(parents=True, exist_ok=True)  # ensure_torchvision_file made it for its download
     cached.write_bytes(b"half a download")
@@ -236,8 +235,8 @@ def test_torchvision_imagenet_weights_that_cannot_be_had_name_the_backbone(offli
     message = str(err.value)
     assert message.startswith("backbone.weights=imagenet: backbone 'vgg16' needs torchvision's "
                               "VGG16_Weights.IMAGENET1K_V1 file vgg16-397923af.pth")
-    assert "could not be downloaded from https://download.pytorch.org/models/vgg16-397923af.pth (UnreadableFileError: " \
-        in message
+    assert ("could not be downloaded from https://download.pytorch.org/models/vgg16-397923af.pth "
+            "(UnreadableFileError: ") in message
 
 
 def test_a_builtin_weights_file_missing_from_the_package_says_how_to_rebuild_it(monkeypatch, tmp_path):
@@ -247,9 +246,9 @@ def test_a_builtin_weights_file_missing_from_the_package_says_how_to_rebuild_it(
         monkeypatch.setitem(_SPECS["small"].builtin, weights, tmp_path / f"{weights}.pt")
         with pytest.raises(FileNotFoundError) as err:
             check_weights_available("small", weights)
-        assert str(err.value) == (f"backbone 'small': the built-in weights file {tmp_path / f'{weights}.pt'} is missing "
-                                  f"from the installed package; rebuild it with `python scripts/pretrain_small_backbone.py "
-                                  f"--data {data}` or reinstall frcnn")
+        assert str(err.value) == (f"backbone 'small': the built-in weights file {tmp_path / f'{weights}.pt'} is "
+                                  "missing from the installed package; rebuild it with "
+                                  f"`python scripts/pretrain_small_backbone.py --data {data}` or reinstall frcnn")
 
 
 # --- BatchNorm locking (set_trainable) ------------------------------------------------------------
@@ -284,8 +283,9 @@ class TimmLikeNet(nn.Module):
         self.stage2 = nn.Conv2d(8, 16, 3, stride=2, padding=1)
         self.stage3 = nn.Conv2d(16, 24, 3, stride=2, padding=1)
         self.pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(1))
+        stages = [("stem", 8), ("stage1", 8), ("stage2", 16), ("stage3", 24)]
         self.feature_info = [{"module": name, "reduction": 2 ** (i + 1), "num_chs": ch}
-                             for i, (name, ch) in enumerate([("stem", 8), ("stage1", 8), ("stage2", 16), ("stage3", 24)])]
+                             for i, (name, ch) in enumerate(stages)]
         self.num_features = 24
         self.pretrained_cfg = {}
 
@@ -354,12 +354,14 @@ def test_a_timm_layout_file_must_fit_key_for_key_and_shape_for_shape(resnet18_st
     assert timm_layout_problem(extra) == ("weights src.pth: do not fit timm's ResNet (0 missing, 1 unexpected, "
                                           "0 shape mismatches; first: ['layer9.weight'])")
     missing = {k: v for k, v in resnet18_state.items() if k != "layer1.0.conv1.weight"}
-    assert "(1 missing, 0 unexpected, 0 shape mismatches; first: ['layer1.0.conv1.weight'])" in timm_layout_problem(missing)
+    assert ("(1 missing, 0 unexpected, 0 shape mismatches; first: ['layer1.0.conv1.weight'])"
+            in timm_layout_problem(missing))
     wide = {**resnet18_state, "conv1.weight": torch.zeros(64, 3, 5, 5)}
     assert "(0 missing, 0 unexpected, 1 shape mismatches; first: ['conv1.weight'])" in timm_layout_problem(wide)
     six_missing = [k for k in resnet18_state if k.startswith("layer2.0.") and k.endswith("weight")][:6]
     many = {k: v for k, v in resnet18_state.items() if k not in six_missing}
-    assert f"(6 missing, 0 unexpected, 0 shape mismatches; first: {sorted(six_missing)[:4]})" in timm_layout_problem(many)
+    assert (f"(6 missing, 0 unexpected, 0 shape mismatches; first: {sorted(six_missing)[:4]})"
+            in timm_layout_problem(many))
 
 
 def test_num_batches_tracked_is_optional_both_ways_and_the_classifier_is_dropped(resnet18_state):
@@ -474,14 +476,12 @@ def test_a_dilated_c4_net_keeps_its_pooled_vector_and_a_net_without_dilation_is_
         create_timm_net("ghostnet_100", output_stride=8)
 
 
-def test_timm_imagenet_weights_come_from_the_file_the_start_up_check_found(monkeypatch, tmp_path, caplog):
-    from huggingface_hub import constants
+def test_timm_imagenet_weights_come_from_the_file_the_start_up_check_found(offline_hf_hub, monkeypatch, tmp_path,
+                                                                           caplog):
     from safetensors.torch import save_file
 
     from frcnn.modeling.backbone import timm_net
 
-    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "empty_hub"))
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
     torch.manual_seed(8)
     source = timm.create_model("resnet18")
     save_file(source.state_dict(), str(tmp_path / "found.safetensors"))

@@ -44,7 +44,8 @@ def pair(small_cfg):
 
 
 def same_detections(a: list[dict], b: list[dict]) -> bool:
-    return len(a) == len(b) and all(torch.equal(x[key], y[key]) for x, y in zip(a, b) for key in ("boxes", "scores", "labels"))
+    return len(a) == len(b) and all(torch.equal(x[key], y[key])
+                                    for x, y in zip(a, b) for key in ("boxes", "scores", "labels"))
 
 
 def test_padded_size_rounds_each_side_up_to_a_multiple_of_the_stride():

@@ -195,21 +195,12 @@ def test_timm_needs_a_model_name():
         build_backbone("timm", weights=None)
 
 
-@pytest.fixture
-def offline_hub(monkeypatch, tmp_path):
-    from huggingface_hub import constants
-
-    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
-    return tmp_path / "hub"
-
-
-def test_timm_imagenet_offline_stops_at_start_up_naming_the_file(offline_hub):
+def test_timm_imagenet_offline_stops_at_start_up_naming_the_file(offline_hf_hub):
     started = time.monotonic()
     with pytest.raises(WeightsUnavailableError) as err:
         check_weights_available("timm", "imagenet", model="resnet18")
     message = str(err.value)
-    assert "timm/resnet18.a1_in1k" in message and "model.safetensors" in message and str(offline_hub) in message
+    assert "timm/resnet18.a1_in1k" in message and "model.safetensors" in message and str(offline_hf_hub) in message
     assert "backbone.weights=/path/to/model.safetensors" in message
     assert time.monotonic() - started < 5  # not huggingface_hub's ~50 s of retries
 
@@ -225,10 +216,10 @@ def _put_in_hub_cache(hub: Path, repo: str, state: dict) -> None:
     save_file({k: v.contiguous() for k, v in state.items()}, str(folder / "snapshots" / ("0" * 40) / "model.safetensors"))
 
 
-def test_timm_imagenet_from_the_hub_cache_needs_no_network(offline_hub):
+def test_timm_imagenet_from_the_hub_cache_needs_no_network(offline_hf_hub):
     torch.manual_seed(3)
     source = timm.create_model("resnet18")  # stands in for timm's ImageNet file: same layout, with its classifier
-    _put_in_hub_cache(offline_hub, "timm/resnet18.a1_in1k", source.state_dict())
+    _put_in_hub_cache(offline_hf_hub, "timm/resnet18.a1_in1k", source.state_dict())
     check_weights_available("timm", "imagenet", model="resnet18")
     backbone = build_backbone("timm", weights="imagenet", model="resnet18")
     torch.testing.assert_close(backbone.body.layer3[1].conv2.weight, source.layer3[1].conv2.weight)
